@@ -1,0 +1,33 @@
+"""Baselines that only change who trains what (SPEC section 3)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fedhello.allocation.base import ClientSlot, RoundPlan, ScoreProvider, Strategy, register
+
+
+@register
+class FedIT(Strategy):
+    """Homogeneous LoRA-FedAvg: every client trains every layer (ignores budgets)."""
+
+    name = "fedit"
+
+    def allocate(self, round, clients, rng, scores=None):
+        every = list(range(self.num_layers))
+        return RoundPlan({c.id: list(every) for c in clients})
+
+
+@register
+class FedRA(Strategy):
+    """FedRA: each round each client gets ``b`` layers uniformly at random."""
+
+    name = "fedra"
+
+    def allocate(self, round, clients, rng, scores=None):
+        out = {}
+        for c in clients:
+            out[c.id] = sorted(int(x) for x in rng.choice(self.num_layers, size=c.budget, replace=False))
+        return RoundPlan(out)

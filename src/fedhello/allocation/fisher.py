@@ -1,0 +1,300 @@
+"""Per-layer Fisher information scores and their tiers (SPEC 2.3, 8.3, 8.4).
+
+Score of LoRA layer l: the empirical diagonal Fisher of the log-likelihood,
+``s_l = (1/N) sum_i sum_{theta in layer l} (d log p(y_i|x_i) / d theta)^2``
+over the N calibration samples (a sample count, never a batch count), with
+``log p(y|x)`` the log-softmax of the logits at the true label (never a raw
+logit).
+
+Per-sample gradients are computed in one backward pass per batch, Opacus-style:
+a forward hook on each PEFT ``lora_A``/``lora_B`` ``nn.Linear`` keeps its input
+activations ``x`` and its output ``z``; one ``torch.autograd.grad`` of the SUM of
+the per-sample log-likelihoods w.r.t. those outputs gives ``dz``; the per-sample
+weight gradient is ``einsum('bto,bti->boi', dz, x)`` (summed over tokens; a
+module called several times in one forward sums its per-call gradients before
+squaring). In eval mode samples do not interact, so the gradient of the summed
+objective at sample i's activations is exactly sample i's own gradient.
+``torch.func.vmap`` is not used: it fails on Hugging Face models with
+data-dependent control flow. :func:`fisher_layer_scores_loop` is the slow
+reference (one backward per sample).
+
+Tiers: exact 1-D k-means by dynamic programming over the sorted distinct scores
+(deterministic, no seed needed; equal scores always share a tier), tiers
+numbered by centroid: tier 0 = lowest scores.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+# torch is imported inside the scoring functions: the tier helpers (and the
+# strategies that import them) stay usable without loading torch.
+
+_LABEL_KEYS = ("labels", "label")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _lora_params(model: nn.Module, layermap) -> tuple[list[list[str]], dict[str, nn.Parameter]]:
+    params = dict(model.named_parameters())
+    names_by_layer = [list(names) for names in layermap.layers]
+    for names in names_by_layer:
+        for n in names:
+            if n not in params:
+                raise ValueError(f"LoRA parameter {n!r} of the layer map is not a parameter of the model")
+    return names_by_layer, params
+
+
+@contextmanager
+def _scoring_mode(model: nn.Module, params: Sequence[nn.Parameter]):
+    """Eval mode + requires_grad on the given params; everything restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in params]
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _split_batch(batch: Mapping[str, Any], device: "torch.device") -> tuple[dict[str, Any], "torch.Tensor"]:
+    import torch
+
+    inputs: dict[str, Any] = {}
+    labels = None
+    for k, v in batch.items():
+        if k in _LABEL_KEYS:
+            labels = v
+            continue
+        inputs[k] = v.to(device) if isinstance(v, torch.Tensor) else v
+    if labels is None:
+        raise ValueError("Fisher scores need labelled batches (a 'labels' entry)")
+    labels = torch.as_tensor(labels).to(device).long().reshape(-1)
+    return inputs, labels
+
+
+def _log_likelihoods(model: "nn.Module", inputs: dict[str, Any], labels: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    out = model(**inputs)
+    if isinstance(out, torch.Tensor):
+        logits = out
+    else:
+        logits = out.logits if hasattr(out, "logits") else out[0]
+    if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"Fisher scores need sequence-classification logits [batch, classes], got {tuple(logits.shape)}"
+        )
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, labels[:, None]).squeeze(1)
+
+
+def _device(model: "nn.Module") -> "torch.device":
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def fisher_layer_scores(model: nn.Module, layermap, batches: Iterable[Mapping[str, Any]]) -> np.ndarray:
+    """Per-layer empirical diagonal Fisher (length L), vectorised per-sample gradients.
+
+    ``batches``: dicts of tensors the Hugging Face model accepts (``input_ids``,
+    ``attention_mask``, ...) plus ``labels``. The model is scored in eval mode;
+    its train/eval modes and ``requires_grad`` flags are restored afterwards, no
+    hook is left behind and no ``.grad`` is written.
+    """
+    import torch
+    from torch import nn
+
+    names_by_layer, params = _lora_params(model, layermap)
+    # parameter name -> (module name, attribute): lora_A/lora_B are nn.Linear modules
+    modules: dict[str, nn.Linear] = {}
+    param_of: dict[str, tuple[str, str]] = {}
+    for names in names_by_layer:
+        for n in names:
+            mod_name, attr = n.rsplit(".", 1)
+            mod = model.get_submodule(mod_name)
+            if not isinstance(mod, nn.Linear) or attr not in ("weight", "bias"):
+                raise NotImplementedError(
+                    f"vectorised Fisher supports LoRA nn.Linear weights/biases only, not {n!r} "
+                    f"({type(mod).__name__}); use fisher_layer_scores_loop"
+                )
+            modules[mod_name] = mod
+            param_of[n] = (mod_name, attr)
+
+    all_params = [params[n] for names in names_by_layer for n in names]
+    device = _device(model)
+    sq_sum = {n: 0.0 for n in param_of}  # float64 sums over samples of squared per-sample grads
+    total = 0
+    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def make_hook(mod_name: str):
+        def hook(module, args, output):
+            calls.append((mod_name, args[0], output))
+
+        return hook
+
+    handles = []
+    try:
+        with _scoring_mode(model, all_params):
+            for mod_name, mod in modules.items():
+                handles.append(mod.register_forward_hook(make_hook(mod_name)))
+            for batch in batches:
+                inputs, labels = _split_batch(batch, device)
+                calls.clear()
+                with torch.enable_grad():
+                    ll = _log_likelihoods(model, inputs, labels)
+                    bsz = labels.shape[0]
+                    outs = [z for _, _, z in calls]
+                    if not outs:
+                        raise RuntimeError("no LoRA module ran in the forward pass (adapters merged or disabled?)")
+                    grads = torch.autograd.grad(ll.sum(), outs, allow_unused=True)
+                per_sample: dict[str, dict[str, torch.Tensor]] = {}
+                with torch.no_grad():
+                    for (mod_name, x, _), dz in zip(calls, grads):
+                        if dz is None:
+                            continue
+                        x3 = x.reshape(bsz, -1, x.shape[-1]).to(dz.dtype)
+                        dz3 = dz.reshape(bsz, -1, dz.shape[-1])
+                        acc = per_sample.setdefault(mod_name, {})
+                        gw = torch.einsum("bto,bti->boi", dz3, x3)
+                        acc["weight"] = acc["weight"] + gw if "weight" in acc else gw
+                        gb = dz3.sum(dim=1)
+                        acc["bias"] = acc["bias"] + gb if "bias" in acc else gb
+                    for n, (mod_name, attr) in param_of.items():
+                        g = per_sample.get(mod_name, {}).get(attr)
+                        if g is not None:
+                            sq_sum[n] += float(g.double().pow(2).sum())
+                calls.clear()
+                total += bsz
+    finally:
+        for h in handles:
+            h.remove()
+        calls.clear()
+    if total == 0:
+        raise ValueError("Fisher scores need at least one calibration sample")
+    return np.array([sum(sq_sum[n] for n in names) / total for names in names_by_layer], dtype=float)
+
+
+def fisher_layer_scores_loop(model: nn.Module, layermap, batches: Iterable[Mapping[str, Any]]) -> np.ndarray:
+    """Slow reference of :func:`fisher_layer_scores`: one backward pass per sample."""
+    import torch
+
+    names_by_layer, params = _lora_params(model, layermap)
+    flat = [n for names in names_by_layer for n in names]
+    plist = [params[n] for n in flat]
+    device = _device(model)
+    sq_sum = np.zeros(len(flat))
+    total = 0
+    with _scoring_mode(model, plist):
+        for batch in batches:
+            inputs, labels = _split_batch(batch, device)
+            for i in range(labels.shape[0]):
+                one = {k: (v[i : i + 1] if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+                with torch.enable_grad():
+                    ll = _log_likelihoods(model, one, labels[i : i + 1])
+                    grads = torch.autograd.grad(ll.sum(), plist, allow_unused=True)
+                for j, g in enumerate(grads):
+                    if g is not None:
+                        sq_sum[j] += float(g.double().pow(2).sum())
+                total += 1
+    if total == 0:
+        raise ValueError("Fisher scores need at least one calibration sample")
+    per_param = dict(zip(flat, sq_sum / total))
+    return np.array([sum(per_param[n] for n in names) for names in names_by_layer], dtype=float)
+
+
+# --------------------------------------------------------------------------- tiers and weights
+
+
+def kmeans_tiers(scores, k: int = 3, seed: int | None = None) -> np.ndarray:
+    """Exact 1-D k-means tiers of ``scores``, numbered by centroid (0 = lowest).
+
+    Optimal clustering by dynamic programming over the sorted distinct values
+    (weighted by multiplicity), so the result is deterministic and ``seed`` is
+    accepted only for interface compatibility. With fewer than ``k`` distinct
+    values there are that many tiers (0..d-1). Ties between equally good splits
+    go to the split with the lower boundary.
+    """
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    if s.size == 0:
+        return np.zeros(0, dtype=int)
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"scores must be finite, got {s.tolist()}")
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    values, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    d = values.size
+    kk = min(int(k), d)
+    w = counts.astype(float)
+    # prefix sums for O(1) segment cost: cost(i, j) = SSE of values[i:j]
+    cw = np.concatenate([[0.0], np.cumsum(w)])
+    cs = np.concatenate([[0.0], np.cumsum(w * values)])
+    css = np.concatenate([[0.0], np.cumsum(w * values * values)])
+
+    def cost(i: int, j: int) -> float:
+        n = cw[j] - cw[i]
+        t = cs[j] - cs[i]
+        return max(0.0, (css[j] - css[i]) - t * t / n)
+
+    INF = float("inf")
+    # dp[c][j]: best cost of the first j distinct values in c clusters
+    dp = np.full((kk + 1, d + 1), INF)
+    arg = np.zeros((kk + 1, d + 1), dtype=int)
+    dp[0][0] = 0.0
+    for c in range(1, kk + 1):
+        for j in range(c, d + 1):
+            best, best_i = INF, c - 1
+            for i in range(c - 1, j):
+                v = dp[c - 1][i] + cost(i, j)
+                if v < best - 1e-12 * max(1.0, abs(best) if best < INF else 1.0):
+                    best, best_i = v, i
+            dp[c][j] = best
+            arg[c][j] = best_i
+    # backtrack the boundaries
+    label_of_value = np.zeros(d, dtype=int)
+    j = d
+    for c in range(kk, 0, -1):
+        i = arg[c][j]
+        label_of_value[i:j] = c - 1
+        j = i
+    return label_of_value[inverse].astype(int)
+
+
+def tier_weights(tiers, k: int | None = None) -> np.ndarray:
+    """Tier t -> weight t+1 (low:mid:high = 1:2:3), normalised to sum 1."""
+    t = np.asarray(tiers, dtype=int).reshape(-1)
+    if t.size == 0:
+        return np.zeros(0)
+    if np.any(t < 0) or (k is not None and np.any(t >= int(k))):
+        raise ValueError(f"tiers out of range for k={k}: {t.tolist()}")
+    w = (t + 1).astype(float)
+    return w / w.sum()
+
+
+def score_weights(scores) -> np.ndarray:
+    """Weights proportional to the scores (``strategy.fim_weights: scores``); uniform if all 0."""
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"score-proportional weights need finite non-negative scores, got {s.tolist()}")
+    total = s.sum()
+    if total <= 0:
+        return np.full(s.size, 1.0 / s.size)
+    return s / total

@@ -1,0 +1,218 @@
+"""The HLA family (SPEC 2.1-2.4) and the budget baselines Exclusive and Straggler (SPEC 3).
+
+Strategies (``strategy.name``):
+
+- ``gd-hla``: deterministic layers of ``strategy.pattern`` for the client's budget,
+  the same every round.
+- ``rgd-hla``: every round every client draws its ``b`` layers with
+  p = :func:`pattern_probabilities` (pattern, L, the run's budgets) via
+  ``strategy.sampler``; a budget of L trains all layers.
+- ``fim-hla``: Fisher scores of the current global model recomputed at rounds
+  0, E, 2E, ... (E = ``strategy.fim_every``); tiers by exact 1-D k-means
+  (``strategy.fim_tiers``), weights by tier (1:2:3) or proportional to the scores
+  (``strategy.fim_weights``); the cached weights are used until the next
+  recomputation (never overwritten the round after, SPEC 8.5).
+- ``fedhello``: rounds [0, W) (W = ``strategy.warmup_rounds``) are RGD-HLA with
+  ``strategy.pattern``; FIM is recomputed at rounds W, W+E, W+2E, ...; the
+  weights combine prior and FIM by ``strategy.combine``:
+  ``product`` (prior x FIM weights, normalised, kept until the next
+  recomputation), ``fim`` (FIM weights alone, kept), ``reference`` (FIM weights
+  in the recomputation round only, the prior in the others).
+- ``exclusive``: only clients whose budget is L are eligible; they train all layers.
+- ``straggler``: every client trains min(budgets) layers spread evenly over depth.
+
+If a FIM strategy finds no cache at a round where it needs FIM weights (a state
+without cache, a run starting mid-schedule) it recomputes then.
+
+Round info (``RoundPlan.info``): every sampling strategy puts ``layer_probs``,
+the per-layer weights the round's draws used; FIM strategies add
+``fim_scores`` (floats) and ``fim_tiers`` (ints) ONLY in rounds where the
+scores were recomputed (so the metrics show when and what was computed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from fedhello.allocation.base import ClientSlot, RoundPlan, ScoreProvider, Strategy, register, spread_evenly
+from fedhello.allocation.fisher import kmeans_tiers, score_weights, tier_weights
+from fedhello.allocation.patterns import deterministic_layers, pattern_probabilities
+from fedhello.allocation.samplers import sample_layers
+from fedhello.errors import ConfigError
+
+
+class _Sampling(Strategy):
+    """Shared: per-client draws from per-layer weights with the configured sampler."""
+
+    def _draw(self, clients: Sequence[ClientSlot], probs: np.ndarray, rng: np.random.Generator) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for c in clients:
+            if c.budget >= self.num_layers:
+                out[c.id] = list(range(self.num_layers))
+            else:
+                out[c.id] = sample_layers(probs, c.budget, rng, self.cfg.sampler)
+        return out
+
+    def _prior(self) -> np.ndarray:
+        return pattern_probabilities(self.cfg.pattern, self.num_layers, self.budgets)
+
+
+@register
+class GDHLA(Strategy):
+    """Deterministic GD-HLA: the pattern's top-b layers, the same every round."""
+
+    name = "gd-hla"
+
+    def allocate(self, round, clients, rng, scores=None):
+        return RoundPlan(
+            {c.id: deterministic_layers(self.cfg.pattern, self.num_layers, c.budget) for c in clients}
+        )
+
+
+@register
+class RGDHLA(_Sampling):
+    """Randomised GD-HLA: per-round draws with the pattern's probabilities."""
+
+    name = "rgd-hla"
+
+    def allocate(self, round, clients, rng, scores=None):
+        probs = self._prior()
+        return RoundPlan(self._draw(clients, probs, rng), {"layer_probs": [float(x) for x in probs]})
+
+
+class _FisherCache(_Sampling):
+    """FIM scores, tiers and weights cached between recomputations (persisted in state_dict)."""
+
+    def __init__(self, cfg, num_layers, budgets):
+        super().__init__(cfg, num_layers, budgets)
+        self.fim_round: int | None = None
+        self.fim_scores: np.ndarray | None = None
+        self.fim_tiers: np.ndarray | None = None
+        self.fim_weights: np.ndarray | None = None  # FIM weights alone (tiers or scores)
+
+    def _recompute(self, round: int, scores: ScoreProvider | None) -> dict[str, Any]:
+        if scores is None:
+            raise ValueError(
+                f"strategy {self.name!r} needs Fisher scores at round {round} but no ScoreProvider was given"
+            )
+        s = np.asarray(scores(), dtype=float).reshape(-1)
+        if s.size != self.num_layers:
+            raise ValueError(f"Fisher scores have {s.size} entries, expected one per layer ({self.num_layers})")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"Fisher scores must be finite, got {s.tolist()}")
+        k = self.cfg.fim_tiers
+        tiers = kmeans_tiers(s, k=k)
+        weights = tier_weights(tiers, k) if self.cfg.fim_weights == "tiers" else score_weights(s)
+        self.fim_round = int(round)
+        self.fim_scores, self.fim_tiers, self.fim_weights = s, tiers, weights
+        return {"fim_scores": [float(x) for x in s], "fim_tiers": [int(x) for x in tiers]}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.fim_scores is None:
+            return {"fim_round": None}
+        return {
+            "fim_round": self.fim_round,
+            "fim_scores": [float(x) for x in self.fim_scores],
+            "fim_tiers": [int(x) for x in self.fim_tiers],
+            "fim_weights": [float(x) for x in self.fim_weights],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state or state.get("fim_round") is None:
+            self.fim_round = self.fim_scores = self.fim_tiers = self.fim_weights = None
+            return
+        self.fim_round = int(state["fim_round"])
+        self.fim_scores = np.asarray(state["fim_scores"], dtype=float)
+        self.fim_tiers = np.asarray(state["fim_tiers"], dtype=int)
+        self.fim_weights = np.asarray(state["fim_weights"], dtype=float)
+        if self.fim_scores.size != self.num_layers:
+            raise ConfigError(
+                f"strategy state holds Fisher scores for {self.fim_scores.size} layers, the model has {self.num_layers}"
+            )
+
+
+@register
+class FIMHLA(_FisherCache):
+    """FIM-HLA: Fisher tiers of the current global model, recomputed every E rounds from round 0."""
+
+    name = "fim-hla"
+
+    def allocate(self, round, clients, rng, scores=None):
+        info: dict[str, Any] = {}
+        if round % self.cfg.fim_every == 0 or self.fim_weights is None:
+            info.update(self._recompute(round, scores))
+        probs = self.fim_weights
+        info["layer_probs"] = [float(x) for x in probs]
+        return RoundPlan(self._draw(clients, probs, rng), info)
+
+
+@register
+class FedHeLLo(_FisherCache):
+    """Fed-HeLLo: RGD-HLA warm-up, then the geometric prior combined with FIM tiers."""
+
+    name = "fedhello"
+
+    def probabilities(self, round: int, recomputed: bool) -> np.ndarray:
+        """The per-layer weights used in ``round`` (after any recomputation of that round)."""
+        prior = self._prior()
+        if round < self.cfg.warmup_rounds:
+            return prior
+        combine = self.cfg.combine
+        if combine == "fim":
+            return self.fim_weights
+        if combine == "reference":
+            return self.fim_weights if recomputed else prior
+        w = prior * self.fim_weights  # product
+        total = w.sum()
+        if total <= 0:  # the prior and the FIM weights share no layer: fall back to the prior
+            return prior
+        return w / total
+
+    def allocate(self, round, clients, rng, scores=None):
+        info: dict[str, Any] = {}
+        recomputed = False
+        W, E = self.cfg.warmup_rounds, self.cfg.fim_every
+        if round >= W and ((round - W) % E == 0 or self.fim_weights is None):
+            info.update(self._recompute(round, scores))
+            recomputed = True
+        probs = self.probabilities(round, recomputed)
+        info["layer_probs"] = [float(x) for x in probs]
+        return RoundPlan(self._draw(clients, probs, rng), info)
+
+
+@register
+class Exclusive(Strategy):
+    """Only clients that can train every layer take part; they train all layers."""
+
+    name = "exclusive"
+
+    def __init__(self, cfg, num_layers, budgets):
+        super().__init__(cfg, num_layers, budgets)
+        if self.num_layers not in self.budgets:
+            raise ConfigError(
+                f"strategy exclusive: no resource group has budget {self.num_layers} "
+                f"(clients.budgets {self.budgets}), so no client could take part"
+            )
+
+    def eligible(self, client: ClientSlot) -> bool:
+        return client.budget >= self.num_layers
+
+    def allocate(self, round, clients, rng, scores=None):
+        bad = [c.id for c in clients if not self.eligible(c)]
+        if bad:
+            raise ValueError(f"strategy exclusive got ineligible clients {bad} (budget < {self.num_layers})")
+        every = list(range(self.num_layers))
+        return RoundPlan({c.id: list(every) for c in clients})
+
+
+@register
+class Straggler(Strategy):
+    """Every client trains the weakest group's budget, layers spread evenly, every round."""
+
+    name = "straggler"
+
+    def allocate(self, round, clients, rng, scores=None):
+        layers = spread_evenly(self.num_layers, min(self.budgets))
+        return RoundPlan({c.id: list(layers) for c in clients})

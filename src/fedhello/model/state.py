@@ -1,0 +1,60 @@
+"""Federated state: the LoRA tensors and head, got and set by name, and real freezing."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from fedhello.model.layermap import LayerMap
+
+State = dict[str, torch.Tensor]
+
+
+def get_state(model: torch.nn.Module, names: Iterable[str]) -> State:
+    """Detached CPU copies of the named parameters."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().to("cpu", copy=True) for n in names}
+
+
+@torch.no_grad()
+def set_state(model: torch.nn.Module, state: State) -> None:
+    """Copy tensors into the named parameters in place (no new modules, no deep copy)."""
+    params = dict(model.named_parameters())
+    for n, t in state.items():
+        params[n].copy_(t)
+
+
+def set_trainable(
+    model: torch.nn.Module, layermap: LayerMap, layers: Iterable[int], ffa: bool = False
+) -> list[torch.nn.Parameter]:
+    """Make exactly the allocated LoRA layers and the head trainable; freeze the rest.
+
+    Frozen parameters get ``requires_grad=False`` so autograd skips them and the
+    optimizer (built from the returned list) holds no state for them (SPEC 8.1).
+    With ``ffa`` (FFA-LoRA) the A matrices stay frozen too.
+    """
+    allowed = set(layermap.names_for(layers, include_head=True))
+    if ffa:
+        allowed = {n for n in allowed if ".lora_A." not in n}
+    federated = set(layermap.all_names)
+    trainable: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        on = name in allowed
+        if name in federated or p.requires_grad:
+            p.requires_grad_(on)
+        if on:
+            trainable.append(p)
+    return trainable
+
+
+def freeze_all(model: torch.nn.Module, layermap: LayerMap) -> None:
+    """No federated tensor trainable (between clients, and for evaluation)."""
+    names = set(layermap.all_names)
+    for name, p in model.named_parameters():
+        if name in names:
+            p.requires_grad_(False)
+
+
+def state_nbytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())

@@ -1,0 +1,53 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+BANKING77 = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "banking77").resolve()
+
+
+@pytest.fixture(scope="session")
+def banking77() -> Path:
+    if not (BANKING77 / "train.csv").is_file():
+        pytest.skip("the Banking77 copy beside the repository (shared/data/banking77) is absent")
+    return BANKING77
+
+
+def make_tiny_bert(path: Path, num_layers: int = 3) -> Path:
+    """A random-weight BERT classifier with MiniLM's tokenizer, saved as a model folder."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from fedhello.model import resolve_model_path
+
+    src = Path(resolve_model_path("minilm"))
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert12(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert12"), 12)
