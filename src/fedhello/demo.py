@@ -49,17 +49,20 @@ def run_demo(out: str | Path = "runs/demo", strategies: str | None = None, round
         )
         rows.append((name, summary, time.perf_counter() - t0, run_dir))
     table = Table(title="fedhello demo (test accuracy of the final global model)")
-    for col in ("strategy", "final acc", "acc @ best val", "upload MB", "time s", "run directory"):
+    for col in ("strategy", "final acc", "acc @ best val", "upload MB", "time s"):
         table.add_column(col)
-    for name, s, secs, run_dir in rows:
+    for name, s, secs, _ in rows:
         table.add_row(
             name,
             f"{100 * s['final_test_accuracy']:.1f}%",
             f"{100 * s['test_accuracy_at_best_val']:.1f}%",
             f"{s['total_upload_bytes'] / 1e6:.2f}",
             f"{secs:.0f}",
-            str(run_dir),
         )
-    Console(highlight=False).print(table)
+    out_console = Console(highlight=False, soft_wrap=True)
+    out_console.print(table)
+    out_console.print("acc @ best val: test accuracy of the round with the best validation accuracy")
+    for name, _, _, run_dir in rows:
+        out_console.print(f"run directory ({name}): {run_dir}")
     console.print(f"demo finished in {time.perf_counter() - t_all:.0f}s")
     return 0

@@ -210,6 +210,7 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fim-weights", default=None, help="strategy.fim_weights: tiers or scores")
     p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
     p.add_argument("--json", action="store_true", help="print the allocations as JSON")
+    p.add_argument("--show-rounds", action="store_true", help="also list every round's clients and layers")
     p.set_defaults(func=run_allocate)
     return p
 
@@ -236,7 +237,8 @@ def run_allocate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(render_rounds(result))
-        print()
+        if args.show_rounds:
+            print(render_rounds(result))
+            print()
         print(render_distribution(result))
     return 0

@@ -100,6 +100,10 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    import warnings
+
+    # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = resolve_model_path(cfg.model.name)

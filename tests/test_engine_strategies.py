@@ -1,0 +1,82 @@
+"""Every strategy end to end through the engine (tiny random BERT, demo data)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedhello.allocation import available_strategies
+from fedhello.config import build_config
+from fedhello.federation import simulation
+from fedhello.federation.simulation import run_experiment
+from fedhello.run.rundir import RunDir
+
+
+def cfg_for(tiny_bert, **over):
+    raw = {
+        "seed": 1,
+        "rounds": 3,
+        "model": {"name": str(tiny_bert), "max_length": 32},
+        "data": {"format": "demo", "demo_samples": 200, "val_fraction": 0.1},
+        "partition": {"name": "dirichlet", "alpha": 1.0},
+        "clients": {"num_clients": 6, "per_round": 3, "fractions": [1 / 3, 1 / 3, 1 / 3], "budgets": [1, 2, 3]},
+        "strategy": {"name": "fedhello", "warmup_rounds": 1, "fim_every": 1, "fim_samples": 20},
+        "train": {"batch_size": 8, "lr": 0.003, "max_steps": 2},
+    }
+    for key, value in over.items():
+        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
+    return build_config(raw)
+
+
+@pytest.mark.parametrize("name", available_strategies())
+def test_strategy_runs_end_to_end(tiny_bert, tmp_path, name):
+    cfg = cfg_for(tiny_bert, strategy={"name": name})
+    summary = run_experiment(cfg, tmp_path / name)
+    recs = RunDir(tmp_path / name).read_metrics()
+    assert summary["rounds"] == 3 and len(recs) == 3
+    groups = json.loads((tmp_path / name / "clients.json").read_text())["groups"]
+    for r in recs:
+        assert r["clients"], name
+        for c in r["clients"]:
+            b = cfg.clients.budgets[groups[c["id"]]]
+            n = {"fedit": 3, "exclusive": 3, "straggler": 1}.get(name, b)
+            assert len(c["layers"]) == n, (name, c)
+            if name == "exclusive":
+                assert b == 3
+
+
+def test_fedhello_records_fisher_scores_on_recomputation_rounds(tiny_bert, tmp_path):
+    cfg = cfg_for(tiny_bert, strategy={"name": "fedhello", "warmup_rounds": 1, "fim_every": 2}, rounds=4)
+    run_experiment(cfg, tmp_path / "r")
+    recs = RunDir(tmp_path / "r").read_metrics()
+    assert [("fim_scores" in r) for r in recs] == [False, True, False, True]
+    for r in recs[1::2]:
+        assert len(r["fim_scores"]) == 3 and all(s >= 0 for s in r["fim_scores"])
+        assert sorted(set(r["fim_tiers"])) <= [0, 1, 2]
+    part = json.loads((tmp_path / "r" / "partition.json").read_text())
+    assert part["num_calibration"] == 20  # server-held set carved before partitioning
+
+
+def test_fim_from_clients_moves_only_scores(tiny_bert, tmp_path, monkeypatch):
+    seen = []
+    real = simulation.SimulationRunner.scores
+
+    def spy(self, client_ids, state):
+        out = real(self, client_ids, state)
+        seen.append((list(client_ids), out))
+        return out
+
+    monkeypatch.setattr(simulation.SimulationRunner, "scores", spy)
+    cfg = cfg_for(tiny_bert, strategy={"name": "fim-hla", "fim_source": "clients", "fim_every": 2})
+    run_experiment(cfg, tmp_path / "r")
+    recs = RunDir(tmp_path / "r").read_metrics()
+    part = json.loads((tmp_path / "r" / "partition.json").read_text())
+    assert part["num_calibration"] == 0  # no server-held samples at all
+    assert len(seen) == 2  # rounds 0 and 2
+    for (ids, out), rnd in zip(seen, (0, 2)):
+        assert ids == sorted(c["id"] for c in recs[rnd]["clients"])
+        for scores, n in out:  # what crosses to the server: L floats and a count
+            assert isinstance(scores, np.ndarray) and scores.shape == (3,) and isinstance(n, int)
+        total = sum(n for _, n in out)
+        expect = sum(s * n for s, n in out) / total
+        assert np.allclose(recs[rnd]["fim_scores"], expect, rtol=1e-12)
