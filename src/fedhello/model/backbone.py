@@ -20,23 +20,30 @@ from fedhello.model.layermap import LayerMap
 
 MINILM = "minilm"
 
-# model_type -> default LoRA target modules (the query and value projections)
-FAMILY_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "vit": ["query", "value"],
-    "deit": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "deberta": ["in_proj"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "phi3": ["qkv_proj"],
-}
+# Default LoRA targets: the attention query and value projections, under the names
+# the model family uses (they differ between families and transformers versions:
+# ViT's are `query`/`value` in transformers 4 and `q_proj`/`v_proj` in 5), so the
+# first pair whose names both occur among the model's linear layers is taken.
+TARGET_CANDIDATES: list[list[str]] = [
+    ["query", "value"],  # BERT, MiniLM, RoBERTa, ViT (transformers 4)
+    ["q_proj", "v_proj"],  # Llama, Mistral, Qwen2, ViT (transformers 5)
+    ["q_lin", "v_lin"],  # DistilBERT
+    ["query_proj", "value_proj"],  # DeBERTa-v2
+    ["qkv_proj"],  # Phi-3
+    ["in_proj"],  # DeBERTa (v1)
+]
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """The query/value projection names of ``model`` (see TARGET_CANDIDATES)."""
+    leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for pair in TARGET_CANDIDATES:
+        if all(p in leaves for p in pair):
+            return list(pair)
+    raise ConfigError(
+        "lora.target_modules: no query/value projections recognised in this model "
+        f"(linear layers seen: {sorted(leaves)[:12]}); set lora.target_modules"
+    )
 
 
 def resolve_model_path(name: str) -> str:
@@ -79,17 +86,6 @@ class Backbone:
     model_type: str
 
 
-def target_modules_for(model_type: str, configured: list[str] | None) -> list[str]:
-    if configured:
-        return list(configured)
-    try:
-        return FAMILY_TARGETS[model_type]
-    except KeyError:
-        raise ConfigError(
-            f"lora.target_modules: no default for model family {model_type!r}; set it explicitly"
-        ) from None
-
-
 def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
     """Build the frozen backbone with LoRA for ``cfg`` (an ExperimentConfig).
 
@@ -108,7 +104,6 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(cfg.model.name)
     mconf = load_model_config(cfg.model.name)
-    targets = target_modules_for(mconf.model_type, cfg.lora.target_modules)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -117,6 +112,7 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=num_labels, ignore_mismatched_sizes=True
     )
+    targets = list(cfg.lora.target_modules or default_target_modules(model))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     lcfg = LoraConfig(
