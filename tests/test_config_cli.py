@@ -130,3 +130,15 @@ def test_console_script_exits_nonzero(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: config file not found: {tmp_path / 'missing.yaml'}"]
+
+
+def test_shipped_configs_validate(capsys):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    configs = sorted((root / "configs").glob("*.yaml")) + [root / "src" / "fedhello" / "resources" / "demo.yaml"]
+    assert len(configs) >= 2
+    for cfg in configs:
+        code = main(["validate", "--config", str(cfg)])
+        out = capsys.readouterr().out
+        assert code == 0 and out.startswith(f"{cfg}: ok"), (cfg, out)

@@ -9,6 +9,7 @@ from fedhello.allocation.base import (
     build_strategy,
     register,
     spread_evenly,
+    strategy_class,
 )
 
 # Importing the modules registers their strategies.
@@ -24,4 +25,5 @@ __all__ = [
     "build_strategy",
     "register",
     "spread_evenly",
+    "strategy_class",
 ]

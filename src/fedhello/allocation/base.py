@@ -51,6 +51,9 @@ class Strategy:
     """Base class. Subclasses set ``name`` and implement :meth:`allocate`."""
 
     name: ClassVar[str] = ""
+    # whether allocate() asks for Fisher scores (the runtime then prepares a
+    # calibration set or asks clients, per strategy.fim_source)
+    uses_fisher: ClassVar[bool] = False
 
     def __init__(self, cfg: "StrategyConfig", num_layers: int, budgets: Sequence[int]):
         self.cfg = cfg
@@ -99,14 +102,17 @@ def available_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_strategy(cfg: "StrategyConfig", num_layers: int, budgets: Sequence[int]) -> Strategy:
+def strategy_class(name: str) -> type[Strategy]:
     try:
-        cls = _REGISTRY[cfg.name]
+        return _REGISTRY[name]
     except KeyError:
         raise ConfigError(
-            f"strategy.name: unknown strategy {cfg.name!r} (known: {', '.join(available_strategies())})"
+            f"strategy.name: unknown strategy {name!r} (known: {', '.join(available_strategies())})"
         ) from None
-    return cls(cfg, num_layers, budgets)
+
+
+def build_strategy(cfg: "StrategyConfig", num_layers: int, budgets: Sequence[int]) -> Strategy:
+    return strategy_class(cfg.name)(cfg, num_layers, budgets)
 
 
 def spread_evenly(num_layers: int, budget: int) -> list[int]:

@@ -85,6 +85,8 @@ class RGDHLA(_Sampling):
 class _FisherCache(_Sampling):
     """FIM scores, tiers and weights cached between recomputations (persisted in state_dict)."""
 
+    uses_fisher = True
+
     def __init__(self, cfg, num_layers, budgets):
         super().__init__(cfg, num_layers, budgets)
         self.fim_round: int | None = None

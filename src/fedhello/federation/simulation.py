@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fedhello.allocation import build_strategy
+from fedhello.allocation import build_strategy, strategy_class
 from fedhello.allocation.clients import assign_groups
 from fedhello.config import ExperimentConfig, build_config
 from fedhello.data import carve, load_splits, partition_dataset, partition_stats
@@ -30,9 +30,6 @@ from fedhello.model import build_backbone, get_state, load_model_config, num_hid
 from fedhello.model.backbone import Backbone
 from fedhello.model.state import State
 from fedhello.run.rundir import SUMMARY, RunDir
-
-FIM_STRATEGIES = {"fim-hla", "fedhello"}
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -127,7 +124,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     if n_val > 0:
         train_ds, val_ds = carve(train_ds, n_val, cfg.seed)
     calib_ds = None
-    if cfg.strategy.name in FIM_STRATEGIES and cfg.strategy.fim_source == "server":
+    if strategy_class(cfg.strategy.name).uses_fisher and cfg.strategy.fim_source == "server":
         if cfg.strategy.fim_samples >= len(train_ds):
             raise ConfigError(
                 f"config key 'strategy.fim_samples': {cfg.strategy.fim_samples} is not less than the "
