@@ -31,6 +31,7 @@ from fedhello.model.backbone import Backbone
 from fedhello.model.state import State
 from fedhello.run.rundir import SUMMARY, RunDir
 
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
