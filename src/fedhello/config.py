@@ -185,6 +185,27 @@ class ExperimentConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_ranks(self) -> "ExperimentConfig":
+        from fedhello.allocation import strategy_class
+
+        ranks = self.strategy.ranks
+        if ranks is None:
+            return self
+        if not strategy_class(self.strategy.name).uses_ranks:
+            raise ValueError(
+                f"strategy.ranks is only used by rank-heterogeneous strategies (hetlora, flexlora), "
+                f"not {self.strategy.name!r}"
+            )
+        if len(ranks) != len(self.clients.budgets):
+            raise ValueError(
+                f"strategy.ranks has {len(ranks)} entries but clients.budgets has {len(self.clients.budgets)}"
+            )
+        for r in ranks:
+            if not 1 <= r <= self.lora.r:
+                raise ValueError(f"strategy.ranks: rank {r} is not between 1 and lora.r ({self.lora.r})")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
