@@ -329,3 +329,17 @@ def test_rank_strategies_end_to_end(tiny_bert, tmp_path, name, ffa):
             assert torch.equal(final[n], start[n]) == ffa, n  # FFA: A never changes
         if ".lora_B." in n:
             assert not torch.equal(final[n], start[n])
+
+
+def test_allocate_preview_shows_ranks():
+    from fedhello.allocation.preview import preview, render_distribution, render_rounds
+
+    res = preview("hetlora", None, 12, [6, 9, 12], None, 12, 3, 2, 0, lora_r=16)
+    for r in res["rounds"]:
+        for c in r["clients"]:
+            assert c["layers"] == list(range(12)) and c["rank"] == {6: 8, 9: 12, 12: 16}[c["budget"]]
+    assert "rank  8): 0 1 2" in render_rounds(res) or "rank 12): 0 1 2" in render_rounds(res)
+    assert "LoRA rank per resource group" in render_distribution(res)
+    res = preview("flexlora", None, 12, [6, 12], None, 4, 2, 1, 0, lora_r=8, ranks=[3, 8])
+    assert {c["rank"] for c in res["rounds"][0]["clients"]} <= {3, 8}
+    assert "rank" not in preview("fedra", None, 12, [6], None, 4, 2, 1, 0)["rounds"][0]["clients"][0]
