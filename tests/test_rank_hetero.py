@@ -55,8 +55,8 @@ def test_config_checks_ranks():
     for ranks, msg in (([2], "has 1 entries"), ([2, 9], "rank 9 is not between 1 and lora.r"), ([0, 8], "rank 0")):
         with pytest.raises(ConfigError, match=msg):
             build_config({**base, "strategy": {"name": "hetlora", "ranks": ranks}})
-    with pytest.raises(ConfigError, match="only used by rank-heterogeneous"):
-        build_config({**base, "strategy": {"name": "fedit", "ranks": [2, 8]}})
+    # ignored (but checked) by strategies that keep the full rank, like other strategy-specific keys
+    assert build_config({**base, "strategy": {"name": "fedit", "ranks": [2, 8]}}).strategy.ranks == [2, 8]
 
 
 def test_truncate_pad_and_padded_load():

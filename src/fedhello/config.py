@@ -187,16 +187,11 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_ranks(self) -> "ExperimentConfig":
-        from fedhello.allocation import strategy_class
-
+        # like the other strategy-specific keys, ranks is ignored by strategies that do
+        # not use it (one config can then drive a sweep over strategies), but checked
         ranks = self.strategy.ranks
         if ranks is None:
             return self
-        if not strategy_class(self.strategy.name).uses_ranks:
-            raise ValueError(
-                f"strategy.ranks is only used by rank-heterogeneous strategies (hetlora, flexlora), "
-                f"not {self.strategy.name!r}"
-            )
         if len(ranks) != len(self.clients.budgets):
             raise ValueError(
                 f"strategy.ranks has {len(ranks)} entries but clients.budgets has {len(self.clients.budgets)}"
