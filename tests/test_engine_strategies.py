@@ -39,7 +39,7 @@ def test_strategy_runs_end_to_end(tiny_bert, tmp_path, name):
         assert r["clients"], name
         for c in r["clients"]:
             b = cfg.clients.budgets[groups[c["id"]]]
-            n = {"fedit": 3, "exclusive": 3, "straggler": 1}.get(name, b)
+            n = {"fedit": 3, "exclusive": 3, "straggler": 1, "hetlora": 3, "flexlora": 3}.get(name, b)
             assert len(c["layers"]) == n, (name, c)
             if name == "exclusive":
                 assert b == 3

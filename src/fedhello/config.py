@@ -185,6 +185,22 @@ class ExperimentConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_ranks(self) -> "ExperimentConfig":
+        # like the other strategy-specific keys, ranks is ignored by strategies that do
+        # not use it (one config can then drive a sweep over strategies), but checked
+        ranks = self.strategy.ranks
+        if ranks is None:
+            return self
+        if len(ranks) != len(self.clients.budgets):
+            raise ValueError(
+                f"strategy.ranks has {len(ranks)} entries but clients.budgets has {len(self.clients.budgets)}"
+            )
+        for r in ranks:
+            if not 1 <= r <= self.lora.r:
+                raise ValueError(f"strategy.ranks: rank {r} is not between 1 and lora.r ({self.lora.r})")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

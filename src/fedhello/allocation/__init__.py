@@ -15,6 +15,7 @@ from fedhello.allocation.base import (
 # Importing the modules registers their strategies.
 from fedhello.allocation import baselines  # noqa: E402,F401
 from fedhello.allocation import hla  # noqa: E402,F401
+from fedhello.allocation import rank  # noqa: E402,F401
 
 __all__ = [
     "ClientSlot",

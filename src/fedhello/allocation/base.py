@@ -54,6 +54,8 @@ class Strategy:
     # whether allocate() asks for Fisher scores (the runtime then prepares a
     # calibration set or asks clients, per strategy.fim_source)
     uses_fisher: ClassVar[bool] = False
+    # whether client_rank() varies the LoRA rank (strategy.ranks is then meaningful)
+    uses_ranks: ClassVar[bool] = False
 
     def __init__(self, cfg: "StrategyConfig", num_layers: int, budgets: Sequence[int]):
         self.cfg = cfg
@@ -77,6 +79,29 @@ class Strategy:
         scores: ScoreProvider | None = None,
     ) -> RoundPlan:
         raise NotImplementedError
+
+    def client_rank(self, client: ClientSlot, max_rank: int) -> int | None:
+        """LoRA rank the client trains (its first components of the global adapter).
+
+        ``max_rank`` is the global adapter's rank (``lora.r``). None (the default):
+        the full rank. Rank-heterogeneous strategies (hetlora, flexlora) override it.
+        """
+        return None
+
+    def trained_layers(self, budget: int) -> int:
+        """How many LoRA layers a client of this budget trains (for cost reports)."""
+        return budget
+
+    def aggregate(self, global_state, updates, weighting: str = "samples"):
+        """Merge the round's validated client updates into a new global state.
+
+        Returns ``(new_state, info)``; ``info`` goes into the round's metrics record.
+        The default is layer-wise (sample-weighted) averaging (SPEC section 1);
+        rank-heterogeneous strategies replace it.
+        """
+        from fedhello.federation.aggregation import aggregate
+
+        return aggregate(global_state, updates, weighting), {}
 
     # Strategies with state across rounds (cached Fisher scores, ...) override these.
     def state_dict(self) -> dict[str, Any]:

@@ -19,6 +19,9 @@ class FedIT(Strategy):
         every = list(range(self.num_layers))
         return RoundPlan({c.id: list(every) for c in clients})
 
+    def trained_layers(self, budget: int) -> int:
+        return self.num_layers
+
 
 @register
 class FedRA(Strategy):

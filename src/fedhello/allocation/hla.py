@@ -218,3 +218,6 @@ class Straggler(Strategy):
     def allocate(self, round, clients, rng, scores=None):
         layers = spread_evenly(self.num_layers, min(self.budgets))
         return RoundPlan({c.id: list(layers) for c in clients})
+
+    def trained_layers(self, budget: int) -> int:
+        return min(self.budgets)

@@ -51,12 +51,15 @@ def preview(
     rounds: int,
     seed: int,
     scores: Sequence[float] | None = None,
+    lora_r: int = 16,
     **options: Any,
 ) -> dict[str, Any]:
     """Allocations of ``rounds`` rounds as a JSON-able dict.
 
     ``options`` are further StrategyConfig fields (``fim_every``, ``warmup_rounds``,
-    ``combine``, ``sampler``, ``fim_weights``, ``fim_tiers``). Returns
+    ``combine``, ``sampler``, ``fim_weights``, ``fim_tiers``, ``ranks``); ``lora_r``
+    is the global LoRA rank, from which rank strategies (hetlora, flexlora) derive
+    each client's rank (then in its record as ``rank``). Returns
     ``{"layers": L, "strategy": name, "budgets": [...], "rounds": [{"round": t,
     "clients": [{"id", "group", "budget", "layers"}], "info": {...}}]}`` where
     ``info`` (the strategy's round info, e.g. fim_scores) is present only when
@@ -84,6 +87,8 @@ def preview(
 
     cfg = _strategy_config(strategy, pattern, options)
     strat = build_strategy(cfg, L, budgets)
+    if int(lora_r) < 1:
+        raise ConfigError("--lora-r must be at least 1")
 
     if scores is not None:
         fixed = np.asarray([float(s) for s in scores], dtype=float)
@@ -115,6 +120,9 @@ def preview(
                 for c in chosen
             ],
         }
+        if strat.uses_ranks:
+            for c, item in zip(chosen, rec["clients"]):
+                item["rank"] = strat.client_rank(c, int(lora_r))
         if plan.info:
             rec["info"] = plan.info
         out_rounds.append(rec)
@@ -150,6 +158,9 @@ def render_distribution(preview_dict: dict[str, Any], width: int = 40) -> str:
         share = 100.0 * n / total if total else 0.0
         lines.append(f"layer {layer:>{lw}} | {bar:<{width}} {n:>{cw}} ({share:4.1f}%)")
     lines.append(f"{'':>{6 + lw}}   (layer 0 = input side, layer {L - 1} = output side)")
+    ranks = sorted({(c["group"], c["rank"]) for r in preview_dict["rounds"] for c in r["clients"] if "rank" in c})
+    if ranks:
+        lines.append("LoRA rank per resource group: " + ", ".join(f"group {g}: {rk}" for g, rk in ranks))
     return "\n".join(lines)
 
 
@@ -159,7 +170,8 @@ def render_rounds(preview_dict: dict[str, Any]) -> str:
         lines.append(f"round {r['round']}:")
         for c in r["clients"]:
             layers = " ".join(str(x) for x in c["layers"])
-            lines.append(f"  client {c['id']:>3} (group {c['group']}, budget {c['budget']:>2}): {layers}")
+            rank = f", rank {c['rank']:>2}" if "rank" in c else ""
+            lines.append(f"  client {c['id']:>3} (group {c['group']}, budget {c['budget']:>2}{rank}): {layers}")
         info = r.get("info", {})
         if "fim_tiers" in info:
             lines.append(f"  fim tiers: {info['fim_tiers']}")
@@ -209,6 +221,8 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, help="strategy.sampler: systematic or weighted_without_replacement")
     p.add_argument("--fim-weights", default=None, help="strategy.fim_weights: tiers or scores")
     p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
+    p.add_argument("--lora-r", type=int, default=16, help="global LoRA rank lora.r (rank strategies; default 16)")
+    p.add_argument("--ranks", default=None, help="strategy.ranks: LoRA rank per group for hetlora/flexlora, e.g. 8,12,16")
     p.add_argument("--json", action="store_true", help="print the allocations as JSON")
     p.add_argument("--show-rounds", action="store_true", help="also list every round's clients and layers")
     p.set_defaults(func=run_allocate)
@@ -233,6 +247,8 @@ def run_allocate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         fim_weights=args.fim_weights,
         fim_tiers=args.fim_tiers,
+        lora_r=args.lora_r,
+        ranks=_ints("--ranks", args.ranks) if args.ranks else None,
     )
     if args.json:
         print(json.dumps(result, indent=2))

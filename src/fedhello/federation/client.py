@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from fedhello.data.batching import Encoded, collate, eval_batches, train_batches
 from fedhello.model.layermap import LayerMap
-from fedhello.model.state import State, freeze_all, get_state, set_state, set_trainable, state_nbytes
+from fedhello.model.rank import set_state_padded, truncate_rank
+from fedhello.model.state import State, freeze_all, get_state, set_trainable, state_nbytes
 
 
 @dataclass
@@ -31,6 +32,9 @@ class FitTask:
     layers: list[int]
     lr: float
     seed: int  # seeds shuffling and dropout of this client in this round
+    # LoRA rank the client trains: its first `rank` components of the global adapter
+    # (the rest zero); None: the full rank. Set by rank-heterogeneous strategies.
+    rank: int | None = None
 
 
 @dataclass
@@ -91,7 +95,8 @@ class LocalTrainer:
     def fit(self, task: FitTask, global_state: State, indices: np.ndarray) -> ClientUpdate:
         t0 = time.perf_counter()
         model = self.model
-        set_state(model, global_state)
+        # a rank-r client loads the first r components of each LoRA tensor, zeros beyond
+        set_state_padded(model, truncate_rank(global_state, task.rank))
         params = set_trainable(model, self.layermap, task.layers, ffa=self.ffa)
         opt = make_optimizer(params, self.cfg.optimizer, task.lr, self.cfg.weight_decay)
         rng = np.random.default_rng(task.seed)
@@ -118,6 +123,8 @@ class LocalTrainer:
         if self.ffa:
             names = [n for n in names if ".lora_A." not in n]
         tensors = get_state(model, names)
+        if task.rank is not None:  # upload only the rank-r components (compact copies)
+            tensors = {n: t.clone() for n, t in truncate_rank(tensors, task.rank).items()}
         freeze_all(model, self.layermap)  # nothing stays trainable between clients
         del opt
         return ClientUpdate(

@@ -19,9 +19,10 @@ import numpy as np
 from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
 from fedhello.errors import FedHelloError, UpdateError
-from fedhello.federation.aggregation import aggregate, validate_update
+from fedhello.federation.aggregation import validate_update
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed
 from fedhello.model.layermap import LayerMap
+from fedhello.model.rank import max_rank, truncate_rank
 from fedhello.model.state import State, state_nbytes
 from fedhello.run.rundir import RunDir
 
@@ -117,12 +118,14 @@ class Server:
         rng = allocation_rng(self.cfg.seed, t)
         plan = self.strategy.allocate(t, slots, rng, self._score_provider(slots))
         by_id = {s.id: s for s in slots}
+        state = self.state.global_state
+        r_max = max_rank(state)
         tasks = [
             FitTask(client_id=cid, round=t, layers=sorted(int(x) for x in layers), lr=self.lr(t),
-                    seed=round_seed(self.cfg.seed, t, cid, 3))
+                    seed=round_seed(self.cfg.seed, t, cid, 3),
+                    rank=self.strategy.client_rank(by_id[cid], r_max) if r_max else None)
             for cid, layers in sorted(plan.allocations.items())
         ]
-        state = self.state.global_state
         results = self.runner.fit(tasks, state)
         task_of = {task.client_id: task for task in tasks}
         updates: list[ClientUpdate] = []
@@ -135,15 +138,17 @@ class Server:
             try:
                 if task is None:
                     raise UpdateError(f"client {res.client_id}: reply for a client not asked this round")
-                validate_update(res, self.layermap.names_for(task.layers), state)
+                # shapes are checked against what this client was sent (its rank)
+                validate_update(res, self.layermap.names_for(task.layers), truncate_rank(state, task.rank))
             except UpdateError as err:
                 failed.append({"id": res.client_id, "reason": str(err)})
                 self.log(f"round {t}: rejected update: {err}")
                 continue
             updates.append(res)
-        new_state = aggregate(state, updates, self.cfg.aggregation.weighting)
+        new_state, agg_info = self.strategy.aggregate(state, updates, self.cfg.aggregation.weighting)
         self.state.global_state = new_state
-        download = state_nbytes(state)
+        # what each client is sent: the global state, truncated to its rank
+        download = {tk.client_id: state_nbytes(truncate_rank(state, tk.rank)) for tk in tasks}
         n_total = sum(u.num_samples for u in updates)
         train_loss = (
             sum(u.train_loss * u.num_samples for u in updates) / n_total if n_total else math.nan
@@ -166,14 +171,16 @@ class Server:
                 "layers": u.layers,
                 "num_samples": u.num_samples,
                 "upload_bytes": u.upload_bytes,
-                "download_bytes": download,
+                "download_bytes": download[u.client_id],
                 "train_time_s": u.train_time_s,
                 "train_loss": u.train_loss,
+                **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),
             }
             for u in updates
         ]
         rec["failed_clients"] = failed
         rec.update(plan.info)
+        rec.update(agg_info)
         return rec
 
     # -- the loop ------------------------------------------------------------------

@@ -101,12 +101,28 @@ class Experiment:
         return lambda state: self.fisher(state, self.calib, np.arange(len(self.calib)))
 
     def trainable_params_per_group(self) -> list[int]:
-        """Trainable LoRA + head parameters of a client of each group (budget b layers)."""
+        """Trainable LoRA + head parameters of a client of each group.
+
+        As many LoRA layers as the strategy trains for the group's budget, at the
+        group's LoRA rank (rank strategies), without the A matrices under FFA.
+        """
+        from fedhello.allocation import ClientSlot
+        from fedhello.model.rank import is_lora_a
+
+        cfg = self.cfg
+        strat = build_strategy(cfg.strategy, self.layermap.num_layers, cfg.clients.budgets)
         params = dict(self.model.named_parameters())
         head = sum(params[n].numel() for n in self.layermap.head)
-        per_layer = [sum(params[n].numel() for n in names) for names in self.layermap.layers]
-        # every LoRA layer has the same size in the supported families
-        return [head + sum(sorted(per_layer)[:b]) for b in self.cfg.clients.budgets]
+        out = []
+        for g, b in enumerate(cfg.clients.budgets):
+            rank = strat.client_rank(ClientSlot(-1, g, b), cfg.lora.r) or cfg.lora.r
+            per_layer = [
+                sum(params[n].numel() * rank // cfg.lora.r for n in names if not (cfg.lora.ffa and is_lora_a(n)))
+                for names in self.layermap.layers
+            ]
+            # every LoRA layer has the same size in the supported families
+            out.append(head + sum(sorted(per_layer)[: strat.trained_layers(b)]))
+        return out
 
 
 def prepare(cfg: ExperimentConfig) -> Experiment:
