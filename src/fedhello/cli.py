@@ -96,6 +96,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedhello.report.sweep import parse_seeds, run_sweep, split_list
+
+    console = _console()
+    strategies = split_list(args.strategies, "--strategies")
+    partitions = split_list(args.partitions, "--partitions")
+    seeds = parse_seeds(args.seeds)
+
+    def on_round(cell, rec, rounds) -> None:
+        console.print("  " + round_line(rec, rounds))
+
+    res = run_sweep(
+        args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
+        overwrite=args.overwrite, dry_run=args.dry_run, print_fn=console.print, on_round=on_round,
+    )
+    if args.dry_run:
+        return 0
+    console.print(
+        f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
+        f" -> {args.out}/results.md"
+    )
+    if res["failed"]:
+        console.print(f"[red]failed cells: {', '.join(res['failed'])} (see {args.out}/failures.json)[/red]")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", required=True)
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=cmd_validate)
+
+    sw = sub.add_parser("sweep", help="run a grid of strategies x partitions x seeds (resumable) and tabulate it")
+    sw.add_argument("--config", required=True, help="base experiment config (YAML)")
+    sw.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    sw.add_argument("--partitions", default="iid", help="comma-separated: iid, pat-K (K classes per client), "
+                    "dir-A (Dirichlet alpha A); default iid")
+    sw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    sw.add_argument("--out", required=True, help="sweep directory (cells go to OUT/<partition>/<strategy>/seed<S>)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key for every cell")
+    sw.add_argument("--target", type=float, default=None, help="target test accuracy (fraction) for rounds-to-target; "
+                    "default: 90%% of the best final mean accuracy in each partition")
+    sw.add_argument("--overwrite", action="store_true", help="replace cells that hold a run of another config")
+    sw.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    sw.set_defaults(func=cmd_sweep)
 
     try:
         from fedhello.allocation.preview import add_allocate_parser
