@@ -123,6 +123,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedhello.report import report
+
+    files = report(args.dir, adapter=args.adapter, print_fn=lambda m: print(m, file=sys.stderr))
+    pngs = [f for f in files if f.suffix == ".png"]
+    print(f"{args.dir}: {len(pngs)} plots" + "".join(f"\n  {f}" for f in files if f.suffix != ".png"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fedhello.federation.simulation import pick_device
+    from fedhello.report.export import predict
+
+    for text, (label, prob, _) in zip(args.text, predict(args.run, args.text, pick_device(args.device))):
+        print(f"{label}\t{prob:.3f}\t{text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--overwrite", action="store_true", help="replace cells that hold a run of another config")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
     sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="regenerate plots, TensorBoard scalars (and a sweep's results) from a directory")
+    rp.add_argument("dir", metavar="RUN_OR_SWEEP_DIR")
+    rp.add_argument("--adapter", action="store_true", help="also re-export the PEFT adapter from checkpoint.pt")
+    rp.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser("predict", help="classify texts with a finished run's exported adapter")
+    pr.add_argument("--run", required=True, metavar="DIR", help="run directory (with adapter/)")
+    pr.add_argument("--text", action="append", required=True, help="a text to classify (repeatable)")
+    pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    pr.set_defaults(func=cmd_predict)
 
     try:
         from fedhello.allocation.preview import add_allocate_parser

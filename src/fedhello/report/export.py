@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -85,6 +86,8 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
         labels = json.loads((adapter / LABELS).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise FedHelloError(f"{adapter}: unreadable {INFO} or {LABELS} ({type(err).__name__})") from None
+    # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = resolve_model_path(info["model"])
