@@ -109,7 +109,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     res = run_sweep(
         args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
-        overwrite=args.overwrite, dry_run=args.dry_run, print_fn=console.print, on_round=on_round,
+        overwrite=args.overwrite, dry_run=args.dry_run, print_fn=lambda m: console.print(m, markup=False),
+        on_round=on_round,
     )
     if args.dry_run:
         return 0

@@ -8,7 +8,7 @@ the base model's path, ``modules_to_save`` = the classification head) and
 ``model.name`` to rebuild the base from, ``max_length``, number of labels).
 Outside fedhello::
 
-    base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N)
+    base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N, ignore_mismatched_sizes=True)
     model = PeftModel.from_pretrained(base, "RUNDIR/adapter")
 
 where BASE is ``adapter_config.json``'s ``base_model_name_or_path`` (for
