@@ -107,11 +107,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def on_round(cell, rec, rounds) -> None:
         console.print("  " + round_line(rec, rounds))
 
-    res = run_sweep(
-        args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
-        overwrite=args.overwrite, dry_run=args.dry_run, print_fn=lambda m: console.print(m, markup=False),
-        on_round=on_round,
-    )
+    try:
+        res = run_sweep(
+            args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
+            overwrite=args.overwrite, dry_run=args.dry_run, print_fn=lambda m: console.print(m, markup=False),
+            on_round=on_round,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: finished cells and the running cell's last round are kept; "
+              "run the same sweep command again to continue", file=sys.stderr)
+        return 130
     if args.dry_run:
         return 0
     console.print(
