@@ -293,14 +293,12 @@ def run_experiment(
         if on_round is not None:
             on_round(rec)
 
-    try:
-        server.run(rundir, round_done, until=stop_after)
-        summary = None
-        if server.state.round >= cfg.rounds:
-            summary = summarize(cfg, server.state.records)
-            summary["trainable_params_per_group"] = exp.trainable_params_per_group()
-            rundir.write_json(SUMMARY, summary)
-            reporter.finish(exp, server.state.global_state, server.state.records)
-    finally:
-        reporter.close()
+    server.run(rundir, round_done, until=stop_after)
+    summary = None
+    if server.state.round >= cfg.rounds:
+        summary = summarize(cfg, server.state.records)
+        summary["trainable_params_per_group"] = exp.trainable_params_per_group()
+        rundir.write_json(SUMMARY, summary)
+        reporter.finish(exp, server.state.global_state, server.state.records)
+    reporter.close()
     return summary or {"rounds": server.state.round, "incomplete": True}

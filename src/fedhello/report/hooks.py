@@ -46,3 +46,9 @@ class RunReporter:
 
     def close(self) -> None:
         self.tb.close()
+
+    def __del__(self) -> None:  # a run that raised: release the event file when the reporter goes
+        try:
+            self.tb.close()
+        except Exception:
+            pass

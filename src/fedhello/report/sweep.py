@@ -27,7 +27,7 @@ The table is computed from the cell directories alone (``summary.json``,
   validation accuracy (model selection on validation, never on test);
 - mean and *sample* standard deviation (n-1) over the finished seeds; the std
   is blank with a single seed;
-- ``rounds_to_target``: the first round (counted from 1) whose test accuracy is
+- ``rounds_to_target``: the first evaluated round (counted from 1) whose test accuracy is
   at least the target, averaged over the seeds that reach it
   (``reached_target`` says how many did). The target is ``--target`` (a
   fraction, e.g. 0.8) or by default 90% of the best ``final_test_accuracy_mean``
