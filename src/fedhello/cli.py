@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "dir-A (Dirichlet alpha A); default iid")
     sw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     sw.add_argument("--out", required=True, help="sweep directory (cells go to OUT/<partition>/<strategy>/seed<S>)")
-    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key for every cell")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every cell")
     sw.add_argument("--target", type=float, default=None, help="target test accuracy (fraction) for rounds-to-target; "
                     "default: 90%% of the best final mean accuracy in each partition")
     sw.add_argument("--overwrite", action="store_true", help="replace cells that hold a run of another config")

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fedhello.errors import ConfigError, FedHelloError
-from fedhello.run.rundir import CONFIG, METRICS, SUMMARY, RunDir, atomic_write_json, atomic_write_text
+from fedhello.run.rundir import CONFIG, SUMMARY, RunDir, atomic_write_json, atomic_write_text
 
 SWEEP = "sweep.json"
 FAILURES = "failures.json"
