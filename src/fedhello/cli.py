@@ -96,6 +96,57 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedhello.report.sweep import parse_seeds, run_sweep, split_list
+
+    console = _console()
+    strategies = split_list(args.strategies, "--strategies")
+    partitions = split_list(args.partitions, "--partitions")
+    seeds = parse_seeds(args.seeds)
+
+    def on_round(cell, rec, rounds) -> None:
+        console.print("  " + round_line(rec, rounds))
+
+    try:
+        res = run_sweep(
+            args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
+            overwrite=args.overwrite, dry_run=args.dry_run, print_fn=lambda m: console.print(m, markup=False),
+            on_round=on_round,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: finished cells and the running cell's last round are kept; "
+              "run the same sweep command again to continue", file=sys.stderr)
+        return 130
+    if args.dry_run:
+        return 0
+    console.print(
+        f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
+        f" -> {args.out}/results.md"
+    )
+    if res["failed"]:
+        console.print(f"[red]failed cells: {', '.join(res['failed'])} (see {args.out}/failures.json)[/red]")
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedhello.report import report
+
+    files = report(args.dir, adapter=args.adapter, print_fn=lambda m: print(m, file=sys.stderr))
+    pngs = [f for f in files if f.suffix == ".png"]
+    print(f"{args.dir}: {len(pngs)} plots" + "".join(f"\n  {f}" for f in files if f.suffix != ".png"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fedhello.federation.simulation import pick_device
+    from fedhello.report.export import predict
+
+    for text, (label, prob, _) in zip(args.text, predict(args.run, args.text, pick_device(args.device))):
+        print(f"{label}\t{prob:.3f}\t{text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", required=True)
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=cmd_validate)
+
+    sw = sub.add_parser("sweep", help="run a grid of strategies x partitions x seeds (resumable) and tabulate it")
+    sw.add_argument("--config", required=True, help="base experiment config (YAML)")
+    sw.add_argument("--strategies", required=True, help="comma-separated strategy names")
+    sw.add_argument("--partitions", default="iid", help="comma-separated: iid, pat-K (K classes per client), "
+                    "dir-A (Dirichlet alpha A); default iid")
+    sw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    sw.add_argument("--out", required=True, help="sweep directory (cells go to OUT/<partition>/<strategy>/seed<S>)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every cell")
+    sw.add_argument("--target", type=float, default=None, help="target test accuracy (fraction) for rounds-to-target; "
+                    "default: 90%% of the best final mean accuracy in each partition")
+    sw.add_argument("--overwrite", action="store_true", help="replace cells that hold a run of another config")
+    sw.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="regenerate plots, TensorBoard scalars (and a sweep's results) from a directory")
+    rp.add_argument("dir", metavar="RUN_OR_SWEEP_DIR")
+    rp.add_argument("--adapter", action="store_true", help="also re-export the PEFT adapter from checkpoint.pt")
+    rp.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser("predict", help="classify texts with a finished run's exported adapter")
+    pr.add_argument("--run", required=True, metavar="DIR", help="run directory (with adapter/)")
+    pr.add_argument("--text", action="append", required=True, help="a text to classify (repeatable)")
+    pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    pr.set_defaults(func=cmd_predict)
 
     try:
         from fedhello.allocation.preview import add_allocate_parser

@@ -64,5 +64,6 @@ def run_demo(out: str | Path = "runs/demo", strategies: str | None = None, round
     out_console.print("acc @ best val: test accuracy of the round with the best validation accuracy")
     for name, _, _, run_dir in rows:
         out_console.print(f"run directory ({name}): {run_dir}")
+    out_console.print(f"plots: {out}/<strategy>/plots/*.png; curves: tensorboard --logdir {out}")
     console.print(f"demo finished in {time.perf_counter() - t_all:.0f}s")
     return 0

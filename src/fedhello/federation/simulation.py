@@ -300,10 +300,21 @@ def run_experiment(
     else:
         rundir.write_config(cfg.to_dict())
         write_setup(rundir, exp)
-    server.run(rundir, on_round, until=stop_after)
+    from fedhello.report.hooks import RunReporter
+
+    reporter = RunReporter(rundir.path, log)  # TensorBoard each round; plots + adapter at the end
+
+    def round_done(rec: dict) -> None:
+        reporter.round(server.state.records)
+        if on_round is not None:
+            on_round(rec)
+
+    server.run(rundir, round_done, until=stop_after)
     summary = None
     if server.state.round >= cfg.rounds:
         summary = summarize(cfg, server.state.records)
         summary["trainable_params_per_group"] = exp.trainable_params_per_group()
         rundir.write_json(SUMMARY, summary)
+        reporter.finish(exp, server.state.global_state, server.state.records)
+    reporter.close()
     return summary or {"rounds": server.state.round, "incomplete": True}

@@ -1,0 +1,79 @@
+"""Results people look at: sweeps over (strategy, partition, seed), the results
+table, plots, TensorBoard scalars and the exported PEFT adapter.
+
+- :mod:`fedhello.report.sweep`: ``fedhello sweep`` (the grid, resumable) and the
+  results table (``results.csv`` / ``results.md``) computed from the cells' run
+  directories alone.
+- :mod:`fedhello.report.plots`: PNG plots of a run directory and of a sweep.
+- :mod:`fedhello.report.tensorboard`: TensorBoard scalars written from the records.
+- :mod:`fedhello.report.export`: the final global adapter in PEFT format, and
+  ``fedhello predict``.
+- :mod:`fedhello.report.hooks`: what a run writes after every round and at its end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def report(path: str | Path, adapter: bool = False, print_fn=print) -> list[Path]:
+    """Regenerate everything derivable from a run or sweep directory; returns the files written.
+
+    Run directory: plots and TensorBoard scalars (and, with ``adapter``, the PEFT
+    adapter from ``checkpoint.pt``). Sweep directory: results.csv/md, sweep plots,
+    and the same for every cell.
+    """
+    from fedhello.errors import FedHelloError
+    from fedhello.report.plots import is_run_dir, run_plots, sweep_plots
+    from fedhello.report.sweep import RESULTS_CSV, RESULTS_MD, SWEEP, collect, write_results
+    from fedhello.report.tensorboard import TB, missing_note, write_tensorboard
+    from fedhello.run.rundir import RunDir
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FedHelloError(f"{path}: no such directory")
+
+    def one_run(run: Path) -> list[Path]:
+        files = run_plots(run)
+        if write_tensorboard(run, RunDir(run).read_metrics()):
+            files.append(run / TB)
+        else:
+            print_fn(missing_note())
+        if adapter:
+            files.append(export_from_checkpoint(run))
+        return files
+
+    if is_run_dir(path):
+        return one_run(path)
+    cells = collect(path)
+    if not cells and not (path / SWEEP).is_file():
+        raise FedHelloError(
+            f"{path}: neither a run directory (config.yaml + metrics.jsonl) nor a sweep directory "
+            "(<partition>/<strategy>/seed<S>/ run directories)"
+        )
+    files: list[Path] = []
+    for c in cells:
+        if is_run_dir(c.path):
+            files += one_run(c.path)
+    write_results(path)
+    files += [path / RESULTS_CSV, path / RESULTS_MD]
+    files += sweep_plots(path)
+    return files
+
+
+def export_from_checkpoint(run: str | Path) -> Path:
+    """Re-export ``run/adapter`` from the global state in ``run/checkpoint.pt``."""
+    from fedhello.config import build_config
+    from fedhello.errors import FedHelloError
+    from fedhello.model import build_backbone
+    from fedhello.report.export import export_adapter
+    from fedhello.run.rundir import RunDir
+
+    rd = RunDir(run)
+    ckpt = rd.load_checkpoint()
+    if ckpt is None:
+        raise FedHelloError(f"{rd.file('checkpoint.pt')}: no checkpoint to export an adapter from")
+    cfg = build_config(rd.read_config_dict())
+    labels = rd.read_json("labels.json")
+    backbone = build_backbone(cfg, len(labels), "cpu")
+    return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg)

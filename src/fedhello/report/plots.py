@@ -1,0 +1,235 @@
+"""PNG plots of a run directory and of a sweep directory, from the files alone.
+
+Run directory (``RUNDIR/plots/``):
+
+- ``accuracy.png``: validation/test accuracy and training loss per round;
+- ``layers_heatmap.png``: layers x rounds, how many clients trained each layer
+  (the allocation pattern over time; layer 0 nearest the input, at the bottom);
+- ``layer_distribution.png``: the collective distribution, each layer's share of
+  all client layer-trainings over the run (the geometric shape), with the
+  strategy's mean sampling probabilities where it records them;
+- ``fim_scores.png``: per-layer Fisher scores (share of the round's total) on the
+  rounds they were computed, when the strategy uses them;
+- ``group_costs.png``: per resource group, mean client train time, upload and
+  (when recorded) memory per client-round.
+
+Sweep directory (``DIR/plots/``): ``accuracy_<partition>.png``, mean test
+accuracy per round over seeds for each strategy (band: ± one standard deviation).
+
+Rounds are counted from 1 on every axis. Figures use matplotlib's Agg canvas
+(no display needed) and are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedhello.run.rundir import METRICS, RunDir, _atomic_write_bytes
+
+PLOTS = "plots"
+MEMORY_KEYS = ("peak_memory_mb", "peak_memory_bytes", "memory_mb", "memory_bytes")
+
+
+def _figure(**kw):
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _read_json(p: Path) -> Any:
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _title(run: Path, cfg: dict) -> str:
+    strat = (cfg.get("strategy") or {}).get("name", "?")
+    part = cfg.get("partition") or {}
+    pname = part.get("name", "?")
+    if pname == "pathological":
+        pname = f"pat-{part.get('classes_per_client')}"
+    elif pname == "dirichlet":
+        pname = f"dir-{part.get('alpha')}"
+    return f"{strat}, {pname}, seed {cfg.get('seed')}"
+
+
+def layer_counts(records: list[dict], num_layers: int) -> np.ndarray:
+    """counts[l, t]: clients that trained layer l in round t (successful updates only)."""
+    counts = np.zeros((num_layers, len(records)), dtype=np.int64)
+    for t, r in enumerate(records):
+        for c in r.get("clients", []):
+            for layer in c.get("layers", []):
+                if 0 <= layer < num_layers:
+                    counts[layer, t] += 1
+    return counts
+
+
+def _num_layers(run: Path, records: list[dict]) -> int:
+    clients = _read_json(run / "clients.json") or {}
+    if clients.get("num_layers"):
+        return int(clients["num_layers"])
+    seen = [layer for r in records for c in r.get("clients", []) for layer in c.get("layers", [])]
+    return max(seen) + 1 if seen else 0
+
+
+def run_plots(run_dir: str | Path) -> list[Path]:
+    """Write every plot of one run directory; returns the files written."""
+    from matplotlib.ticker import MaxNLocator
+
+    run = Path(run_dir)
+    rd = RunDir(run)
+    records = rd.read_metrics()
+    if not records:
+        return []
+    cfg = rd.read_config_dict() if rd.has_run() else {}
+    clients = _read_json(run / "clients.json") or {}
+    budgets = clients.get("budgets") or (cfg.get("clients") or {}).get("budgets") or []
+    out = run / PLOTS
+    title = _title(run, cfg)
+    written = []
+    rounds = np.array([r["round"] + 1 for r in records])
+
+    # accuracy and loss per round
+    fig = _figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
+    for a in (ax1, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
+        pts = [(r["round"] + 1, 100 * r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax1.plot(x, y, marker="o", ms=3, label=label)
+    ax1.set(xlabel="round", ylabel="accuracy (%)", title="global model accuracy")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    loss = [r.get("train_loss") for r in records]
+    ax2.plot(rounds, [np.nan if v is None else v for v in loss], color="C2")
+    ax2.set(xlabel="round", ylabel="train loss", title="client training loss (sample-weighted)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    written.append(_save(fig, out / "accuracy.png"))
+
+    n_layers = _num_layers(run, records)
+    if n_layers:
+        counts = layer_counts(records, n_layers)
+        # heatmap: layers x rounds
+        fig = _figure(figsize=(max(5.0, min(14.0, 2 + 0.12 * len(records))), 1.5 + 0.35 * n_layers))
+        ax = fig.subplots()
+        im = ax.imshow(counts, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                       extent=(0.5, len(records) + 0.5, -0.5, n_layers - 0.5))
+        ax.set(xlabel="round", ylabel="layer (0 = nearest the input)", title=f"clients training each layer: {title}")
+        ax.set_yticks(range(n_layers))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(im, ax=ax, label="clients")
+        written.append(_save(fig, out / "layers_heatmap.png"))
+
+        # collective distribution
+        total = counts.sum(axis=1)
+        fig = _figure(figsize=(max(4.5, 0.45 * n_layers + 2), 3.6))
+        ax = fig.subplots()
+        share = total / total.sum() if total.sum() else total.astype(float)
+        ax.bar(np.arange(n_layers), 100 * share, color="C0", label="share of client layer-trainings")
+        probs = [r["layer_probs"] for r in records if r.get("layer_probs") and len(r["layer_probs"]) == n_layers]
+        if probs:
+            ax.plot(np.arange(n_layers), 100 * np.mean(probs, axis=0), "o-", color="C3", label="mean layer_probs")
+        ax.set(xlabel="layer (0 = nearest the input)", ylabel="% of layer-trainings",
+               title=f"collective distribution: {title}")
+        ax.set_xticks(range(n_layers))
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "layer_distribution.png"))
+
+        # Fisher scores over time
+        fim = [(r["round"] + 1, np.asarray(r["fim_scores"], dtype=float)) for r in records
+               if r.get("fim_scores") is not None and len(r["fim_scores"]) == n_layers]
+        if fim:
+            fig = _figure(figsize=(7, 3.8))
+            ax = fig.subplots()
+            x = [t for t, _ in fim]
+            shares = np.array([s / s.sum() if s.sum() > 0 else s for _, s in fim])
+            cmap = __import__("matplotlib").colormaps["viridis"]
+            for layer in range(n_layers):
+                ax.plot(x, 100 * shares[:, layer], marker="o", ms=3, color=cmap(layer / max(1, n_layers - 1)),
+                        label=f"layer {layer}")
+            ax.set(xlabel="round", ylabel="% of the round's total FIM", title=f"Fisher scores per layer: {title}")
+            ax.legend(fontsize=7, ncol=2 if n_layers > 6 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+            ax.grid(alpha=0.3)
+            written.append(_save(fig, out / "fim_scores.png"))
+
+    # per-group costs
+    n_groups = len(budgets) or 1 + max((c.get("group", 0) for r in records for c in r.get("clients", [])), default=0)
+    per = [[c for r in records for c in r.get("clients", []) if c.get("group") == g] for g in range(n_groups)]
+    mem_key = next((k for k in MEMORY_KEYS if any(k in c for cs in per for c in cs)), None)
+    panels = [("train_time_s", "train time per client-round (s)", 1.0),
+              ("upload_bytes", "upload per client-round (MB)", 1e-6)]
+    if mem_key:
+        scale = 1e-6 if mem_key.endswith("bytes") else 1.0
+        panels.append((mem_key, "peak memory per client-round (MB)", scale))
+    fig = _figure(figsize=(3.3 * len(panels), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    labels = [f"g{g}" + (f" ({budgets[g]} layers)" if g < len(budgets) else "") for g in range(n_groups)]
+    for ax, (key, label, scale) in zip(axes, panels):
+        vals = [scale * float(np.mean([c[key] for c in cs if c.get(key) is not None]))
+                if any(c.get(key) is not None for c in cs) else 0.0 for cs in per]
+        ax.bar(labels, vals, color=[f"C{g}" for g in range(n_groups)])
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"cost per resource group: {title}")
+    written.append(_save(fig, out / "group_costs.png"))
+    return written
+
+
+def sweep_plots(sweep_dir: str | Path) -> list[Path]:
+    """Mean test accuracy per round over seeds, one figure per partition, every strategy on it."""
+    from matplotlib.ticker import MaxNLocator
+
+    from fedhello.report.sweep import _manifest, _order, collect
+
+    out = Path(sweep_dir)
+    man = _manifest(out)
+    cells = collect(out)
+    written = []
+    parts = _order(sorted({c.cell.partition for c in cells}), man.get("partitions"))
+    strats = _order(sorted({c.cell.strategy for c in cells}), man.get("strategies"))
+    for part in parts:
+        fig = _figure(figsize=(7, 4.2))
+        ax = fig.subplots()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        drawn = False
+        for i, strat in enumerate(strats):
+            curves = []
+            for c in cells:
+                if c.cell.partition == part and c.cell.strategy == strat:
+                    pts = {r["round"] + 1: 100 * r["test_accuracy"] for r in c.records
+                           if r.get("test_accuracy") is not None}
+                    if pts:
+                        curves.append(pts)
+            if not curves:
+                continue
+            xs = sorted(set().union(*curves))
+            ys = [[cv[x] for cv in curves if x in cv] for x in xs]
+            mean = np.array([np.mean(y) for y in ys])
+            std = np.array([np.std(y, ddof=1) if len(y) > 1 else 0.0 for y in ys])
+            ax.plot(xs, mean, marker="o", ms=2.5, color=f"C{i % 10}", label=f"{strat} ({len(curves)} seeds)")
+            ax.fill_between(xs, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15, linewidth=0)
+            drawn = True
+        if not drawn:
+            continue
+        ax.set(xlabel="round", ylabel="test accuracy (%)", title=f"test accuracy per round: {part}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / PLOTS / f"accuracy_{part}.png"))
+    return written
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / METRICS).is_file() and (path / "config.yaml").is_file()

@@ -1,0 +1,231 @@
+"""fedhello sweep (grid, resume, failures, results table), report (plots from the directory alone), TensorBoard."""
+
+import csv
+import json
+import shutil
+import statistics
+
+import pytest
+import yaml
+
+from fedhello.cli import main
+from fedhello.config import load_config
+from fedhello.federation import simulation
+from fedhello.federation.simulation import run_experiment
+from fedhello.report.sweep import Cell, partition_overrides, run_sweep
+from fedhello.run.rundir import RunDir
+
+STRATEGIES = ["fedit", "fedra"]
+PARTITIONS = ["iid", "pat-2"]
+SEEDS = [0, 1]
+RUN_PNGS = {"accuracy.png", "layers_heatmap.png", "layer_distribution.png", "group_costs.png"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared, loaded CPU: one thread avoids thread contention (10x faster here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def base_config(tiny_bert, path):
+    raw = {
+        "rounds": 2,
+        "model": {"name": str(tiny_bert), "max_length": 32},
+        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.15},
+        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
+        "strategy": {"name": "fedit", "warmup_rounds": 1, "fim_every": 1, "fim_samples": 10},
+        "train": {"batch_size": 8, "lr": 0.01, "max_steps": 2},
+        "eval": {"every": 1, "batch_size": 64},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_bert, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg_file = base_config(tiny_bert, tmp / "base.yaml")
+    out = tmp / "sw"
+    # one cell interrupted after its first round: the sweep must continue it, not restart it
+    part = Cell("fedra", "pat-2", 1)
+    cfg = load_config(cfg_file, [*partition_overrides("pat-2"), "strategy.name=fedra", "seed=1"])
+    run_experiment(cfg, part.dir(out), stop_after=1)
+    first = RunDir(part.dir(out)).read_metrics()[0]
+    res = run_sweep(cfg_file, STRATEGIES, PARTITIONS, SEEDS, out, print_fn=lambda m: None)
+    return {"cfg": cfg_file, "out": out, "res": res, "partial": part, "first": first}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cells_of(out, strategy, partition):
+    return [json.loads((out / partition / strategy / f"seed{s}" / "summary.json").read_text()) for s in SEEDS]
+
+
+def test_sweep_runs_every_cell_and_tabulates_means_and_stds(sweep):
+    out, res = sweep["out"], sweep["res"]
+    assert len(res["ran"]) == 8 and not res["failed"] and not res["skipped"]
+    rows = read_csv(out / "results.csv")
+    assert [(r["strategy"], r["partition"]) for r in rows] == [(s, p) for p in PARTITIONS for s in STRATEGIES]
+    for r in rows:
+        sums = cells_of(out, r["strategy"], r["partition"])
+        assert r["seeds"] == "2" and r["seed_ids"] == "0 1" and r["failed"] == "0" and r["rounds"] == "2"
+        final = [s["final_test_accuracy"] for s in sums]
+        best = [s["test_accuracy_at_best_val"] for s in sums]
+        approx = lambda x: pytest.approx(x, rel=1e-5, abs=1e-7)  # noqa: E731  (csv keeps 6 digits)
+        assert float(r["final_test_accuracy_mean"]) == approx(statistics.fmean(final))
+        assert float(r["final_test_accuracy_std"]) == approx(statistics.stdev(final))
+        assert float(r["best_val_test_accuracy_mean"]) == approx(statistics.fmean(best))
+        assert float(r["best_val_test_accuracy_std"]) == approx(statistics.stdev(best))
+        assert float(r["upload_mb_mean"]) == approx(statistics.fmean(s["total_upload_bytes"] / 1e6 for s in sums))
+        assert r["trainable_params_per_group"] == "/".join(str(p) for p in sums[0]["trainable_params_per_group"])
+        times = [c["train_time_s"] for s in SEEDS
+                 for rec in RunDir(out / r["partition"] / r["strategy"] / f"seed{s}").read_metrics()
+                 for c in rec["clients"]]
+        assert float(r["mean_client_train_time_s"]) == approx(statistics.fmean(times))
+    # default target: 90% of the best final mean of the partition; rounds counted from 1
+    for part in PARTITIONS:
+        prow = [r for r in rows if r["partition"] == part]
+        target = 0.9 * max(statistics.fmean(s["final_test_accuracy"] for s in cells_of(out, r["strategy"], part))
+                           for r in prow)
+        for r in prow:
+            assert float(r["target_accuracy"]) == pytest.approx(target, rel=1e-5)
+            hits = []
+            for s in SEEDS:
+                recs = RunDir(out / part / r["strategy"] / f"seed{s}").read_metrics()
+                hits += [next((x["round"] + 1 for x in recs if x["test_accuracy"] >= target - 1e-12), None)]
+            reached = [h for h in hits if h is not None]
+            assert r["reached_target"] == f"{len(reached)}/2"
+            assert (float(r["rounds_to_target"]) if r["rounds_to_target"] else None) == (
+                statistics.fmean(reached) if reached else None)
+    md = (out / "results.md").read_text()
+    for part in PARTITIONS:
+        assert f"## {part}" in md
+    assert md.count("| fedit | 2 |") == 2 and md.count("| fedra | 2 |") == 2
+    assert {p.name for p in (out / "plots").glob("*.png")} == {"accuracy_iid.png", "accuracy_pat-2.png"}
+    for s in STRATEGIES:  # every cell's own plots and adapter
+        cell = out / "iid" / s / "seed0"
+        assert {p.name for p in (cell / "plots").glob("*.png")} == RUN_PNGS
+        assert (cell / "adapter" / "adapter_config.json").is_file()
+
+
+def test_sweep_resumes_an_interrupted_cell(sweep):
+    recs = RunDir(sweep["partial"].dir(sweep["out"])).read_metrics()
+    assert [r["round"] for r in recs] == [0, 1]
+    assert recs[0] == sweep["first"]  # round 0 kept from the interrupted process (its timing too)
+
+
+def test_rerunning_the_sweep_runs_nothing(sweep, monkeypatch):
+    out = sweep["out"]
+    summaries = sorted(out.glob("*/*/seed*/summary.json"))
+    before = {p: p.stat().st_mtime_ns for p in summaries}
+    calls = []
+    monkeypatch.setattr(simulation, "run_experiment", lambda *a, **k: calls.append(a))
+    res = run_sweep(sweep["cfg"], STRATEGIES, PARTITIONS, SEEDS, out, print_fn=lambda m: None)
+    assert calls == [] and res["ran"] == [] and len(res["skipped"]) == 8
+    assert {p: p.stat().st_mtime_ns for p in summaries} == before
+
+
+def test_dry_run_lists_cells_and_writes_nothing(sweep, tmp_path, capsys):
+    out = tmp_path / "dry"
+    rc = main(["sweep", "--config", str(sweep["cfg"]), "--strategies", "fedit,fedra", "--partitions",
+               "iid,dir-0.5", "--seeds", "3", "--out", str(out), "--dry-run"])
+    assert rc == 0 and not out.exists()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert len(lines) == 4 and "dir-0.5/fedra/seed3" in lines[-1] and all(" new " in line for line in lines)
+    # the finished sweep: every cell reported done
+    main(["sweep", "--config", str(sweep["cfg"]), "--strategies", "fedit,fedra", "--partitions", "iid,pat-2",
+          "--seeds", "0,1", "--out", str(sweep["out"]), "--dry-run"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert len(lines) == 8 and all(" done " in line for line in lines)
+
+
+def test_bad_grid_input_is_an_error_before_anything_runs(sweep, tmp_path, capsys):
+    out = tmp_path / "bad"
+    for bad in (["--partitions", "pat-x"], ["--strategies", "nope"], ["--seeds", "a"], ["--partitions", "dir-0"]):
+        args = {"--strategies": "fedit", "--partitions": "iid", "--seeds": "0"}
+        args[bad[0]] = bad[1]
+        argv = ["sweep", "--config", str(sweep["cfg"]), "--out", str(out)] + [x for kv in args.items() for x in kv]
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith("error: ")
+    assert not out.exists()
+
+
+def test_a_failing_cell_is_recorded_and_the_others_complete(sweep, tmp_path):
+    out = tmp_path / "fail"
+    # fedhello needs a server calibration set larger than the data holds: that cell fails in its run
+    rc = main(["sweep", "--config", str(sweep["cfg"]), "--strategies", "fedhello,fedit", "--partitions", "iid",
+               "--seeds", "0", "--out", str(out), "--set", "strategy.fim_samples=100000"])
+    assert rc == 1
+    failures = json.loads((out / "failures.json").read_text())
+    assert list(failures) == ["iid/fedhello/seed0"]
+    assert "fim_samples" in failures["iid/fedhello/seed0"]["error"]
+    assert (out / "iid" / "fedit" / "seed0" / "summary.json").is_file()
+    rows = {r["strategy"]: r for r in read_csv(out / "results.csv")}
+    assert rows["fedhello"]["failed"] == "1" and rows["fedhello"]["seeds"] == "0"
+    assert rows["fedhello"]["final_test_accuracy_mean"] == ""
+    assert rows["fedit"]["failed"] == "0" and rows["fedit"]["seeds"] == "1"
+    assert rows["fedit"]["final_test_accuracy_std"] == ""  # one seed: no std
+    assert "1 failed" in (out / "results.md").read_text()
+
+
+def test_report_regenerates_plots_and_results_from_the_directory_alone(sweep, tmp_path):
+    src = sweep["out"]
+    dst = tmp_path / "copy"
+    # only the files a report may use: no checkpoint, adapter, plots, event files or results
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+        "checkpoint.pt", "adapter", "plots", "tb", "results.csv", "results.md"))
+    assert not list(dst.rglob("*.png"))
+    assert main(["report", str(dst)]) == 0
+    assert (dst / "results.csv").read_text() == (src / "results.csv").read_text()
+    assert (dst / "results.md").read_text().splitlines()[1:] == (src / "results.md").read_text().splitlines()[1:]
+    assert {p.name for p in (dst / "plots").glob("*.png")} == {"accuracy_iid.png", "accuracy_pat-2.png"}
+    for cell in dst.glob("*/*/seed*"):
+        assert {p.name for p in (cell / "plots").glob("*.png")} == RUN_PNGS, cell
+        assert len(list((cell / "tb").glob("events.out.tfevents.*"))) == 1
+    one = dst / "iid" / "fedra" / "seed0"
+    shutil.rmtree(one / "plots")
+    assert main(["report", str(one)]) == 0  # a single run directory
+    assert {p.name for p in (one / "plots").glob("*.png")} == RUN_PNGS
+
+
+def test_fisher_plot_where_scores_are_recorded(tiny_bert, tmp_path):
+    from fedhello.report.plots import run_plots
+
+    cfg = load_config(base_config(tiny_bert, tmp_path / "b.yaml"), ["strategy.name=fim-hla", "rounds=1"])
+    run_experiment(cfg, tmp_path / "r")
+    assert RunDir(tmp_path / "r").read_metrics()[0]["fim_scores"]
+    names = {p.name for p in run_plots(tmp_path / "r")}
+    assert names == RUN_PNGS | {"fim_scores.png"}
+
+
+def _scalars(tb_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tb_dir))
+    ea.Reload()
+    return ea
+
+
+def test_tensorboard_scalars_match_the_records_without_duplicates_after_resume(sweep):
+    run = sweep["partial"].dir(sweep["out"])  # interrupted after round 1, resumed by the sweep
+    recs = RunDir(run).read_metrics()
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    ea = _scalars(run / "tb")
+    tags = set(ea.Tags()["scalars"])
+    assert tags >= {"accuracy/test", "accuracy/val", "loss/train", "time/round_s", "upload/mb", "upload/cumulative_mb"}
+    for tag, key in (("accuracy/test", "test_accuracy"), ("accuracy/val", "val_accuracy"),
+                     ("loss/train", "train_loss"), ("time/round_s", "round_time_s")):
+        ev = ea.Scalars(tag)
+        assert [e.step for e in ev] == [1, 2], tag
+        assert [e.value for e in ev] == pytest.approx([r[key] for r in recs], rel=1e-6)
+    up = [sum(c["upload_bytes"] for c in r["clients"]) / 1e6 for r in recs]
+    assert [e.value for e in ea.Scalars("upload/mb")] == pytest.approx(up, rel=1e-6)
+    assert [e.value for e in ea.Scalars("upload/cumulative_mb")] == pytest.approx([up[0], up[0] + up[1]], rel=1e-6)
