@@ -5,6 +5,12 @@ hand the fit tasks to a :class:`ClientRunner` -> validate and aggregate the
 replies layer-wise -> evaluate the global model -> record. The runner is the
 only thing that knows how clients are reached (in-process simulation, Flower);
 the loop itself knows nothing of it.
+
+Rank-heterogeneous strategies also give each client a LoRA rank
+(``Strategy.client_rank`` -> ``FitTask.rank``): the client is sent the global
+state truncated to that rank (``fedhello.model.rank.truncate_rank``; a runtime
+that transmits state sends exactly that) and replies with tensors of that rank;
+``Strategy.aggregate`` replaces layer-wise averaging where the strategy needs to.
 """
 
 from __future__ import annotations
