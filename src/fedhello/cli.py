@@ -88,11 +88,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedhello.config import load_config
-    from fedhello.federation.simulation import check_budgets
+    from fedhello.validate import validate_config
 
     cfg = load_config(args.config, args.set)
-    n_layers = check_budgets(cfg)
-    print(f"{args.config}: ok ({cfg.strategy.name}, {n_layers} layers, budgets {cfg.clients.budgets})")
+    rep = validate_config(cfg)
+    layers = f"{rep.num_layers} layers ({rep.model_source})" if rep.num_layers is not None else "layers unchecked"
+    print(f"{args.config}: ok ({cfg.task}, {cfg.strategy.name}, {layers}, budgets {cfg.clients.budgets})")
+    for note in rep.notes:
+        print(f"  note: {note}")
     return 0
 
 
