@@ -95,12 +95,21 @@ def make_encoder(cfg, backbone) -> Callable:
     from fedhello.data.batching import encode, encode_choices, encode_pairs
 
     task, ml, tok = cfg.task, cfg.model.max_length, backbone.tokenizer
-    if task == TEXT_CLS:
-        return lambda ds, train=False: encode(tok, ds["text"], ds["label"], ml)
-    if task == TEXT_PAIR:
-        return lambda ds, train=False: encode_pairs(tok, ds["text"], ds["text_pair"], ds["label"], ml)
-    if task == MULTIPLE_CHOICE:
-        return lambda ds, train=False: encode_choices(tok, ds["text"], ds["text_pair"], ds["choices"], ds["label"], ml)
+    if task != IMAGE_CLS:
+        fn = {
+            TEXT_CLS: lambda ds: encode(tok, ds["text"], ds["label"], ml),
+            TEXT_PAIR: lambda ds: encode_pairs(tok, ds["text"], ds["text_pair"], ds["label"], ml),
+            MULTIPLE_CHOICE: lambda ds: encode_choices(tok, ds["text"], ds["text_pair"], ds["choices"], ds["label"], ml),
+        }[task]
+        accepted = _forward_inputs(backbone.model)
+
+        def enc_text(ds, train: bool = False):
+            data = fn(ds)
+            for k in [k for k in data.features if k != "input_ids" and accepted is not None and k not in accepted]:
+                del data.features[k]  # e.g. token_type_ids of a BERT tokenizer on a decoder LM
+            return data
+
+        return enc_text
     from fedhello.data.images import ImageData, ImageTransform
 
     transform = ImageTransform.from_processor(backbone.image_processor)
@@ -109,3 +118,15 @@ def make_encoder(cfg, backbone) -> Callable:
         return ImageData(ds, transform, augment=train)
 
     return enc_images
+
+
+def _forward_inputs(model) -> set[str] | None:
+    """Named inputs of the underlying transformers model's forward (None: cannot tell)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}

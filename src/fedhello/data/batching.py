@@ -73,7 +73,10 @@ def encode_choices(
     The context (a passage) is truncated first so that the question and the
     option survive (the scheme of Hugging Face's SWAG example).
     """
-    n = len(choices[0]) if len(choices) else 0
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    if len(choices) == 0:
+        return Encoded(features={"input_ids": []}, labels=np.zeros(0, dtype=np.int64), pad_token_id=pad_id)
+    n = len(choices[0])
     firsts, seconds = [], []
     for c, q, opts in zip(contexts, questions, choices):
         if len(opts) != n:

@@ -131,7 +131,7 @@ def to_tensor(img) -> torch.Tensor:
     """A PIL image (any mode) or array -> (3, H, W) float32 with values in [0, 255]."""
     if hasattr(img, "convert"):
         img = img.convert("RGB")
-    a = np.asarray(img)
+    a = np.array(img)  # a writable copy
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()
