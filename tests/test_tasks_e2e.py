@@ -235,7 +235,8 @@ def test_multiple_choice_bert_parquet(tmp_path, tiny_bert_mc):
     pd.DataFrame(mc_rows(18, rng)).to_parquet(d / "test.parquet", index=False)
     raw = base(tiny_bert_mc, "multiple-choice",
                {"format": "parquet", "path": str(d), "text_column": "passage", "text_pair_column": "question",
-                "choices_columns": ["a", "b", "c"], "choices_label_base": 1, "label_column": "answer"})
+                "choices_columns": ["a", "b", "c"], "choices_label_base": 1, "label_column": "answer"},
+               strategy={"name": "fim-hla", "fim_source": "server", "fim_samples": 6, "fim_every": 1})
     cfg = build_config(raw)
     exp = prepare(cfg)
     assert exp.label_names == ["a", "b", "c"]
@@ -254,7 +255,8 @@ def test_multiple_choice_bert_parquet(tmp_path, tiny_bert_mc):
     run_experiment(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["a", "b", "c"]
     # head: classifier 1x32 + 1 (one score per option)
-    check_run(tmp_path / "run", cfg, 3, lora_per_layer=4 * 4 * 32, head=32 + 1)
+    recs, _ = check_run(tmp_path / "run", cfg, 3, lora_per_layer=4 * 4 * 32, head=32 + 1)
+    assert len(recs[0]["fim_scores"]) == 2 and all(s > 0 for s in recs[0]["fim_scores"])
 
 
 # ------------------------------------------------------------------------------- images
@@ -277,7 +279,10 @@ def write_digits(root: Path, per_class_train: int = 16, per_class_test: int = 6,
 
 def test_image_classification_vit_imagefolder(tmp_path, tiny_vit):
     write_digits(tmp_path / "digits")
-    raw = base(tiny_vit, "image-classification", {"format": "imagefolder", "path": str(tmp_path / "digits")})
+    # Fed-HeLLo with Fisher scores computed by the clients on their (un-augmented) images
+    raw = base(tiny_vit, "image-classification", {"format": "imagefolder", "path": str(tmp_path / "digits")},
+               strategy={"name": "fedhello", "warmup_rounds": 1, "fim_every": 1, "fim_source": "clients",
+                         "fim_samples": 8})
     cfg = build_config(raw)
     exp = prepare(cfg)
     assert exp.label_names == ["digit0", "digit1", "digit2"]
@@ -299,7 +304,9 @@ def test_image_classification_vit_imagefolder(tmp_path, tiny_vit):
     code = main(["run", "--config", str(write_yaml(tmp_path, raw)), "--out", str(tmp_path / "run")])
     assert code == 0
     # q_proj/v_proj 32 wide, r=4: 4 tensors of 4x32; head: classifier 3x32 + 3
-    check_run(tmp_path / "run", cfg, 3, lora_per_layer=4 * 4 * 32, head=3 * 32 + 3)
+    recs, _ = check_run(tmp_path / "run", cfg, 3, lora_per_layer=4 * 4 * 32, head=3 * 32 + 3)
+    assert recs[1]["fim_scores"] is not None and len(recs[1]["fim_scores"]) == 4
+    assert all(s > 0 for s in recs[1]["fim_scores"])
 
 
 def write_yaml(tmp_path: Path, raw: dict) -> Path:

@@ -172,7 +172,7 @@ class EvalConfig(_Strict):
     # the validation metric that selects the best round (summary.json); see fedhello.metrics
     select_metric: Literal["accuracy", "macro_f1", "micro_f1", "f1_positive"] = "accuracy"
     # binary tasks: the label (as in labels.json) whose F1 is f1_positive; null: label index 1
-    positive_label: str | None = None
+    positive_label: str | int | None = None
 
 
 class ExperimentConfig(_Strict):

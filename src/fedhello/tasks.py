@@ -48,6 +48,8 @@ def check_task_data(cfg) -> None:
         raise ValueError(
             f"config key 'data.format': {d.format!r} cannot hold {task} data (use one of {', '.join(allowed)})"
         )
+    if d.test_fraction > 0 and d.format == "demo":
+        raise ValueError("config key 'data.test_fraction': the demo data has its own test split")
     if task == TEXT_PAIR and not d.text_pair_column:
         raise ValueError("config key 'data.text_pair_column': task text-pair-classification needs the second text's column")
     if task == TEXT_CLS and d.text_pair_column:

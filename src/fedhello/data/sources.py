@@ -139,6 +139,20 @@ def _load_local(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], tuple[D
     return out[0], out[1], str(root)
 
 
+def _load_local_train(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], str]:
+    """Only the training split file (``data.test_fraction``: the test split is carved from it)."""
+    if not cfg.path:
+        raise DataError(f"data.path must be set for data.format {fmt}")
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
+    builder, exts = LOCAL_FORMATS[fmt]
+    f = _split_file(root, cfg.split_train, exts)
+    if f is None:
+        raise DataError(f"missing split file {root / f'{cfg.split_train}.{exts[0]}'}")
+    return (_read_local(f, builder), str(f)), str(root)
+
+
 def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str], str]:
     if not cfg.name:
         raise DataError("data.name must be set for data.format hub")
@@ -511,13 +525,12 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
         train, test = (loaded[0], loaded[1]) if not carve_test else _carve_test(cfg, loaded[0], seed)
         return _finish_task(train, test, _image_cfg(cfg), seed, source, task)
     if carve_test and fmt != "demo":
-        cfg_one = cfg.model_copy(update={"split_test": cfg.split_train})
         if fmt == "auto":
             fmt = _resolve_auto(cfg)
         if fmt == "hub":
-            train, _, source = _load_hub(cfg_one)
+            train, _, source = _load_hub(cfg.model_copy(update={"split_test": cfg.split_train}))
         else:
-            train, _, source = _load_local(cfg_one, fmt)
+            train, source = _load_local_train(cfg, fmt)
         train, test = _carve_test(cfg, train, seed)
         if task == "text-classification":
             return _finish(train, test, cfg, seed, source)
