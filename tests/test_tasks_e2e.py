@@ -153,7 +153,7 @@ def pair_rows(n: int, rng) -> list[dict]:
     return rows
 
 
-def test_text_pair_classification_roberta_csv(tmp_path, tiny_roberta):
+def test_text_pair_classification_roberta_csv(tmp_path, tiny_roberta, capsys):
     rng = np.random.default_rng(0)
     d = tmp_path / "data"
     d.mkdir()
@@ -168,7 +168,8 @@ def test_text_pair_classification_roberta_csv(tmp_path, tiny_roberta):
     assert exp.label_names == ["no", "yes"] and exp.positive_class == 1
     tt = exp.train.features["token_type_ids"][0]
     assert tt[0] == 0 and tt[-1] == 1 and exp.train.features["input_ids"][0].count(102) == 2
-    run_experiment(cfg, tmp_path / "run")
+    assert main(["run", "--config", str(write_yaml(tmp_path, raw)), "--out", str(tmp_path / "run")]) == 0
+    assert "final test f1_positive" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["no", "yes"]
     # LoRA r=4 on query and value (32 wide): 4 tensors of 4x32; head: dense 32x32+32, out_proj 2x32+2
     check_run(tmp_path / "run", cfg, 2, lora_per_layer=4 * 4 * 32, head=32 * 32 + 32 + 2 * 32 + 2)

@@ -77,6 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"(test at best val round {summary['best_val_round']}: "
             f"{100 * (summary['test_accuracy_at_best_val'] or 0):.2f}%)  run directory: {out}"
         )
+        sel = cfg.eval.select_metric
+        if sel != "accuracy" and summary.get(f"final_test_{sel}") is not None:
+            console.print(
+                f"final test {sel} {100 * summary[f'final_test_{sel}']:.2f}  "
+                f"(at best val {sel} round: {100 * (summary.get(f'test_{sel}_at_best_val') or 0):.2f})"
+            )
     return 0
 
 

@@ -107,6 +107,7 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     path = resolve_model_path(cfg.model.name)
     mconf = load_model_config(cfg.model.name)
     task = getattr(cfg, "task", "text-classification")
+    _check_task_model(task, mconf, path)
     if task != "text-classification":
         return _build_task_backbone(cfg, task, path, mconf, num_labels, device)
     tokenizer = AutoTokenizer.from_pretrained(path)
