@@ -29,8 +29,8 @@ from fedhello.federation.server import Server, summarize
 from fedhello.model import build_backbone, get_state, load_model_config, num_hidden_layers, set_state
 from fedhello.model.backbone import Backbone
 from fedhello.model.state import State
-from fedhello.tasks import make_encoder
 from fedhello.run.rundir import SUMMARY, RunDir
+from fedhello.tasks import make_encoder
 
 
 def pick_device(name: str) -> torch.device:
