@@ -46,13 +46,13 @@ def test_shipped_paper_configs_validate_offline(capsys):
         (["data.format=csv"], "'data.format': 'csv' cannot hold image-classification data"),
         (["eval.select_metric=auc"], "eval.select_metric"),
         (["data.choices_columns=[a,b]"], "only used by task multiple-choice"),
-        (["data.format=imagefolder", "data.path=/nonexistent/fedhello"], "does not exist"),
+        (["data.format=imagefolder", "data.path={tmp}/missing"], "does not exist"),
     ],
 )
-def test_validate_errors_name_the_key(capsys, sets, needle):
+def test_validate_errors_name_the_key(tmp_path, capsys, sets, needle):
     argv = ["--config", str(CIFAR)]
     for s in sets:
-        argv += ["--set", s]
+        argv += ["--set", s.format(tmp=tmp_path)]
     code, out, err = validate(capsys, *argv)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and needle in err and "\n" not in err, err
