@@ -77,6 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"(test at best val round {summary['best_val_round']}: "
             f"{100 * (summary['test_accuracy_at_best_val'] or 0):.2f}%)  run directory: {out}"
         )
+        sel = cfg.eval.select_metric
+        if sel != "accuracy" and summary.get(f"final_test_{sel}") is not None:
+            console.print(
+                f"final test {sel} {100 * summary[f'final_test_{sel}']:.2f}  "
+                f"(at best val {sel} round: {100 * (summary.get(f'test_{sel}_at_best_val') or 0):.2f})"
+            )
     return 0
 
 
@@ -88,11 +94,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedhello.config import load_config
-    from fedhello.federation.simulation import check_budgets
+    from fedhello.validate import validate_config
 
     cfg = load_config(args.config, args.set)
-    n_layers = check_budgets(cfg)
-    print(f"{args.config}: ok ({cfg.strategy.name}, {n_layers} layers, budgets {cfg.clients.budgets})")
+    rep = validate_config(cfg)
+    layers = f"{rep.num_layers} layers ({rep.model_source})" if rep.num_layers is not None else "layers unchecked"
+    print(f"{args.config}: ok ({cfg.task}, {cfg.strategy.name}, {layers}, budgets {cfg.clients.budgets})")
+    for note in rep.notes:
+        print(f"  note: {note}")
     return 0
 
 

@@ -43,7 +43,8 @@ class LoraConfig(_Strict):
 class DataConfig(_Strict):
     # auto: local files of the format found under `path` when path is set,
     # otherwise the hub dataset `name`; demo: the built-in generated dataset.
-    format: Literal["auto", "demo", "csv", "jsonl", "parquet", "hub"] = "demo"
+    # imagefolder: <path>/<split>/<class name>/<image file> (image-classification)
+    format: Literal["auto", "demo", "csv", "jsonl", "parquet", "hub", "imagefolder"] = "demo"
     path: str | None = None
     name: str | None = None
     subset: str | None = None
@@ -52,6 +53,18 @@ class DataConfig(_Strict):
     text_column: str = "text"
     # a list means: the first of these columns that the data has.
     label_column: str | list[str] = "label"
+    # text-pair-classification: the second text; multiple-choice: an optional
+    # question put before every option (the first segment is text_column)
+    text_pair_column: str | None = None
+    # image-classification: the column holding the images (hub and file formats)
+    image_column: str = "image"
+    # multiple-choice: the option columns, in order; the label is the option's
+    # index, counted from choices_label_base (Belebele's correct_answer_num is 1-based)
+    choices_columns: list[str] | None = None
+    choices_label_base: Literal[0, 1] = 0
+    # > 0: the test split is this seeded share carved out of split_train (for
+    # datasets with a single split, e.g. Belebele); split_test is then not read
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
     max_test_samples: int | None = Field(None, ge=1)
     # share of the training data carved out (before partitioning) for model selection
@@ -156,13 +169,18 @@ class AggregationConfig(_Strict):
 class EvalConfig(_Strict):
     every: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
-    select_metric: Literal["accuracy"] = "accuracy"
+    # the validation metric that selects the best round (summary.json); see fedhello.metrics
+    select_metric: Literal["accuracy", "macro_f1", "micro_f1", "f1_positive"] = "accuracy"
+    # binary tasks: the label (as in labels.json) whose F1 is f1_positive; null: label index 1
+    positive_label: str | int | None = None
 
 
 class ExperimentConfig(_Strict):
     seed: int = 0
     rounds: int = Field(10, ge=1)
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal[
+        "text-classification", "text-pair-classification", "multiple-choice", "image-classification"
+    ] = "text-classification"
     device: str = "auto"
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -199,6 +217,13 @@ class ExperimentConfig(_Strict):
         for r in ranks:
             if not 1 <= r <= self.lora.r:
                 raise ValueError(f"strategy.ranks: rank {r} is not between 1 and lora.r ({self.lora.r})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_task_data(self) -> "ExperimentConfig":
+        from fedhello.tasks import check_task_data
+
+        check_task_data(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,9 +1,14 @@
-"""Loading a text-classification task into two ``datasets.Dataset`` splits.
+"""Loading a task's data into two ``datasets.Dataset`` splits.
 
 Every source ends up as :class:`Splits`: ``train`` and ``test`` with exactly the
-columns ``text`` (str) and ``label`` (int), and ``label_names``. The label set is
-fixed by the training split (sorted; numerically when all labels are integers);
-test rows with a label outside it are dropped and counted.
+task's canonical columns (see :mod:`fedhello.tasks`): ``text`` (str) and ``label``
+(int) for text-classification, plus ``text_pair`` for text-pair-classification,
+``text``/``text_pair``/``choices`` for multiple-choice, ``image`` (an image
+feature, not decoded here) for image-classification; and ``label_names``. The
+label set is fixed by the training split (sorted; numerically when all labels are
+integers); test rows with a label outside it are dropped and counted. For
+multiple choice the label is the option index and ``label_names`` are the option
+columns. ``data.format: imagefolder`` reads ``<path>/<split>/<class>/<image>``.
 
 Local files are read with ``datasets.load_dataset("csv" | "json" | "parquet")``
 into memory through a throw-away cache folder, so nothing is written under the
@@ -134,6 +139,20 @@ def _load_local(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], tuple[D
     return out[0], out[1], str(root)
 
 
+def _load_local_train(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], str]:
+    """Only the training split file (``data.test_fraction``: the test split is carved from it)."""
+    if not cfg.path:
+        raise DataError(f"data.path must be set for data.format {fmt}")
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
+    builder, exts = LOCAL_FORMATS[fmt]
+    f = _split_file(root, cfg.split_train, exts)
+    if f is None:
+        raise DataError(f"missing split file {root / f'{cfg.split_train}.{exts[0]}'}")
+    return (_read_local(f, builder), str(f)), str(root)
+
+
 def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str], str]:
     if not cfg.name:
         raise DataError("data.name must be set for data.format hub")
@@ -151,6 +170,41 @@ def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str]
             )
         out.append((dd[split], f"{where}[{split}]"))
     return out[0], out[1], where
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _load_imagefolder_split(root: Path, split: str) -> tuple[Dataset, str]:
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"missing split folder {folder} (expected {folder}/<class name>/<image files>)")
+    paths: list[str] = []
+    labels: list[str] = []
+    for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for f in sorted(cls_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(f))
+                labels.append(cls_dir.name)
+    if not paths:
+        raise DataError(f"{folder}: split is empty (no image files in class folders)")
+    feats = Features({"image": datasets.Image(decode=False), "label": Value("string")})
+    ds = Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": labels}, features=feats)
+    return ds, str(folder)
+
+
+def _load_imagefolder(cfg: DataConfig, splits: Sequence[str]) -> tuple[list[tuple[Dataset, str]], str]:
+    if not cfg.path:
+        raise DataError("data.path must be set for data.format imagefolder")
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
+    return [_load_imagefolder_split(root, s) for s in splits], str(root)
+
+
+def _image_cfg(cfg: DataConfig) -> DataConfig:
+    """imagefolder splits carry the columns image/label whatever the config names."""
+    return cfg.model_copy(update={"image_column": "image", "label_column": "label"})
 
 
 # --------------------------------------------------------------------------- columns
@@ -219,6 +273,155 @@ def _subset(ds: Dataset, n: int | None, rng: np.random.Generator) -> Dataset:
 
 def _build(texts: list[str], labels: list[int]) -> Dataset:
     return Dataset.from_dict({"text": texts, "label": labels}, features=OUTPUT_FEATURES)
+
+
+def _missing_text(t: Any) -> bool:
+    return t is None or (isinstance(t, float) and math.isnan(t))
+
+
+def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
+    if col not in ds.column_names:
+        cols = ", ".join(ds.column_names)
+        raise DataError(f"data.{key}: column '{col}' not found in {where} (columns: {cols})")
+
+
+def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[str, list[Any]]:
+    """The task's input columns (canonical names) read from ``ds``; a row with any value missing is None."""
+    if task == "text-classification":
+        _check_text_column(ds, cfg, where)
+        return {"text": ds[cfg.text_column]}
+    if task == "text-pair-classification":
+        _check_text_column(ds, cfg, where)
+        _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
+        return {"text": ds[cfg.text_column], "text_pair": ds[cfg.text_pair_column]}
+    if task == "multiple-choice":
+        _check_text_column(ds, cfg, where)
+        if cfg.text_pair_column:
+            _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
+        for c in cfg.choices_columns or []:
+            _check_column(ds, c, "choices_columns", where)
+        opts = [ds[c] for c in cfg.choices_columns or []]
+        return {
+            "text": ds[cfg.text_column],
+            "text_pair": ds[cfg.text_pair_column] if cfg.text_pair_column else [""] * len(ds),
+            "choices": [list(row) for row in zip(*opts)],
+        }
+    if task == "image-classification":
+        _check_column(ds, cfg.image_column, "image_column", where)
+        try:
+            col = ds.cast_column(cfg.image_column, datasets.Image(decode=False))[cfg.image_column]
+        except Exception as err:  # noqa: BLE001 - not images
+            raise DataError(
+                f"data.image_column: column '{cfg.image_column}' in {where} does not hold images: {_one_line(err)}"
+            ) from err
+        return {"image": col}
+    raise DataError(f"task: unknown task {task!r}")  # pragma: no cover - config validates it
+
+
+def _clean_task(ds: Dataset, cfg: DataConfig, task: str, where: str) -> tuple[dict[str, list], list[Any], int]:
+    """(input columns, canonical labels, dropped) keeping rows with every input and a label."""
+    columns = _task_columns(ds, cfg, task, where)
+    label_col = _resolve_label_column(ds, cfg, where)
+    raw = _raw_labels(ds, label_col, where)
+    out: dict[str, list] = {k: [] for k in columns}
+    labels: list[Any] = []
+    dropped = 0
+    n_opts = len(cfg.choices_columns or [])
+    for i, y in enumerate(raw):
+        y = _canonical(y)
+        row = {k: v[i] for k, v in columns.items()}
+        bad = y is None
+        if task == "multiple-choice" and not bad:
+            k = _to_int(y)
+            bad = k is None or not (0 <= k - cfg.choices_label_base < n_opts)
+            y = None if bad else k - cfg.choices_label_base
+        for k, v in row.items():
+            if k == "choices":
+                bad = bad or any(_missing_text(o) for o in v)
+                row[k] = [o if isinstance(o, str) else str(o) for o in v] if not bad else v
+            elif k == "image":
+                bad = bad or v is None
+            else:
+                bad = bad or _missing_text(v)
+                if not bad and not isinstance(v, str):
+                    row[k] = str(v)
+        if bad:
+            dropped += 1
+            continue
+        for k, v in row.items():
+            out[k].append(v)
+        labels.append(y)
+    return out, labels, dropped
+
+
+def _build_task(task: str, columns: dict[str, list], labels: list[int]) -> Dataset:
+    feats: dict[str, Any] = {}
+    for k in columns:
+        if k == "choices":
+            feats[k] = datasets.Sequence(Value("string"))
+        elif k == "image":
+            feats[k] = datasets.Image(decode=True)
+        else:
+            feats[k] = Value("string")
+    feats["label"] = Value("int64")
+    data = dict(columns, label=labels)
+    if "image" in columns:
+        # keep the encoded bytes/paths; decoding happens per batch (fedhello.data.images)
+        ds = Dataset.from_dict(data, features=Features(dict(feats, image=datasets.Image(decode=False))))
+        return ds.cast_column("image", datasets.Image(decode=True))
+    return Dataset.from_dict(data, features=Features(feats))
+
+
+def _finish_task(
+    train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str, task: str
+) -> Splits:
+    """:func:`_finish` for every task but text-classification (which keeps its own, unchanged path)."""
+    (train_ds, train_where), (test_ds, test_where) = train, test
+    for ds, where in ((train_ds, train_where), (test_ds, test_where)):
+        if len(ds) == 0:
+            raise DataError(f"{where}: split is empty (no rows)")
+    rng = np.random.default_rng(seed)
+    train_ds = _subset(train_ds, cfg.max_train_samples, rng)
+    test_ds = _subset(test_ds, cfg.max_test_samples, rng)
+    tr_cols, tr_labels, dropped_train = _clean_task(train_ds, cfg, task, train_where)
+    te_cols, te_labels, dropped_test = _clean_task(test_ds, cfg, task, test_where)
+    if not tr_labels:
+        raise DataError(f"{train_where}: split is empty (no row has every input and a label)")
+    if task == "multiple-choice":
+        label_names = list(cfg.choices_columns or [])
+        train_ids, test_ids = tr_labels, te_labels
+    else:
+        int_mode = all(isinstance(y, int) for y in tr_labels)
+        if int_mode:
+            keys: list[Any] = sorted(set(tr_labels))
+            te_keys = [_to_int(y) for y in te_labels]
+        else:
+            keys = sorted({str(y) for y in tr_labels})
+            tr_labels = [str(y) for y in tr_labels]
+            te_keys = [str(y) for y in te_labels]
+        label_names = [str(k) for k in keys]
+        if len(keys) < 2:
+            col = cfg.label_column if isinstance(cfg.label_column, str) else "/".join(cfg.label_column)
+            raise DataError(
+                f"{train_where}: label column '{col}' has {len(keys)} class"
+                f"{'' if len(keys) == 1 else 'es'}; need at least 2"
+            )
+        index = {k: i for i, k in enumerate(keys)}
+        train_ids = [index[y] for y in tr_labels]
+        keep = [i for i, k in enumerate(te_keys) if k in index]
+        dropped_test += len(te_keys) - len(keep)
+        te_cols = {c: [v[i] for i in keep] for c, v in te_cols.items()}
+        test_ids = [index[te_keys[i]] for i in keep]
+    if not test_ids:
+        raise DataError(f"{test_where}: split is empty after dropping rows whose label is not a training label")
+    return Splits(
+        train=_build_task(task, tr_cols, train_ids),
+        test=_build_task(task, te_cols, test_ids),
+        label_names=label_names,
+        dropped_test=dropped_test,
+        dropped_train=dropped_train,
+        source=source,
+    )
 
 
 def _clean(ds: Dataset, cfg: DataConfig, where: str) -> tuple[list[str], list[Any], int]:
@@ -299,9 +502,47 @@ def _finish(
 # --------------------------------------------------------------------------- public
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Load the train/test splits described by ``cfg`` (see :class:`DataConfig`)."""
+def _carve_test(cfg: DataConfig, train: tuple[Dataset, str], seed: int) -> tuple[tuple[Dataset, str], tuple[Dataset, str]]:
+    """``data.test_fraction``: the test split carved (seeded) out of the training split."""
+    ds, where = train
+    n = int(round(cfg.test_fraction * len(ds)))
+    if n < 1:
+        raise DataError(f"data.test_fraction: {cfg.test_fraction} of the {len(ds)} rows of {where} is no test row")
+    rest, test = carve(ds, n, seed + 7919)
+    return (rest, where), (test, f"{where} (test share {cfg.test_fraction:g})")
+
+
+def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -> Splits:
+    """Load the train/test splits of ``task`` described by ``cfg`` (see :class:`DataConfig`)."""
     fmt = cfg.format
+    carve_test = cfg.test_fraction > 0
+    wanted = [cfg.split_train] if carve_test else [cfg.split_train, cfg.split_test]
+    if fmt == "imagefolder" or (
+        fmt == "auto" and task == "image-classification" and cfg.path
+        and (Path(cfg.path).expanduser() / cfg.split_train).is_dir()
+    ):
+        loaded, source = _load_imagefolder(cfg, wanted)
+        train, test = (loaded[0], loaded[1]) if not carve_test else _carve_test(cfg, loaded[0], seed)
+        return _finish_task(train, test, _image_cfg(cfg), seed, source, task)
+    if carve_test and fmt != "demo":
+        if fmt == "auto":
+            fmt = _resolve_auto(cfg)
+        if fmt == "hub":
+            train, _, source = _load_hub(cfg.model_copy(update={"split_test": cfg.split_train}))
+        else:
+            train, source = _load_local_train(cfg, fmt)
+        train, test = _carve_test(cfg, train, seed)
+        if task == "text-classification":
+            return _finish(train, test, cfg, seed, source)
+        return _finish_task(train, test, cfg, seed, source, task)
+    if task != "text-classification" and fmt != "demo":
+        if fmt == "auto":
+            fmt = _resolve_auto(cfg)
+        if fmt == "hub":
+            train, test, source = _load_hub(cfg)
+        else:
+            train, test, source = _load_local(cfg, fmt)
+        return _finish_task(train, test, cfg, seed, source, task)
     if fmt == "demo":
         (tr_x, tr_y), (te_x, te_y) = make_demo_splits(cfg.demo_samples, seed)
         demo_cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label"})
@@ -329,6 +570,17 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     else:  # pragma: no cover - DataConfig validates the format
         raise DataError(f"data.format: unknown format {fmt!r}")
     return _finish(train, test, cfg, seed, source)
+
+
+def _resolve_auto(cfg: DataConfig) -> str:
+    if cfg.path:
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
+        return _detect_format(root, cfg.split_train)
+    if cfg.name:
+        return "hub"
+    raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
 
 
 def carve(ds: Dataset, n: int, seed: int) -> tuple[Dataset, Dataset]:

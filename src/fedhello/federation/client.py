@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fedhello.data.batching import Encoded, collate, eval_batches, train_batches
+from fedhello.metrics import classification_metrics
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import set_state_padded, truncate_rank
 from fedhello.model.state import State, freeze_all, get_state, set_trainable, state_nbytes
@@ -139,18 +140,27 @@ class LocalTrainer:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data: Encoded, indices: np.ndarray, batch_size: int, device
+    model: torch.nn.Module, data: Encoded, indices: np.ndarray, batch_size: int, device, positive_class: int = 1
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``indices`` of ``data``."""
+    """Mean cross-entropy and the metrics of :mod:`fedhello.metrics` of ``model`` on ``indices`` of ``data``.
+
+    accuracy, macro_f1, micro_f1 always; f1_positive (F1 of class ``positive_class``)
+    when the model has two classes.
+    """
     if len(indices) == 0:
         return {"accuracy": math.nan, "loss": math.nan, "num_samples": 0}
     model.eval()
     lengths = data.lengths
-    correct, loss_sum, n = 0, 0.0, 0
+    loss_sum, n, num_classes = 0.0, 0, 0
+    preds: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for idx in eval_batches(lengths, indices, batch_size):
         batch = collate(data, idx, device)
         loss, logits = _forward_loss(model, batch)
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        preds.append(logits.argmax(-1).cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+        num_classes = int(logits.shape[-1])
         loss_sum += float(loss) * len(idx)
         n += len(idx)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "num_samples": n}
+    out = classification_metrics(np.concatenate(preds), np.concatenate(labels), num_classes, positive_class)
+    return dict(out, loss=loss_sum / n, num_samples=n)

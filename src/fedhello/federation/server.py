@@ -166,6 +166,7 @@ class Server:
                 val_accuracy=ev["val"]["accuracy"], val_loss=ev["val"]["loss"],
                 test_accuracy=ev["test"]["accuracy"], test_loss=ev["test"]["loss"],
             )
+            rec.update(extra_metrics(ev))
         else:
             rec.update(val_accuracy=None, val_loss=None, test_accuracy=None, test_loss=None)
         rec["round_time_s"] = time.perf_counter() - t0
@@ -227,10 +228,25 @@ class Server:
         return self.state.records
 
 
+def extra_metrics(ev: dict) -> dict:
+    """val_/test_ entries for every evaluated metric beyond accuracy and loss (F1s: fedhello.metrics)."""
+    return {
+        f"{split}_{k}": v
+        for split in ("val", "test")
+        for k, v in ev.get(split, {}).items()
+        if k not in ("accuracy", "loss", "num_samples")
+    }
+
+
 def summarize(cfg, records: list[dict]) -> dict:
-    """summary.json from the metrics records (selection on validation, never on test)."""
-    evald = [r for r in records if r.get("val_accuracy") is not None]
-    best = max(evald, key=lambda r: r["val_accuracy"], default=None)  # first of equals wins
+    """summary.json from the metrics records (selection on validation, never on test).
+
+    The best round is the one of highest ``val_<eval.select_metric>`` (accuracy by
+    default); every recorded metric is reported at that round and at the last one.
+    """
+    sel = f"val_{getattr(cfg.eval, 'select_metric', 'accuracy')}"
+    evald = [r for r in records if r.get(sel) is not None]
+    best = max(evald, key=lambda r: r[sel], default=None)  # first of equals wins
     last = records[-1] if records else {}
     upload = sum(c["upload_bytes"] for r in records for c in r["clients"])
     return {
@@ -245,4 +261,16 @@ def summarize(cfg, records: list[dict]) -> dict:
         "total_time_s": sum(r["round_time_s"] for r in records),
         "total_upload_bytes": upload,
         "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
+        **_metric_summary(cfg, records, best),
     }
+
+
+def _metric_summary(cfg, records: list[dict], best: dict | None) -> dict:
+    last = records[-1] if records else {}
+    names = sorted({k[len("test_"):] for r in records for k in r if k.startswith("test_")} - {"accuracy", "loss"})
+    out: dict = {"select_metric": getattr(cfg.eval, "select_metric", "accuracy")}
+    for m in names:
+        out[f"final_test_{m}"] = last.get(f"test_{m}")
+        out[f"best_val_{m}"] = best.get(f"val_{m}") if best else None
+        out[f"test_{m}_at_best_val"] = best.get(f"test_{m}") if best else None
+    return out

@@ -22,7 +22,7 @@ from fedhello.allocation import build_strategy, strategy_class
 from fedhello.allocation.clients import assign_groups
 from fedhello.config import ExperimentConfig, build_config
 from fedhello.data import carve, load_splits, partition_dataset, partition_stats
-from fedhello.data.batching import Encoded, collate, encode, eval_batches
+from fedhello.data.batching import Encoded, collate, eval_batches
 from fedhello.errors import ConfigError, FedHelloError
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, LocalTrainer, evaluate
 from fedhello.federation.server import Server, summarize
@@ -30,6 +30,7 @@ from fedhello.model import build_backbone, get_state, load_model_config, num_hid
 from fedhello.model.backbone import Backbone
 from fedhello.model.state import State
 from fedhello.run.rundir import SUMMARY, RunDir
+from fedhello.tasks import make_encoder
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,6 +64,8 @@ class Experiment:
     stats: list[dict]
     groups: list[int]
     dropped_test: int = 0
+    # binary tasks: the label index whose F1 is recorded as f1_positive
+    positive_class: int = 1
 
     @property
     def layermap(self):
@@ -80,9 +83,10 @@ class Experiment:
 
         def run(state: State) -> dict:
             set_state(self.model, state)
+            pc = self.positive_class
             return {
-                "val": evaluate(self.model, self.val, np.arange(len(self.val)), bs, self.device),
-                "test": evaluate(self.model, self.test, np.arange(len(self.test)), bs, self.device),
+                "val": evaluate(self.model, self.val, np.arange(len(self.val)), bs, self.device, positive_class=pc),
+                "test": evaluate(self.model, self.test, np.arange(len(self.test)), bs, self.device, positive_class=pc),
             }
 
         return run
@@ -91,6 +95,8 @@ class Experiment:
         from fedhello.allocation.fisher import fisher_layer_scores
 
         set_state(self.model, state)
+        if getattr(data, "augment", False):  # Fisher scores on the images as they are, not augmented
+            data = data.without_augmentation()
         lengths = data.lengths
         batches = (collate(data, idx, self.device) for idx in eval_batches(lengths, indices, self.cfg.eval.batch_size))
         return fisher_layer_scores(self.model, self.layermap, batches)
@@ -128,9 +134,10 @@ class Experiment:
 def prepare(cfg: ExperimentConfig) -> Experiment:
     """Load and check everything a run needs; raises FedHelloError before any training."""
     check_budgets(cfg)
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = load_splits(cfg.data, cfg.seed, task=cfg.task)
     train_ds = splits.train
     n_classes = len(splits.label_names)
+    positive_class = positive_label_index(cfg, splits.label_names)
     if cfg.partition.name == "pathological" and cfg.partition.classes_per_client > n_classes:
         raise ConfigError(
             f"config key 'partition.classes_per_client': {cfg.partition.classes_per_client} is more than "
@@ -159,10 +166,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
 
     device = pick_device(cfg.device)
     backbone = build_backbone(cfg, n_classes, device)
-    tok, ml = backbone.tokenizer, cfg.model.max_length
-
-    def enc(ds) -> Encoded:
-        return encode(tok, ds["text"], ds["label"], ml)
+    enc = make_encoder(cfg, backbone)
 
     val = enc(val_ds) if val_ds is not None else enc(splits.test.select([]))
     return Experiment(
@@ -170,7 +174,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         device=device,
         backbone=backbone,
         label_names=list(splits.label_names),
-        train=enc(train_ds),
+        train=enc(train_ds, train=True),
         val=val,
         test=enc(splits.test),
         calib=enc(calib_ds) if calib_ds is not None else None,
@@ -178,7 +182,24 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         stats=stats,
         groups=list(groups),
         dropped_test=int(getattr(splits, "dropped_test", 0)),
+        positive_class=positive_class,
     )
+
+
+def positive_label_index(cfg: ExperimentConfig, label_names: Sequence[str]) -> int:
+    """The index of ``eval.positive_label`` (default 1); f1_positive selection needs two classes."""
+    n = len(label_names)
+    if cfg.eval.select_metric == "f1_positive" and n != 2:
+        raise ConfigError(f"config key 'eval.select_metric': f1_positive needs two classes, the data has {n}")
+    if cfg.eval.positive_label is None:
+        return 1
+    names = [str(x) for x in label_names]
+    if str(cfg.eval.positive_label) not in names:
+        raise ConfigError(
+            f"config key 'eval.positive_label': {cfg.eval.positive_label!r} is not a label of the data "
+            f"(labels: {', '.join(names[:10])})"
+        )
+    return names.index(str(cfg.eval.positive_label))
 
 
 class SimulationRunner:

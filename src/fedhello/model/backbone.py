@@ -84,6 +84,8 @@ class Backbone:
     tokenizer: object
     layermap: LayerMap
     model_type: str
+    # image-classification: the model's own AutoImageProcessor (tokenizer is then None)
+    image_processor: object | None = None
 
 
 def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
@@ -104,6 +106,10 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(cfg.model.name)
     mconf = load_model_config(cfg.model.name)
+    task = getattr(cfg, "task", "text-classification")
+    _check_task_model(task, mconf, path)
+    if task != "text-classification":
+        return _build_task_backbone(cfg, task, path, mconf, num_labels, device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -129,3 +135,69 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     layermap = LayerMap.from_model(peft_model, num_hidden_layers(mconf))
     peft_model.to(device)
     return Backbone(peft_model, tokenizer, layermap, mconf.model_type)
+
+
+# heads trained by every client (PEFT modules_to_save; a suffix also matches
+# DistilBERT's pre_classifier): classifier of encoders and ViT, score of decoder LMs
+HEAD_MODULES = ["classifier", "score"]
+
+
+def _check_task_model(task: str, mconf, path: str) -> None:
+    vision = hasattr(mconf, "image_size") or getattr(mconf, "num_channels", None) is not None
+    if task == "image-classification" and not vision:
+        raise ConfigError(f"model.name: {path} is a {mconf.model_type} text model; task image-classification needs a vision model")
+    if task != "image-classification" and vision:
+        raise ConfigError(f"model.name: {path} is a {mconf.model_type} vision model; task {task} needs a text model")
+
+
+def _build_task_backbone(cfg, task: str, path: str, mconf, num_labels: int, device) -> Backbone:
+    """build_backbone for text pairs, multiple choice and images (one frozen model, LoRA, trained head)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from fedhello.tasks import MULTIPLE_CHOICE, TEXT_PAIR, model_class
+
+    _check_task_model(task, mconf, path)
+    tokenizer = processor = None
+    if task == "image-classification":
+        from transformers import AutoImageProcessor
+
+        try:
+            processor = AutoImageProcessor.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.name: no image processor config in {path}: {str(err).splitlines()[0]}") from None
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:  # decoder LMs: pad with the end-of-sequence token
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    torch.manual_seed(cfg.seed)
+    auto = model_class(task)
+    kwargs = {} if task == MULTIPLE_CHOICE else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+    model = auto.from_pretrained(path, **kwargs)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoder LMs find the last real token by it
+    targets = list(cfg.lora.target_modules or default_target_modules(model))
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    head = [h for h in HEAD_MODULES if any(p.endswith(h) for p in present)]
+    if not head:
+        raise ConfigError(
+            f"model.name: {path}: no task head named {' or '.join(HEAD_MODULES)} in this {mconf.model_type} model"
+        )
+    lcfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS if task == TEXT_PAIR else None,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets,
+        modules_to_save=None if task == TEXT_PAIR else head,
+    )
+    try:
+        peft_model = get_peft_model(model, lcfg)
+    except ValueError as err:
+        raise ConfigError(f"lora.target_modules {targets}: {err}".splitlines()[0]) from None
+    layermap = LayerMap.from_model(peft_model, num_hidden_layers(mconf))
+    if not layermap.head:
+        raise ConfigError(f"model.name: {path}: the task head ({', '.join(head)}) was not made trainable")
+    peft_model.to(device)
+    return Backbone(peft_model, tokenizer, layermap, mconf.model_type, processor)
