@@ -314,3 +314,40 @@ def _run_status(env: dict, wd: Path, run_id: int | None) -> str | None:
         return str(runs[0].get("status")) if runs else None
     except Exception:
         return None
+
+
+def add_deploy_parser(sub) -> None:
+    """``fedhello deploy-local`` (added to the CLI's subcommands)."""
+    p = sub.add_parser("deploy-local", help="run an experiment on a Flower deployment on loopback "
+                       "(1 SuperLink + N SuperNodes as processes)")
+    p.add_argument("--nodes", type=int, required=True, help="SuperNodes to start (= clients.num_clients)")
+    p.add_argument("--config", required=True, help="experiment config (YAML)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    p.add_argument("--round-timeout", type=float, default=120.0,
+                   help="seconds to wait for a round's replies; later ones count as failed (default 120)")
+    p.add_argument("--budgets", default=None, help="comma-separated budget each node declares (node config budget=)")
+    p.set_defaults(func=cmd_deploy_local)
+
+
+def cmd_deploy_local(args) -> int:
+    from fedhello.cli import _console, round_line
+
+    console = _console()
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
+    state = {"rounds": None}
+
+    def on_round(rec: dict) -> None:
+        console.print(round_line(rec, state["rounds"] or rec["round"] + 1))
+
+    from fedhello.config import load_config
+
+    state["rounds"] = load_config(args.config, args.set).rounds
+    summary = deploy_local(
+        args.config, args.set, args.out, args.nodes, overwrite=args.overwrite, round_timeout=args.round_timeout,
+        budgets=budgets, on_round=on_round, log=lambda m: console.print(m),
+    )
+    if summary.get("final_test_accuracy") is not None:
+        console.print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  run directory: {args.out}")
+    return 0

@@ -124,7 +124,7 @@ class FedHelloStrategy(FlowerStrategy):
                 )
             except Exception as err:  # malformed content: the node failed this round
                 got[cid] = ClientFailure(cid, f"malformed reply ({type(err).__name__}: {err})"[:300])
-        return [got.get(t.client_id) or ClientFailure(t.client_id, "no reply before the round timeout")
+        return [got.get(t.client_id) or ClientFailure(t.client_id, "no reply (node gone, or past the round timeout)")
                 for t in self._tasks]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
