@@ -211,7 +211,9 @@ def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
 
     tmp = flower_env
     cfg_path = tmp / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert)))
+    # Fed-HeLLo with Fisher scores from the clients (a query message per sampled node each round)
+    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, strategy={
+        "name": "fedhello", "warmup_rounds": 0, "fim_source": "clients", "fim_every": 1, "fim_samples": 10})))
     cfg = load_config(cfg_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # Ray actors run 1 thread: same kernels, same float sums
@@ -233,6 +235,9 @@ def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
     assert [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in ra] == \
            [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in rb]
     assert all(r["failed_clients"] == [] for r in rb)
+    for x, y in zip(ra, rb):  # Fisher scores from the ClientApps = those computed in-process
+        assert y.get("fim_scores") is not None
+        np.testing.assert_allclose(y["fim_scores"], x["fim_scores"], rtol=1e-6)
     assert json.loads((tmp / "flower" / "flower.json").read_text())["runtime"] == "flower"
     assert json.loads((tmp / "flower" / "clients.json").read_text()) == \
            json.loads((tmp / "inproc" / "clients.json").read_text())

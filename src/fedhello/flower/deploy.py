@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -184,6 +185,7 @@ def deploy_local(
     (wd / "experiment.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
     env = dict(os.environ)
     env.update(FLWR_HOME=str(wd / "flwr-home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     src_root = Path(__file__).resolve().parents[2]  # the fedhello package's parent, for app processes
     # Flower starts its helper processes (flower-superexec, flwr-serverapp, ...) by name
@@ -191,6 +193,12 @@ def deploy_local(
     env["PYTHONPATH"] = os.pathsep.join([str(src_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     fed = LocalFederation(wd, env)
     seen = 0
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum, frame):  # `kill` of this process: stop what it started, like Ctrl-C
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, _term)
     try:
         fed.start_superlink()
         for i in range(nodes):
@@ -246,6 +254,8 @@ def deploy_local(
             time.sleep(1.0)
     finally:
         fed.stop()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if own_tmp:
             shutil.rmtree(wd, ignore_errors=True)
 
