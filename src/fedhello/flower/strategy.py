@@ -163,6 +163,13 @@ class FedHelloStrategy(FlowerStrategy):
     def summary(self) -> None:
         pass
 
+    def start(self, *args, **kwargs):
+        """Not the driver: the project's Server loop is (see the module docstring and
+        :func:`fedhello.flower.server_app.run_on_grid`), so that every runtime shares one round logic."""
+        raise NotImplementedError(
+            "FedHelloStrategy is driven by fedhello's Server loop: use fedhello.flower.server_app.run_on_grid"
+        )
+
 
 class FlowerRunner:
     """The Server loop's ClientRunner over a Flower Grid (simulation or deployment)."""
