@@ -25,7 +25,7 @@ import yaml
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedhello.config import build_config, load_config  # noqa: E402
 from fedhello.federation.simulation import prepare, run_experiment  # noqa: E402

@@ -31,7 +31,6 @@ it is from (never the reply's content). Node ids are mapped to client ids
 
 from __future__ import annotations
 
-import json
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -278,7 +277,3 @@ def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, 
         if time.monotonic() > deadline:
             raise FedHelloError(f"only {len(node_of)} of {min_nodes} nodes connected within {timeout:.0f}s")
         time.sleep(1.0)
-
-
-def plan_json(tasks: Sequence[FitTask]) -> str:
-    return json.dumps([t.__dict__ for t in tasks])
