@@ -206,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     try:
+        from fedhello.flower.deploy import add_deploy_parser
+    except ImportError:  # pragma: no cover  (flwr not installed)
+        pass
+    else:
+        add_deploy_parser(sub)
+
+    try:
         from fedhello.allocation.preview import add_allocate_parser
     except ImportError:  # pragma: no cover
         pass

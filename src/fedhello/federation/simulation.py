@@ -298,11 +298,14 @@ def run_experiment(
     on_start: Callable[[Experiment], None] | None = None,
     log: Callable[[str], None] | None = None,
     stop_after: int | None = None,
+    runner_factory: Callable[[Experiment], object] | None = None,
 ) -> dict:
     """Run (or continue) the experiment into ``out``; returns the summary.
 
     ``stop_after`` ends the process's work after that many rounds in total
-    (used to test resumption).
+    (used to test resumption). ``runner_factory`` builds the ClientRunner from
+    the prepared experiment (default: :class:`SimulationRunner`; the Flower
+    ServerApp passes one over its Grid, which may update ``exp.groups``).
     """
     rundir, resuming = open_rundir(cfg, out, overwrite)
     exp = prepare(cfg)
@@ -310,8 +313,9 @@ def run_experiment(
         on_start(exp)
     rundir.path.mkdir(parents=True, exist_ok=True)
     strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
+    runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp)
     server = Server(
-        cfg, strategy, exp.groups, exp.layermap, exp.global_state(), SimulationRunner(exp),
+        cfg, strategy, exp.groups, exp.layermap, exp.global_state(), runner,
         exp.evaluator(), exp.server_scorer(), log=log,
     )
     ckpt = rundir.load_checkpoint() if resuming else None

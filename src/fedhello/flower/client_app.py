@@ -1,0 +1,116 @@
+"""The Fed-HeLLo ClientApp: one node = one client (partition) of the experiment.
+
+Node config (``--node-config`` of ``flower-supernode``; set by Flower itself in
+simulation):
+
+- ``partition-id=I num-partitions=N``: which client this node is (N must equal
+  ``clients.num_clients``).
+- ``data-path=DIR`` (optional): where this node finds the dataset (overrides
+  ``data.path`` of the experiment config). The node partitions it exactly as the
+  in-process engine does (same config, same seed) and trains on partition I.
+- ``budget=B`` (optional): the node's own layer budget (one of
+  ``clients.budgets``); otherwise its resource group is the one the in-process
+  engine gives client I.
+
+The experiment config comes from the server in every message. The frozen
+backbone, the tokenized data and the partition are built once per process and
+cached at module level (keyed by config, partition and data path); the
+ClientApp reuses :func:`fedhello.federation.simulation.prepare` and
+:class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the one
+the in-process engine computes for that client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from fedhello.flower.codec import record_to_state, state_to_record  # noqa: E402
+
+app = ClientApp()
+
+_CACHE: dict[tuple, object] = {}
+
+
+def _node(context: Context) -> tuple[int, int, str | None, int]:
+    nc = context.node_config
+    if "partition-id" not in nc or "num-partitions" not in nc:
+        raise ValueError("node config needs partition-id=I num-partitions=N")
+    data_path = nc.get("data-path")
+    return int(nc["partition-id"]), int(nc["num-partitions"]), (str(data_path) if data_path else None), int(
+        nc.get("budget", 0) or 0
+    )
+
+
+def _client(experiment_json: str, pid: int, data_path: str | None):
+    """(experiment, trainer) for this node, built once per process."""
+    key = (experiment_json, pid, data_path)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    from fedhello.config import build_config
+    from fedhello.federation.client import LocalTrainer
+    from fedhello.federation.simulation import prepare
+
+    raw = json.loads(experiment_json)
+    if data_path:
+        raw.setdefault("data", {})["path"] = data_path
+    cfg = build_config(raw)
+    if not 0 <= pid < cfg.clients.num_clients:
+        raise ValueError(f"partition-id={pid} is not in [0, {cfg.clients.num_clients})")
+    exp = prepare(cfg)
+    trainer = LocalTrainer(exp.model, exp.layermap, exp.train, cfg.train, exp.device, ffa=cfg.lora.ffa)
+    _CACHE.clear()  # one experiment per process
+    _CACHE[key] = (exp, trainer)
+    return exp, trainer
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from fedhello.federation.client import FitTask
+
+    pid, _, data_path, _ = _node(context)
+    c = msg.content.config_records["config"]
+    if int(c["client-id"]) != pid:
+        raise ValueError(f"task for client {c['client-id']} sent to partition {pid}")
+    exp, trainer = _client(str(c["experiment"]), pid, data_path)
+    state = record_to_state(msg.content.array_records["arrays"])
+    task = FitTask(client_id=pid, round=int(c["round"]), layers=[int(x) for x in c["layers"]],
+                   lr=float(c["lr"]), seed=int(c["seed"]))
+    t0 = time.perf_counter()
+    upd = trainer.fit(task, state, exp.partitions[pid])
+    metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
+                            "train-time-s": float(time.perf_counter() - t0)})
+    return Message(content=RecordDict({"arrays": state_to_record(upd.tensors), "metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    pid, nparts, data_path, budget = _node(context)
+    c = msg.content.config_records["config"]
+    task = str(c.get("task", ""))
+    if task == "hello":
+        out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget})
+        return Message(content=RecordDict({"config": out}), reply_to=msg)
+    if task == "fisher":
+        exp, _ = _client(str(c["experiment"]), pid, data_path)
+        state = record_to_state(msg.content.array_records["arrays"])
+        idx = exp.partitions[pid]
+        n = exp.cfg.strategy.fim_samples
+        if len(idx) > n:  # the same subsample as the in-process SimulationRunner.scores
+            rng = np.random.default_rng([exp.cfg.seed, pid, 5])
+            idx = np.sort(rng.choice(idx, size=n, replace=False))
+        scores = np.asarray(exp.fisher(state, exp.train, idx), dtype=np.float64)
+        return Message(content=RecordDict({
+            "arrays": ArrayRecord({"scores": Array(scores)}),
+            "metrics": MetricRecord({"num-examples": int(len(idx))}),
+        }), reply_to=msg)
+    raise ValueError(f"unknown query task {task!r}")

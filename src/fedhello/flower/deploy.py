@@ -1,0 +1,363 @@
+"""``fedhello deploy-local``: a real Flower deployment on this machine's loopback.
+
+Starts one SuperLink and N SuperNodes as separate processes on free
+127.0.0.1 ports (insecure: loopback only), submits the Fed-HeLLo app with
+``flwr run`` (its connection lives in a private ``FLWR_HOME``), waits for the
+run to end (summary.json in the run directory, or the run's final status), and
+stops every process it started: on success, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fedhello.errors import FedHelloError
+
+APP_PYPROJECT = """[build-system]
+requires = ["setuptools>=77"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "fedhello-app"
+version = "0.1.0"
+description = "Fed-HeLLo on Flower (the code is the installed fedhello package)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedhello"
+fab-include = ["pyproject.toml"]
+
+[tool.flwr.app.components]
+serverapp = "fedhello.flower.server_app:app"
+clientapp = "fedhello.flower.client_app:app"
+
+[tool.flwr.app.config]
+config = ""
+overrides = ""
+out = "runs/flower"
+overwrite = false
+round-timeout = 600.0
+min-nodes = 0
+wait-nodes-s = 120.0
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """A Flower console script of this interpreter's environment (or PATH)."""
+    cand = Path(sys.executable).parent / name
+    if cand.exists():
+        return str(cand)
+    found = shutil.which(name)
+    if not found:
+        raise FedHelloError(f"'{name}' not found: install flwr[simulation]>=1.42,<1.43")
+    return found
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(str(s))  # a JSON string is a valid TOML basic string
+
+
+class LocalFederation:
+    """The processes of one loopback deployment; :meth:`stop` ends all of them."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        self.workdir = workdir
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port = 0
+
+    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "wb")
+        p = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             cwd=self.workdir, start_new_session=True)
+        log.close()
+        self.procs[name] = p
+        return p
+
+    def start_superlink(self) -> None:
+        self.port = free_port()
+        self._start("superlink", [
+            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+            "--disable-runtime-dependency-installation",
+        ])
+
+    def start_supernode(self, i: int, node_config: str) -> None:
+        self._start(f"supernode-{i}", [
+            _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config,
+        ])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        # Flower starts helpers in sessions of their own (SuperExec, ServerApp, ClientApp
+        # processes): find every descendant first, while the parents still live.
+        extra = {d for p in self.procs.values() for d in _descendants(p.pid)}
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+        for pid in extra:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for name, p in self.procs.items():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self.kill(name, signal.SIGKILL)  # the group too: app processes the node or link spawned
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        time.sleep(0.2)
+        for pid in extra:
+            _signal(pid, signal.SIGKILL)
+
+    def log_tail(self, name: str, n: int = 20) -> str:
+        p = self.workdir / f"{name}.log"
+        if not p.exists():
+            return ""
+        return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
+
+
+def deploy_local(
+    config: str | Path | None,
+    overrides: Sequence[str],
+    out: str | Path,
+    nodes: int,
+    *,
+    overwrite: bool = False,
+    round_timeout: float = 120.0,
+    budgets: Sequence[int] | None = None,
+    timeout: float = 3600.0,
+    workdir: str | Path | None = None,
+    on_round: Callable[[dict], None] | None = None,
+    on_started: Callable[[LocalFederation], None] | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict:
+    """Run the experiment on a loopback deployment of ``nodes`` SuperNodes; returns the summary.
+
+    ``budgets``: optional per-node ``budget=`` node config (node i declares budgets[i]).
+    ``on_round`` gets each new metrics record as the run directory grows;
+    ``on_started`` gets the federation once every process is up (tests kill nodes with it).
+    """
+    from fedhello.config import load_config
+    from fedhello.federation.simulation import open_rundir
+    from fedhello.run.rundir import RunDir
+
+    if nodes < 1:
+        raise FedHelloError("--nodes must be at least 1")
+    overrides = list(overrides) + [f"clients.num_clients={nodes}"]
+    cfg = load_config(config, overrides)  # every config error before any process starts
+    out = Path(out).expanduser().resolve()
+    open_rundir(cfg, out, overwrite)  # a different run already there: error now
+    if budgets is not None and len(budgets) != nodes:
+        raise FedHelloError(f"--budgets has {len(budgets)} entries for {nodes} nodes")
+
+    own_tmp = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "app").mkdir(exist_ok=True)
+    (wd / "app" / "pyproject.toml").write_text(APP_PYPROJECT)
+    (wd / "experiment.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+    env = dict(os.environ)
+    env.update(FLWR_HOME=str(wd / "flwr-home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    src_root = Path(__file__).resolve().parents[2]  # the fedhello package's parent, for app processes
+    # Flower starts its helper processes (flower-superexec, flwr-serverapp, ...) by name
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(src_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    fed = LocalFederation(wd, env)
+    seen = 0
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum, frame):  # `kill` of this process: stop what it started, like Ctrl-C
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, _term)
+    try:
+        fed.start_superlink()
+        for i in range(nodes):
+            nc = f"partition-id={i} num-partitions={nodes}"
+            if budgets is not None:
+                nc += f" budget={int(budgets[i])}"
+            fed.start_supernode(i, nc)
+        home = wd / "flwr-home"
+        home.mkdir(exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+            f'address = "127.0.0.1:{fed.port}"\ninsecure = true\n'
+        )
+        _wait_port(fed, timeout=30)
+        if on_started is not None:
+            on_started(fed)
+        run_config = " ".join([
+            f"config={_toml_str(wd / 'experiment.yaml')}", f"out={_toml_str(out)}",
+            f"overwrite={'true' if overwrite else 'false'}", f"round-timeout={float(round_timeout)}",
+            f"min-nodes={nodes}", "wait-nodes-s=120.0",
+        ])
+        sub = subprocess.run(
+            [_bin("flwr"), "run", str(wd / "app"), "loopback", "--run-config", run_config, "--format", "json"],
+            env=env, cwd=wd, capture_output=True, text=True, timeout=120,
+        )
+        if sub.returncode != 0:
+            raise FedHelloError(f"flwr run failed: {(sub.stdout + sub.stderr).strip()[-500:]}")
+        run_id = _run_id(sub.stdout)
+        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{fed.port} ({nodes} SuperNodes; logs in {wd})")
+        rundir = RunDir(out)
+        deadline = time.monotonic() + timeout
+        while True:
+            recs = rundir.read_metrics() if rundir.file("metrics.jsonl").exists() else []
+            for rec in recs[seen:]:
+                if on_round is not None:
+                    on_round(rec)
+            seen = max(seen, len(recs))
+            if rundir.file("summary.json").exists() and len(recs) >= cfg.rounds:
+                time.sleep(0.5)
+                return rundir.read_json("summary.json")
+            status = _run_status(env, wd, run_id)
+            if status and status.startswith("finished") and not rundir.file("summary.json").exists():
+                time.sleep(2)
+                if not rundir.file("summary.json").exists():
+                    raise FedHelloError(
+                        f"the Flower run ended ({status}) without a summary; SuperLink log tail:\n"
+                        + fed.log_tail("superlink")
+                    )
+            if fed.procs["superlink"].poll() is not None:
+                raise FedHelloError("the SuperLink exited; its log:\n" + fed.log_tail("superlink"))
+            if time.monotonic() > deadline:
+                raise FedHelloError(f"the run did not finish within {timeout:.0f}s")
+            time.sleep(1.0)
+    finally:
+        fed.stop()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if own_tmp:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return set()
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{e}/stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(e))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_port(fed: LocalFederation, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fed.procs["superlink"].poll() is not None:
+            raise FedHelloError("the SuperLink did not start:\n" + fed.log_tail("superlink"))
+        try:
+            with socket.create_connection(("127.0.0.1", fed.port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise FedHelloError(f"the SuperLink did not open 127.0.0.1:{fed.port} within {timeout:.0f}s")
+
+
+def _run_id(stdout: str) -> int | None:
+    try:
+        return int(json.loads(stdout[stdout.index("{"):])["run-id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_status(env: dict, wd: Path, run_id: int | None) -> str | None:
+    """The run's status as ``flwr ls`` tells it (e.g. 'finished:completed'), None if unknown."""
+    if run_id is None:
+        return None
+    try:
+        sub = subprocess.run([_bin("flwr"), "ls", "loopback", "--run-id", str(run_id),
+                              "--format", "json"], env=env, cwd=wd, capture_output=True, text=True, timeout=30)
+        data = json.loads(sub.stdout[sub.stdout.index("{"):])
+        runs = data.get("runs") or []
+        return str(runs[0].get("status")) if runs else None
+    except Exception:
+        return None
+
+
+def add_deploy_parser(sub) -> None:
+    """``fedhello deploy-local`` (added to the CLI's subcommands)."""
+    p = sub.add_parser("deploy-local", help="run an experiment on a Flower deployment on loopback "
+                       "(1 SuperLink + N SuperNodes as processes)")
+    p.add_argument("--nodes", type=int, required=True, help="SuperNodes to start (= clients.num_clients)")
+    p.add_argument("--config", required=True, help="experiment config (YAML)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    p.add_argument("--round-timeout", type=float, default=120.0,
+                   help="seconds to wait for a round's replies; later ones count as failed (default 120)")
+    p.add_argument("--budgets", default=None, help="comma-separated budget each node declares (node config budget=)")
+    p.set_defaults(func=cmd_deploy_local)
+
+
+def cmd_deploy_local(args) -> int:
+    from fedhello.cli import _console, round_line
+
+    console = _console()
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
+    state = {"rounds": None}
+
+    def on_round(rec: dict) -> None:
+        console.print(round_line(rec, state["rounds"] or rec["round"] + 1))
+
+    from fedhello.config import load_config
+
+    state["rounds"] = load_config(args.config, args.set).rounds
+    summary = deploy_local(
+        args.config, args.set, args.out, args.nodes, overwrite=args.overwrite, round_timeout=args.round_timeout,
+        budgets=budgets, on_round=on_round, log=lambda m: console.print(m),
+    )
+    if summary.get("final_test_accuracy") is not None:
+        console.print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  run directory: {args.out}")
+    return 0

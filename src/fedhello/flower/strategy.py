@@ -1,0 +1,279 @@
+"""The Flower strategy of Fed-HeLLo and the ClientRunner that drives it.
+
+Why this shape (DESIGN property 1, one round logic): the round loop lives in
+:class:`fedhello.federation.server.Server` (sample -> allocate -> fit ->
+validate -> aggregate layer-wise -> evaluate -> record) and is the same for
+every runtime. On Flower only the *fit* step changes, so the ServerApp runs that
+very loop over :class:`FlowerRunner`, a ``ClientRunner`` whose ``fit`` asks
+:class:`FedHelloStrategy` (a subclass of Flower's ``Strategy``) to build one
+message per sampled node (``configure_train``), sends them through the
+``Grid`` and turns the replies back into ``ClientUpdate`` / ``ClientFailure``.
+Validation (``validate_update``) and layer-wise aggregation (``aggregate``)
+then happen in the Server exactly as in-process, so allocation, aggregation,
+evaluation and the run directory are byte-for-byte the same code.
+:meth:`FedHelloStrategy.aggregate_train` is the same validate + aggregate for a
+driver that holds only the strategy (Flower's own ``Strategy.start``-style loops,
+and the malicious-reply tests); it never aggregates a rejected reply.
+
+Downlink: each node gets the *whole* global adapter (all LoRA layers + head),
+not only its layers. A client's forward pass goes through every LoRA layer,
+trained by it or not, so sending only its layers would leave the others at
+whatever stale values the node last saw and its update would no longer be
+the in-process one. The adapter is small (MiniLM r=16: ~0.6 MB), so a per-node
+cache is not worth its failure modes (nodes restarting, missed rounds).
+Uplink: only the trained tensors (allocated layers + head); anything else is
+rejected.
+
+Node identity: the SuperLink's ``src_node_id`` of a reply decides which client
+it is from (never the reply's content). Node ids are mapped to client ids
+(= partition ids) once by a ``hello`` query.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy as FlowerStrategy
+
+from fedhello.errors import FedHelloError, UpdateError
+from fedhello.federation.aggregation import aggregate, validate_update
+from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
+from fedhello.flower.codec import QUERY, TRAIN, record_to_state, state_to_record
+from fedhello.model.layermap import LayerMap
+from fedhello.model.state import State
+
+
+def _reason(msg: Message) -> str:
+    err = msg.error
+    return f"node error {err.code}: {' '.join(str(err.reason).split())[:300]}"
+
+
+class FedHelloStrategy(FlowerStrategy):
+    """Per-node partial training messages out, layer-wise aggregation of partial replies in.
+
+    ``configure_train`` uses the tasks of the round set by :meth:`plan` (the
+    project allocator's decision, made by the Server loop).
+    """
+
+    def __init__(self, layermap: LayerMap, experiment_json: str, node_of: dict[int, int],
+                 weighting: str = "samples", ttl: float | None = None):
+        self.layermap = layermap
+        self.experiment_json = experiment_json
+        self.node_of = dict(node_of)  # client id -> node id
+        self.weighting = weighting
+        self.ttl = ttl
+        self._tasks: list[FitTask] = []
+        self._sent: dict[int, FitTask] = {}  # node id -> task of the current round
+        self._global: State | None = None
+        self.last_failed: list[dict] = []
+
+    def client_of(self, node_id: int) -> int | None:
+        for cid, nid in self.node_of.items():
+            if nid == node_id:
+                return cid
+        return None
+
+    def plan(self, tasks: Sequence[FitTask]) -> None:
+        self._tasks = list(tasks)
+
+    # -- training ------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = record_to_state(arrays)
+        self._sent = {}
+        messages = []
+        for task in self._tasks:
+            nid = self.node_of[task.client_id]
+            cfg = ConfigRecord(dict(config))
+            cfg.update({
+                "client-id": int(task.client_id), "round": int(task.round),
+                "layers": [int(x) for x in task.layers], "lr": float(task.lr), "seed": int(task.seed),
+                "experiment": self.experiment_json,
+            })
+            content = RecordDict({"arrays": arrays, "config": cfg})
+            messages.append(Message(content=content, dst_node_id=nid, message_type=TRAIN,
+                                    group_id=str(server_round), ttl=self.ttl))
+            self._sent[nid] = task
+        return messages
+
+    def collect(self, replies: Iterable[Message]) -> list[ClientUpdate | ClientFailure]:
+        """One result per task of the round: an update, or a failure (error reply, no reply, malformed)."""
+        got: dict[int, ClientUpdate | ClientFailure] = {}
+        for msg in replies:
+            nid = msg.metadata.src_node_id
+            task = self._sent.get(nid)
+            if task is None or task.client_id in got:
+                continue  # a reply nobody asked for (or a duplicate) is dropped
+            cid = task.client_id
+            if msg.has_error():
+                got[cid] = ClientFailure(cid, _reason(msg))
+                continue
+            try:
+                content = msg.content
+                tensors = record_to_state(content.array_records["arrays"])
+                metrics = content.metric_records["metrics"]
+                n = metrics["num-examples"]
+                got[cid] = ClientUpdate(
+                    client_id=cid, num_samples=int(n) if float(n).is_integer() else -1, tensors=tensors,
+                    layers=list(task.layers), train_loss=float(metrics.get("train-loss", float("nan"))),
+                    train_time_s=float(metrics.get("train-time-s", 0.0)),
+                )
+            except Exception as err:  # malformed content: the node failed this round
+                got[cid] = ClientFailure(cid, f"malformed reply ({type(err).__name__}: {err})"[:300])
+        return [got.get(t.client_id) or ClientFailure(t.client_id, "no reply (node gone, or past the round timeout)")
+                for t in self._tasks]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate every reply against its node's allocation, aggregate the good ones layer-wise."""
+        if self._global is None:
+            raise FedHelloError("aggregate_train before configure_train")
+        updates, failed = [], []
+        for res in self.collect(replies):
+            if isinstance(res, ClientFailure):
+                failed.append({"id": res.client_id, "reason": res.reason})
+                continue
+            task = next(t for t in self._tasks if t.client_id == res.client_id)
+            try:
+                validate_update(res, self.layermap.names_for(task.layers, include_head=True), self._global)
+            except UpdateError as err:
+                failed.append({"id": res.client_id, "reason": str(err)})
+                continue
+            updates.append(res)
+        self.last_failed = failed
+        new = aggregate(self._global, updates, self.weighting)
+        n = sum(u.num_samples for u in updates)
+        loss = sum(u.train_loss * u.num_samples for u in updates) / n if n else float("nan")
+        metrics = MetricRecord({"num-examples": int(n), "train-loss": float(loss),
+                                "num-updates": len(updates), "num-failed": len(failed)})
+        return state_to_record(new), metrics
+
+    # -- no client-side evaluation: the server evaluates the global model ------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        pass
+
+    def start(self, *args, **kwargs):
+        """Not the driver: the project's Server loop is (see the module docstring and
+        :func:`fedhello.flower.server_app.run_on_grid`), so that every runtime shares one round logic."""
+        raise NotImplementedError(
+            "FedHelloStrategy is driven by fedhello's Server loop: use fedhello.flower.server_app.run_on_grid"
+        )
+
+
+class FlowerRunner:
+    """The Server loop's ClientRunner over a Flower Grid (simulation or deployment)."""
+
+    def __init__(self, grid: Grid, strategy: FedHelloStrategy, timeout: float | None,
+                 log: Callable[[str], None] | None = None):
+        self.grid = grid
+        self.strategy = strategy
+        self.timeout = timeout
+        self.log = log or (lambda m: None)
+        self.missed: set[int] = set()  # clients that did not answer last time: skipped once
+
+    def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
+        self.strategy.plan(tasks)
+        rnd = tasks[0].round + 1 if tasks else 0
+        msgs = list(self.strategy.configure_train(rnd, state_to_record(global_state), ConfigRecord(), self.grid))
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout) if msgs else []
+        results = self.strategy.collect(replies)
+        self.missed = {r.client_id for r in results if isinstance(r, ClientFailure)}
+        return results
+
+    def scores(self, client_ids: Sequence[int], global_state: State):
+        arrays = state_to_record(global_state)
+        msgs, asked = [], {}
+        for cid in client_ids:
+            nid = self.strategy.node_of[cid]
+            cfg = ConfigRecord({"task": "fisher", "client-id": int(cid),
+                                "experiment": self.strategy.experiment_json})
+            msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nid,
+                                message_type=QUERY, ttl=self.strategy.ttl))
+            asked[nid] = cid
+        got: dict[int, tuple[np.ndarray, int] | ClientFailure] = {}
+        for msg in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            cid = asked.get(msg.metadata.src_node_id)
+            if cid is None:
+                continue
+            if msg.has_error():
+                got[cid] = ClientFailure(cid, _reason(msg))
+                continue
+            try:
+                s = record_to_state(msg.content.array_records["arrays"])["scores"].numpy().astype(np.float64)
+                n = int(msg.content.metric_records["metrics"]["num-examples"])
+                if s.shape != (self.strategy.layermap.num_layers,) or not np.all(np.isfinite(s)) or n < 1:
+                    raise ValueError("bad Fisher scores")
+                got[cid] = (s, n)
+            except Exception as err:
+                got[cid] = ClientFailure(cid, f"malformed Fisher reply ({err})")
+        out = [got.get(cid) or ClientFailure(cid, "no Fisher reply before the timeout") for cid in client_ids]
+        for r in out:
+            if isinstance(r, ClientFailure):
+                self.log(f"Fisher scores: client {r.client_id} failed: {r.reason}")
+        return out
+
+    def available(self) -> set[int] | None:
+        up = set(self.grid.get_node_ids())
+        ids = {cid for cid, nid in self.strategy.node_of.items() if nid in up}
+        # a client that missed the last round is skipped once (unless that leaves nobody)
+        rest = ids - self.missed
+        self.missed = set()
+        return rest or ids
+
+
+def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, min_nodes: int,
+          log: Callable[[str], None]) -> tuple[dict[int, int], dict[int, int]]:
+    """Ask every connected node who it is; wait until ``min_nodes`` have answered.
+
+    Returns (client id -> node id, client id -> declared group).
+    """
+    import time
+
+    node_of: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    asked: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        new = [nid for nid in grid.get_node_ids() if nid not in asked]
+        if new:
+            msgs = [Message(content=RecordDict({"config": ConfigRecord({"task": "hello"})}), dst_node_id=nid,
+                            message_type=QUERY) for nid in new]
+            asked.update(new)
+            for msg in grid.send_and_receive(msgs, timeout=max(5.0, deadline - time.monotonic())):
+                nid = msg.metadata.src_node_id
+                if msg.has_error():
+                    log(f"node {nid} did not say hello: {_reason(msg)}")
+                    continue
+                c = msg.content.config_records["config"]
+                pid, nparts, budget = int(c["partition-id"]), int(c["num-partitions"]), int(c.get("budget", 0))
+                if nparts != num_clients:
+                    raise FedHelloError(
+                        f"node {nid}: node config num-partitions={nparts} but the config has "
+                        f"clients.num_clients={num_clients}"
+                    )
+                if not 0 <= pid < num_clients:
+                    raise FedHelloError(f"node {nid}: node config partition-id={pid} is not in [0, {num_clients})")
+                if pid in node_of:
+                    raise FedHelloError(f"nodes {node_of[pid]} and {nid} both have partition-id={pid}")
+                if budget:
+                    if budget not in budgets:
+                        raise FedHelloError(
+                            f"node {nid}: node config budget={budget} is not one of clients.budgets {list(budgets)}"
+                        )
+                    groups[pid] = list(budgets).index(budget)
+                node_of[pid] = nid
+        if len(node_of) >= min_nodes:
+            return node_of, groups
+        if time.monotonic() > deadline:
+            raise FedHelloError(f"only {len(node_of)} of {min_nodes} nodes connected within {timeout:.0f}s")
+        time.sleep(1.0)

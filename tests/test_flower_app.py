@@ -1,0 +1,304 @@
+"""Fed-HeLLo on Flower: strategy (malicious replies), Flower simulation runtime, loopback deployment, a killed node.
+
+What runs where:
+- test_malicious_*: the Flower strategy and the Server loop with crafted Flower
+  Messages (a fake Grid, no processes).
+- test_simulation_runtime_equals_in_process: Flower's simulation runtime
+  (``flwr.simulation.run_simulation``: the real ServerApp and ClientApp exchanging
+  Messages through the simulation SuperLink, ClientApps in Ray actors).
+- test_deployment_*: ``deploy_local``: a SuperLink and SuperNodes as real
+  processes on 127.0.0.1, the app submitted with ``flwr run``.
+Every test keeps FLWR_HOME, RAY_TMPDIR and TMPDIR inside its tmp_path and stops
+every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+
+from fedhello.config import build_config, load_config  # noqa: E402
+from fedhello.federation.simulation import prepare, run_experiment  # noqa: E402
+from fedhello.flower.codec import record_to_state, state_to_record  # noqa: E402
+from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
+from fedhello.run.rundir import RunDir  # noqa: E402
+
+
+def tiny_raw(model, **kw) -> dict:
+    raw = {
+        "seed": 1, "rounds": 2, "device": "cpu",
+        "model": {"name": str(model), "max_length": 24},
+        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.2},
+        "partition": {"name": "iid"},
+        "clients": {"num_clients": 3, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
+        "strategy": {"name": "fedra"},
+        "train": {"batch_size": 8, "lr": 0.01, "max_steps": 2},
+        "eval": {"every": 1, "batch_size": 64},
+    }
+    raw.update(kw)
+    return raw
+
+
+@pytest.fixture
+def flower_env(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
+    for key in ("FLWR_HOME", "TMPDIR"):
+        d = tmp_path / key.lower()
+        d.mkdir()
+        monkeypatch.setenv(key, str(d))
+    # Ray's unix socket paths must stay under 108 bytes: pytest's tmp_path is too deep
+    ray_tmp = tempfile.mkdtemp(prefix="fhray", dir="/tmp" if os.path.isdir("/tmp") else None)
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    yield tmp_path
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def ckpt_state(path) -> dict:
+    return torch.load(path / "checkpoint.pt", weights_only=False)["global_state"]
+
+
+# -- malicious replies (no processes) --------------------------------------------------
+
+class FakeGrid:
+    """A Grid whose nodes answer with crafted replies (node id = 100 + client id)."""
+
+    def __init__(self, answer):
+        self.answer = answer  # (client id, instruction message) -> reply Message or None
+
+    def get_node_ids(self):
+        return [100, 101, 102, 103, 104, 105, 106]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for m in messages:
+            r = self.answer(m.metadata.dst_node_id - 100, m)
+            if r is not None:
+                out.append(r)
+        return out
+
+
+def reply(msg: Message, tensors: dict, n: int = 10) -> Message:
+    content = RecordDict({"arrays": state_to_record(tensors),
+                          "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
+    return Message(content=content, reply_to=msg)
+
+
+@pytest.fixture
+def task_identity():
+    """Messages are created inside a Flower task; a unit test plays the SuperLink's ServerApp task."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def tiny_exp(tiny_bert):
+    return prepare(build_config(tiny_raw(tiny_bert, clients={
+        "num_clients": 7, "per_round": 7, "fractions": [1.0], "budgets": [1]})))
+
+
+def crafted(exp):
+    """Client 0 honest; 1 extra layer; 2 NaN; 3 wrong shape; 4 wrong dtype; 5 error reply; 6 silent."""
+    lm = exp.layermap
+
+    def answer(cid, msg):
+        layers = [int(x) for x in msg.content.config_records["config"]["layers"]]
+        g = record_to_state(msg.content.array_records["arrays"])
+        mine = {n: g[n] + 1.0 for n in lm.names_for(layers, include_head=True)}
+        other = next(i for i in range(lm.num_layers) if i not in layers)
+        name = lm.layers[layers[0]][0]
+        if cid == 1:
+            mine[lm.layers[other][0]] = g[lm.layers[other][0]] + 5.0
+        elif cid == 2:
+            mine[name] = mine[name].clone()
+            mine[name][0, 0] = float("nan")
+        elif cid == 3:
+            mine[name] = torch.zeros(mine[name].shape[0] + 1, mine[name].shape[1])
+        elif cid == 4:
+            mine[name] = mine[name].double()
+        elif cid == 5:
+            return Message(Error(code=0, reason="client raised"), reply_to=msg)
+        elif cid == 6:
+            return None
+        return reply(msg, mine)
+
+    return answer
+
+
+def test_malicious_replies_rejected_by_strategy(tiny_exp, task_identity):
+    from fedhello.federation.client import FitTask
+
+    exp = tiny_exp
+    g = exp.global_state()
+    strat = FedHelloStrategy(exp.layermap, "{}", {c: 100 + c for c in range(7)})
+    tasks = [FitTask(client_id=c, round=0, layers=[c % exp.layermap.num_layers], lr=0.1, seed=c) for c in range(7)]
+    strat.plan(tasks)
+    grid = FakeGrid(crafted(exp))
+    msgs = list(strat.configure_train(1, state_to_record(g), ConfigRecord(), grid))
+    # each node gets the whole global adapter and only its own layer list
+    assert [m.metadata.dst_node_id for m in msgs] == [100 + c for c in range(7)]
+    assert set(record_to_state(msgs[0].content.array_records["arrays"])) == set(g)
+    assert [list(m.content.config_records["config"]["layers"]) for m in msgs] == [t.layers for t in tasks]
+    arrays, metrics = strat.aggregate_train(1, grid.send_and_receive(msgs))
+    new = record_to_state(arrays)
+    failed = {f["id"]: f["reason"] for f in strat.last_failed}
+    assert sorted(failed) == [1, 2, 3, 4, 5, 6]
+    assert "outside its allocation" in failed[1] and "non-finite" in failed[2]
+    assert "shape" in failed[3] and "dtype" in failed[4]
+    assert "client raised" in failed[5] and "no reply" in failed[6]
+    assert metrics["num-updates"] == 1 and metrics["num-failed"] == 6
+    honest = set(exp.layermap.names_for(tasks[0].layers, include_head=True))
+    for name in g:  # only client 0's tensors moved (by exactly +1); nothing of the others
+        expect = g[name] + 1.0 if name in honest else g[name]
+        assert torch.equal(new[name], expect), name
+
+
+def test_malicious_replies_recorded_by_the_server_loop(tiny_exp, task_identity):
+    """The ServerApp's path: FlowerRunner -> Server.run_round validates, records, never aggregates."""
+    from fedhello.allocation import build_strategy
+    from fedhello.federation.server import Server
+
+    exp = tiny_exp
+    cfg = exp.cfg
+    g = exp.global_state()
+    strat = FedHelloStrategy(exp.layermap, "{}", {c: 100 + c for c in range(7)})
+    runner = FlowerRunner(FakeGrid(crafted(exp)), strat, timeout=1.0)
+    server = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets),
+                    exp.groups, exp.layermap, g, runner, exp.evaluator())
+    rec = server.run_round(0)
+    assert [c["id"] for c in rec["clients"]] == [0]
+    assert sorted(f["id"] for f in rec["failed_clients"]) == [1, 2, 3, 4, 5, 6]
+    layers0 = rec["clients"][0]["layers"]
+    honest = set(exp.layermap.names_for(layers0, include_head=True))
+    new = server.state.global_state
+    for name in g:
+        assert torch.equal(new[name], g[name] + 1.0 if name in honest else g[name]), name
+    # nodes that raised or stayed silent are skipped once in the next round's sampling;
+    # nodes whose replies were rejected answered, so they still count as up
+    assert runner.available() == {0, 1, 2, 3, 4}
+    assert runner.available() == {0, 1, 2, 3, 4, 5, 6}
+
+
+# -- Flower simulation runtime -------------------------------------------------------------
+
+def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
+    from flwr.simulation import run_simulation
+
+    from fedhello.flower import client_app
+    from fedhello.flower.server_app import make_app
+
+    tmp = flower_env
+    cfg_path = tmp / "cfg.yaml"
+    # Fed-HeLLo with Fisher scores from the clients (a query message per sampled node each round)
+    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, strategy={
+        "name": "fedhello", "warmup_rounds": 0, "fim_source": "clients", "fim_every": 1, "fim_samples": 10})))
+    cfg = load_config(cfg_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # Ray actors run 1 thread: same kernels, same float sums
+    try:
+        run_experiment(cfg, tmp / "inproc")
+    finally:
+        torch.set_num_threads(threads)
+    run_simulation(
+        make_app({"config": str(cfg_path), "out": str(tmp / "flower"), "round-timeout": 300.0}),
+        client_app.app, num_supernodes=3,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0},
+                        "init_args": {"num_cpus": 2, "include_dashboard": False}},
+    )
+    a, b = RunDir(tmp / "inproc"), RunDir(tmp / "flower")
+    assert (tmp / "flower" / "summary.json").exists()
+    assert b.read_config_dict() == a.read_config_dict()
+    assert max_diff(ckpt_state(tmp / "inproc"), ckpt_state(tmp / "flower")) <= 1e-6
+    ra, rb = a.read_metrics(), b.read_metrics()
+    assert [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in ra] == \
+           [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in rb]
+    assert all(r["failed_clients"] == [] for r in rb)
+    for x, y in zip(ra, rb):  # Fisher scores from the ClientApps = those computed in-process
+        assert y.get("fim_scores") is not None
+        np.testing.assert_allclose(y["fim_scores"], x["fim_scores"], rtol=1e-6)
+    assert json.loads((tmp / "flower" / "flower.json").read_text())["runtime"] == "flower"
+    assert json.loads((tmp / "flower" / "clients.json").read_text()) == \
+           json.loads((tmp / "inproc" / "clients.json").read_text())
+
+
+# -- loopback deployment ----------------------------------------------------------------------
+
+def _all_dead(fed) -> bool:
+    return all(p.poll() is not None for p in fed.procs.values())
+
+
+def test_deployment_on_loopback_matches_in_process(flower_env, tiny_bert):
+    from fedhello.flower.deploy import deploy_local
+
+    tmp = flower_env
+    cfg_path = tmp / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, clients={
+        "num_clients": 2, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]})))
+    feds = []
+    try:
+        summary = deploy_local(cfg_path, [], tmp / "deploy", 2, round_timeout=120, workdir=tmp / "wd",
+                               on_started=feds.append)
+    finally:
+        for fed in feds:
+            fed.stop()
+    assert feds and _all_dead(feds[0])
+    assert summary["rounds"] == 2 and (tmp / "deploy" / "summary.json").exists()
+    assert summary["failed_client_rounds"] == 0
+    run_experiment(load_config(cfg_path), tmp / "inproc")
+    assert max_diff(ckpt_state(tmp / "inproc"), ckpt_state(tmp / "deploy")) <= 1e-6
+
+
+def test_deployment_survives_a_killed_node(flower_env, tiny_bert):
+    from fedhello.flower.deploy import deploy_local
+
+    tmp = flower_env
+    cfg_path = tmp / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, rounds=3, clients={
+        "num_clients": 3, "per_round": 3, "fractions": [0.5, 0.5], "budgets": [1, 3]})))
+    feds = []
+
+    def on_round(rec):
+        if rec["round"] == 0:
+            feds[0].kill("supernode-2")  # SIGKILL to the node's process group, mid-run
+
+    try:
+        summary = deploy_local(cfg_path, [], tmp / "deploy", 3, round_timeout=90, workdir=tmp / "wd",
+                               on_started=feds.append, on_round=on_round)
+    finally:
+        for fed in feds:
+            fed.stop()
+    assert _all_dead(feds[0])
+    recs = RunDir(tmp / "deploy").read_metrics()
+    assert summary["rounds"] == 3 and len(recs) == 3
+    assert [c["id"] for c in recs[0]["clients"]] == [0, 1, 2]
+    failed_at = [r["round"] for r in recs if any(f["id"] == 2 for f in r["failed_clients"])]
+    assert failed_at, recs
+    first = failed_at[0]
+    assert sorted(c["id"] for c in recs[first]["clients"]) == [0, 1]  # the round aggregated what came
+    if first + 1 < len(recs):  # the next round samples only nodes that are up
+        nxt = recs[first + 1]
+        assert sorted(c["id"] for c in nxt["clients"]) == [0, 1] and nxt["failed_clients"] == []
+    assert all(math.isfinite(r["test_accuracy"]) for r in recs)
+    assert np.isclose(summary["failed_client_rounds"], sum(len(r["failed_clients"]) for r in recs))
