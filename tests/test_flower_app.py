@@ -201,6 +201,52 @@ def test_malicious_replies_recorded_by_the_server_loop(tiny_exp, task_identity):
     assert runner.available() == {0, 1, 2, 3, 4, 5, 6}
 
 
+def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp, task_identity):
+    """hetlora/flexlora on Flower: a rank-r node is sent r components and may only send r back."""
+    from fedhello.allocation import build_strategy
+    from fedhello.federation.client import FitTask
+    from fedhello.model.rank import truncate_rank
+
+    exp = tiny_exp
+    g = exp.global_state()
+    lm = exp.layermap
+    every = list(range(lm.num_layers))
+    cfg = exp.cfg.model_copy(update={"strategy": exp.cfg.strategy.model_copy(update={"name": "hetlora"})})
+    rule = build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets).aggregate
+    strat = FedHelloStrategy(lm, "{}", {c: 100 + c for c in range(2)}, aggregate_fn=rule)
+    tasks = [FitTask(client_id=c, round=0, layers=every, lr=0.1, seed=c, rank=2) for c in range(2)]
+    strat.plan(tasks)
+
+    def answer(cid, msg):
+        sent = record_to_state(msg.content.array_records["arrays"])
+        if cid == 0:  # honest: its rank-2 tensors, each + 1
+            return reply(msg, {n: t + 1.0 for n, t in sent.items()})
+        return reply(msg, {n: g[n] + 1.0 for n in sent})  # full-rank tensors: above its rank
+
+    grid = FakeGrid(answer)
+    msgs = list(strat.configure_train(1, state_to_record(g), ConfigRecord(), grid))
+    assert [m.content.config_records["config"]["rank"] for m in msgs] == [2, 2]
+    down = record_to_state(msgs[0].content.array_records["arrays"])
+    expect = truncate_rank(g, 2)
+    assert set(down) == set(g)
+    a_name = next(n for n in g if ".lora_A." in n)
+    assert down[a_name].shape[0] == 2 < g[a_name].shape[0]
+    assert all(torch.equal(down[n], expect[n]) for n in g)
+    replies = grid.send_and_receive(msgs)
+    results = strat.collect(replies)
+    assert [type(r).__name__ for r in results] == ["ClientUpdate", "ClientUpdate"]
+    arrays, metrics = strat.aggregate_train(1, replies)
+    failed = {f["id"]: f["reason"] for f in strat.last_failed}
+    assert list(failed) == [1] and "shape" in failed[1]
+    assert metrics["num-updates"] == 1
+    # hetlora's rule with one update: its rank-2 components, zero-padded back to full rank
+    new = record_to_state(arrays)
+    for n, t in g.items():
+        assert new[n].shape == t.shape, n
+    assert torch.equal(new[a_name][:2], expect[a_name] + 1.0)
+    assert not new[a_name][2:].any()
+
+
 # -- Flower simulation runtime -------------------------------------------------------------
 
 def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):

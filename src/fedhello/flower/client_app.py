@@ -84,7 +84,7 @@ def train(msg: Message, context: Context) -> Message:
     exp, trainer = _client(str(c["experiment"]), pid, data_path)
     state = record_to_state(msg.content.array_records["arrays"])
     task = FitTask(client_id=pid, round=int(c["round"]), layers=[int(x) for x in c["layers"]],
-                   lr=float(c["lr"]), seed=int(c["seed"]))
+                   lr=float(c["lr"]), seed=int(c["seed"]), rank=int(c["rank"]) if "rank" in c else None)
     t0 = time.perf_counter()
     upd = trainer.fit(task, state, exp.partitions[pid])
     metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),

@@ -4,7 +4,9 @@ Message contents (RecordDict keys):
 
 - train instruction (``message_type="train"``): ``arrays`` = the whole global
   adapter (every LoRA tensor + head), ``config`` = ``client-id``, ``round``,
-  ``layers``, ``lr``, ``seed``, ``experiment`` (the resolved config as JSON).
+  ``layers``, ``lr``, ``seed``, ``experiment`` (the resolved config as JSON),
+  and for rank-heterogeneous strategies ``rank``: then ``arrays`` holds only
+  the first ``rank`` components of every LoRA tensor (hetlora, flexlora).
 - train reply: ``arrays`` = only the tensors the client trained (its layers +
   head), ``metrics`` = ``num-examples``, ``train-loss``, ``train-time-s``.
 - query ``task=hello``: reply ``config`` = ``partition-id``, ``num-partitions``,

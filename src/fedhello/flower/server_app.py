@@ -62,6 +62,7 @@ def load_experiment(run_config: dict):
 
 def run_on_grid(grid: Grid, run_config: dict) -> dict:
     """The whole run on ``grid``; returns the summary."""
+    from fedhello.allocation import build_strategy
     from fedhello.federation.simulation import run_experiment
     from fedhello.flower.codec import config_json
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
@@ -84,8 +85,9 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
             exp.groups[cid] = g  # a node's own budget decides its group
         info.update(nodes={str(c): n for c, n in sorted(node_of.items())}, declared_groups=declared)
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
+        rule = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregate
         strategy = FedHelloStrategy(exp.layermap, config_json(cfg), node_of, cfg.aggregation.weighting,
-                                    ttl=timeout + 60.0)
+                                    ttl=timeout + 60.0, aggregate_fn=rule)
         return FlowerRunner(grid, strategy, timeout, log)
 
     log(f"{cfg.strategy.name}: {cfg.rounds} rounds, {cfg.clients.num_clients} clients -> {out}")

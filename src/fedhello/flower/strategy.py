@@ -43,6 +43,7 @@ from fedhello.federation.aggregation import aggregate, validate_update
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
 from fedhello.flower.codec import QUERY, TRAIN, record_to_state, state_to_record
 from fedhello.model.layermap import LayerMap
+from fedhello.model.rank import truncate_rank
 from fedhello.model.state import State
 
 
@@ -59,8 +60,12 @@ class FedHelloStrategy(FlowerStrategy):
     """
 
     def __init__(self, layermap: LayerMap, experiment_json: str, node_of: dict[int, int],
-                 weighting: str = "samples", ttl: float | None = None):
+                 weighting: str = "samples", ttl: float | None = None,
+                 aggregate_fn: Callable[..., tuple[State, dict]] | None = None):
         self.layermap = layermap
+        # the allocation strategy's rule (Strategy.aggregate: layer-wise averaging, or
+        # the rank-heterogeneous rules of hetlora/flexlora); default layer-wise
+        self.aggregate_fn = aggregate_fn or (lambda g, ups, w: (aggregate(g, ups, w), {}))
         self.experiment_json = experiment_json
         self.node_of = dict(node_of)  # client id -> node id
         self.weighting = weighting
@@ -93,7 +98,11 @@ class FedHelloStrategy(FlowerStrategy):
                 "layers": [int(x) for x in task.layers], "lr": float(task.lr), "seed": int(task.seed),
                 "experiment": self.experiment_json,
             })
-            content = RecordDict({"arrays": arrays, "config": cfg})
+            down = arrays
+            if task.rank is not None:  # rank-heterogeneous strategies: the node's first `rank` components
+                cfg["rank"] = int(task.rank)
+                down = state_to_record(truncate_rank(self._global, task.rank))
+            content = RecordDict({"arrays": down, "config": cfg})
             messages.append(Message(content=content, dst_node_id=nid, message_type=TRAIN,
                                     group_id=str(server_round), ttl=self.ttl))
             self._sent[nid] = task
@@ -138,13 +147,14 @@ class FedHelloStrategy(FlowerStrategy):
                 continue
             task = next(t for t in self._tasks if t.client_id == res.client_id)
             try:
-                validate_update(res, self.layermap.names_for(task.layers, include_head=True), self._global)
+                validate_update(res, self.layermap.names_for(task.layers, include_head=True),
+                                truncate_rank(self._global, task.rank))
             except UpdateError as err:
                 failed.append({"id": res.client_id, "reason": str(err)})
                 continue
             updates.append(res)
         self.last_failed = failed
-        new = aggregate(self._global, updates, self.weighting)
+        new, _ = self.aggregate_fn(self._global, updates, self.weighting)
         n = sum(u.num_samples for u in updates)
         loss = sum(u.train_loss * u.num_samples for u in updates) / n if n else float("nan")
         metrics = MetricRecord({"num-examples": int(n), "train-loss": float(loss),
