@@ -81,7 +81,7 @@ def table(result: dict) -> str:
             continue
         rows.append((key, _fmt(v), target, {True: "yes", False: "NO"}.get(met.get(key), "-")))
     for g, b in (result.get("upload_bytes_per_group") or {}).items():
-        rows.append((f"upload_bytes_per_group.{g}", str(b), "< fedit" if g != "fedit" else "", "-"))
+        rows.append((f"upload_bytes_per_group.{g}", str(b), "<= fedit" if g != "fedit" else "", "-"))
     for r in result.get("scale") or []:
         rows.append((f"scale.{r['clients']}_clients", f"{r['rss_mb']:.0f} MB, {r['round_time_s']:.2f} s/round", "flat", "-"))
     acc = result.get("length_grouping_accuracy")
