@@ -129,7 +129,8 @@ def run_suite(s: Settings, parts: Sequence[str] = PARTS, log: Callable[[str], No
     t_all = time.perf_counter()
     result: dict[str, Any] = {
         "machine": machine_info(s, device),
-        "settings": s.to_dict(),
+        # the data folder by name only: results are committed, machine paths are not
+        "settings": {**s.to_dict(), "data": Path(s.data).name if s.data else None},
         "data": "banking77-layout csv" if s.data else "built-in demo data",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

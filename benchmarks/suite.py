@@ -358,7 +358,7 @@ def freeze_memory(exp, s, batches, gstate, configs, log) -> dict[str, dict]:
 
 
 def bench_fisher(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
-    from fedhello.allocation.fisher import fisher_layer_scores, fisher_layer_scores_loop
+    from fedhello.allocation.fisher import _length_buckets, _split_batch, fisher_layer_scores, fisher_layer_scores_loop
 
     model, lm, dev, data = exp.model, exp.layermap, exp.device, exp.train
     n = min(s.sizes.fim_samples, len(data))
@@ -404,7 +404,10 @@ def bench_fisher(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
             "scores_vectorised": fast.tolist(),
             "scores_loop": slow.tolist(),
             "mean_tokens_per_sample": float(data.lengths[idx].mean()),
-            "padded_tokens_per_sample_bucketed": float(sum(b["input_ids"].numel() for b in bucketed) / n),
+            # after fisher_layer_scores re-cuts the batches into length buckets of 16
+            "padded_tokens_per_sample_bucketed": float(
+                sum(p["input_ids"].numel() for b in bucketed for p, _ in _length_buckets(*_split_batch(b, dev), 16)) / n
+            ),
             "padded_tokens_per_sample_unbucketed": float(sum(b["input_ids"].numel() for b in padded) / n),
         },
     }
