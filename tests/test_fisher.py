@@ -241,3 +241,30 @@ def test_weights():
     assert np.allclose(score_weights([0.0, 0.0]), [0.5, 0.5])
     with pytest.raises(ValueError):
         tier_weights([0, 3], 3)
+
+
+def test_length_buckets_give_the_same_scores(tiny_bert):
+    model, lm = tiny_bert
+    gen = torch.Generator().manual_seed(5)
+    big = _batch(gen, 9, 12)  # one right-padded batch of 9 samples of different lengths
+    slow = fisher_layer_scores_loop(model, lm, [big])
+    for bucket in (1, 2, 4, 16):
+        np.testing.assert_allclose(fisher_layer_scores(model, lm, [big], bucket_size=bucket), slow, rtol=1e-5)
+
+
+def test_length_buckets_cut_and_trim():
+    from fedhello.allocation.fisher import _length_buckets
+
+    gen = torch.Generator().manual_seed(6)
+    b = _batch(gen, 5, 10)
+    labels = b.pop("labels")
+    lengths = b["attention_mask"].sum(1)
+    pieces = _length_buckets(b, labels, 2)
+    assert [len(lab) for _, lab in pieces] == [2, 2, 1]
+    got = torch.cat([p["attention_mask"].sum(1) for p, _ in pieces])
+    assert got.tolist() == sorted(lengths.tolist())
+    for p, _ in pieces:  # each piece trimmed to its longest sample
+        assert p["input_ids"].shape[1] == int(p["attention_mask"].sum(1).max())
+    # left padding is left alone
+    left = {k: v.flip(1) for k, v in b.items()}
+    assert len(_length_buckets(left, labels, 2)) == 1

@@ -16,7 +16,10 @@ squaring). In eval mode samples do not interact, so the gradient of the summed
 objective at sample i's activations is exactly sample i's own gradient.
 ``torch.func.vmap`` is not used: it fails on Hugging Face models with
 data-dependent control flow. :func:`fisher_layer_scores_loop` is the slow
-reference (one backward per sample).
+reference (one backward per sample). Right-padded batches are re-cut into
+length buckets of at most ``bucket_size`` samples, each trimmed to its longest
+sample, so that short queries are not padded to the longest one of a large batch
+(the scores do not change: samples are independent in eval mode).
 
 Tiers: exact 1-D k-means by dynamic programming over the sorted distinct scores
 (deterministic, no seed needed; equal scores always share a tier), tiers
@@ -109,16 +112,58 @@ def _device(model: "nn.Module") -> "torch.device":
     return torch.device("cpu")
 
 
+def _length_buckets(inputs: dict[str, Any], labels: "torch.Tensor", bucket_size: int):
+    """Split a right-padded batch into length-sorted buckets trimmed to their longest sample.
+
+    Without a 2-D ``attention_mask``, or with padding that is not on the right,
+    the batch is returned whole.
+    """
+    import torch
+
+    mask = inputs.get("attention_mask")
+    bsz = labels.shape[0]
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] != bsz or bsz <= 1:
+        return [(inputs, labels)]
+    m = mask != 0
+    lengths = m.sum(dim=1)
+    width = m.shape[1]
+    # right padding: every row is ones then zeros
+    expect = torch.arange(width, device=mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(m, expect):
+        return [(inputs, labels)]
+    if bsz <= bucket_size and int(lengths.max()) == width:
+        return [(inputs, labels)]
+    order = torch.argsort(lengths, stable=True)
+    out = []
+    for s in range(0, bsz, bucket_size):
+        rows = order[s : s + bucket_size]
+        w = max(1, int(lengths[rows].max()))
+        sub: dict[str, Any] = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == bsz:
+                v = v[rows]
+                if v.dim() >= 2 and v.shape[1] == width:
+                    v = v[:, :w]
+            sub[k] = v
+        out.append((sub, labels[rows]))
+    return out
+
+
 # --------------------------------------------------------------------------- scores
 
 
-def fisher_layer_scores(model: nn.Module, layermap, batches: Iterable[Mapping[str, Any]]) -> np.ndarray:
+def fisher_layer_scores(
+    model: nn.Module, layermap, batches: Iterable[Mapping[str, Any]], bucket_size: int = 16
+) -> np.ndarray:
     """Per-layer empirical diagonal Fisher (length L), vectorised per-sample gradients.
 
     ``batches``: dicts of tensors the Hugging Face model accepts (``input_ids``,
     ``attention_mask``, ...) plus ``labels``. The model is scored in eval mode;
     its train/eval modes and ``requires_grad`` flags are restored afterwards, no
-    hook is left behind and no ``.grad`` is written.
+    hook is left behind and no ``.grad`` is written. ``bucket_size``: the most
+    samples per forward pass after re-cutting right-padded batches into length
+    buckets (on CPU, 16 short queries already fill the matrix units; a larger
+    bucket mostly adds padding).
     """
     import torch
     from torch import nn
@@ -156,8 +201,12 @@ def fisher_layer_scores(model: nn.Module, layermap, batches: Iterable[Mapping[st
         with _scoring_mode(model, all_params):
             for mod_name, mod in modules.items():
                 handles.append(mod.register_forward_hook(make_hook(mod_name)))
-            for batch in batches:
-                inputs, labels = _split_batch(batch, device)
+            pieces = (
+                piece
+                for batch in batches
+                for piece in _length_buckets(*_split_batch(batch, device), max(1, int(bucket_size)))
+            )
+            for inputs, labels in pieces:
                 calls.clear()
                 with torch.enable_grad():
                     ll = _log_likelihoods(model, inputs, labels)
