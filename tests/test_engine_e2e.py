@@ -78,3 +78,15 @@ def test_resume_equals_uninterrupted(tmp_path):
     ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["global_state"]
     cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["global_state"]
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
+
+
+def test_run_without_validation_split(tmp_path, tiny_bert):
+    """val_fraction 0: no validation split; the run still completes and reports the final test accuracy."""
+    raw = dict(BASE, rounds=1, model={"name": str(tiny_bert), "max_length": 24},
+               data={"format": "demo", "demo_samples": 120, "val_fraction": 0.0},
+               clients={"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]})
+    summary = run_experiment(build_config(raw), tmp_path / "run")
+    recs = RunDir(tmp_path / "run").read_metrics()
+    assert len(recs) == 1 and 0 <= recs[0]["test_accuracy"] <= 1
+    assert summary["final_test_accuracy"] == recs[0]["test_accuracy"]
+    assert json.loads((tmp_path / "run" / "partition.json").read_text())["num_val"] == 0

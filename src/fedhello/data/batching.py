@@ -37,7 +37,16 @@ class Encoded:
         return np.fromiter((len(x) for x in rows), dtype=np.int64, count=len(self))
 
 
+def _empty(tokenizer) -> Encoded:
+    """No samples (e.g. ``data.val_fraction: 0``): tokenizers reject an empty batch."""
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return Encoded(features={"input_ids": [], "attention_mask": []}, labels=np.zeros(0, dtype=np.int64),
+                   pad_token_id=pad_id)
+
+
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> Encoded:
+    if len(texts) == 0:
+        return _empty(tokenizer)
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
     keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return Encoded(
@@ -51,6 +60,8 @@ def encode_pairs(
     tokenizer, texts: Sequence[str], pairs: Sequence[str], labels: Sequence[int], max_length: int
 ) -> Encoded:
     """Sentence pairs (QNLI, QQP) as the tokenizer joins them (``[CLS] a [SEP] b [SEP]``)."""
+    if len(texts) == 0:
+        return _empty(tokenizer)
     enc = tokenizer(list(texts), list(pairs), truncation=True, max_length=max_length, padding=False)
     keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     return Encoded(
