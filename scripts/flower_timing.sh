@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-runs/flower-timing}")
 CFG=$PWD/configs/flower-small.yaml
 PY=${PYTHON:-python}
-WORK=$(mktemp -d /tmp/fhtime.XXXX)
+WORK=$(mktemp -d -t fhtime.XXXX)
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_HOME=$WORK/home RAY_TMPDIR=$WORK/ray FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=39591 FLWR_LOCAL_CONTROL_API_PORT=39593
 mkdir -p "$RAY_TMPDIR" "$OUT"
