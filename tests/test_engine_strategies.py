@@ -43,6 +43,11 @@ def test_strategy_runs_end_to_end(tiny_bert, tmp_path, name):
             assert len(c["layers"]) == n, (name, c)
             if name == "exclusive":
                 assert b == 3
+    params = summary["trainable_params_per_group"]
+    if name == "exclusive":  # the weak groups never train: nothing trainable
+        assert params[0] == params[1] == 0 < params[2]
+    elif name in ("fedra", "rgd-hla", "fedhello"):
+        assert 0 < params[0] < params[1] < params[2]
 
 
 def test_fedhello_records_fisher_scores_on_recomputation_rounds(tiny_bert, tmp_path):

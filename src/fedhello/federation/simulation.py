@@ -110,7 +110,8 @@ class Experiment:
         """Trainable LoRA + head parameters of a client of each group.
 
         As many LoRA layers as the strategy trains for the group's budget, at the
-        group's LoRA rank (rank strategies), without the A matrices under FFA.
+        group's LoRA rank (rank strategies), without the A matrices under FFA; 0 for
+        a group the strategy never samples (Exclusive's weak groups).
         """
         from fedhello.allocation import ClientSlot
         from fedhello.model.rank import is_lora_a
@@ -121,6 +122,9 @@ class Experiment:
         head = sum(params[n].numel() for n in self.layermap.head)
         out = []
         for g, b in enumerate(cfg.clients.budgets):
+            if not strat.eligible(ClientSlot(-1, g, b)):
+                out.append(0)
+                continue
             rank = strat.client_rank(ClientSlot(-1, g, b), cfg.lora.r) or cfg.lora.r
             per_layer = [
                 sum(params[n].numel() * rank // cfg.lora.r for n in names if not (cfg.lora.ffa and is_lora_a(n)))
