@@ -142,6 +142,7 @@ class StrategyConfig(_Strict):
     fim_tiers: int = Field(3, ge=1)
     # fedhello co-design
     warmup_rounds: int = Field(50, ge=0)
+    # default chosen by measurement (README, "The combine default"): product
     combine: Literal["product", "fim", "reference"] = "product"
     # rank heterogeneity (hetlora / flexlora): rank per resource group; null: r*budget/L
     ranks: list[int] | None = None
