@@ -37,38 +37,28 @@ class Encoded:
         return np.fromiter((len(x) for x in rows), dtype=np.int64, count=len(self))
 
 
-def _empty(tokenizer) -> Encoded:
-    """No samples (e.g. ``data.val_fraction: 0``): tokenizers reject an empty batch."""
+def _encode(tokenizer, labels: Sequence[int], max_length: int, *texts: Sequence[str]) -> Encoded:
+    """Tokenize one text (or a text pair) per sample, unpadded; an empty split stays empty
+    (e.g. ``data.val_fraction: 0``: tokenizers reject an empty batch)."""
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    return Encoded(features={"input_ids": [], "attention_mask": []}, labels=np.zeros(0, dtype=np.int64),
+    if len(texts[0]) == 0:
+        return Encoded(features={"input_ids": [], "attention_mask": []}, labels=np.zeros(0, dtype=np.int64),
+                       pad_token_id=pad_id)
+    enc = tokenizer(*[list(t) for t in texts], truncation=True, max_length=max_length, padding=False)
+    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return Encoded(features={k: list(enc[k]) for k in keep}, labels=np.asarray(labels, dtype=np.int64),
                    pad_token_id=pad_id)
 
 
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> Encoded:
-    if len(texts) == 0:
-        return _empty(tokenizer)
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return Encoded(
-        features={k: list(enc[k]) for k in keep},
-        labels=np.asarray(labels, dtype=np.int64),
-        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-    )
+    return _encode(tokenizer, labels, max_length, texts)
 
 
 def encode_pairs(
     tokenizer, texts: Sequence[str], pairs: Sequence[str], labels: Sequence[int], max_length: int
 ) -> Encoded:
     """Sentence pairs (QNLI, QQP) as the tokenizer joins them (``[CLS] a [SEP] b [SEP]``)."""
-    if len(texts) == 0:
-        return _empty(tokenizer)
-    enc = tokenizer(list(texts), list(pairs), truncation=True, max_length=max_length, padding=False)
-    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return Encoded(
-        features={k: list(enc[k]) for k in keep},
-        labels=np.asarray(labels, dtype=np.int64),
-        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-    )
+    return _encode(tokenizer, labels, max_length, texts, pairs)
 
 
 def encode_choices(

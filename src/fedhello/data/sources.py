@@ -391,23 +391,7 @@ def _finish_task(
         label_names = list(cfg.choices_columns or [])
         train_ids, test_ids = tr_labels, te_labels
     else:
-        int_mode = all(isinstance(y, int) for y in tr_labels)
-        if int_mode:
-            keys: list[Any] = sorted(set(tr_labels))
-            te_keys = [_to_int(y) for y in te_labels]
-        else:
-            keys = sorted({str(y) for y in tr_labels})
-            tr_labels = [str(y) for y in tr_labels]
-            te_keys = [str(y) for y in te_labels]
-        label_names = [str(k) for k in keys]
-        if len(keys) < 2:
-            col = cfg.label_column if isinstance(cfg.label_column, str) else "/".join(cfg.label_column)
-            raise DataError(
-                f"{train_where}: label column '{col}' has {len(keys)} class"
-                f"{'' if len(keys) == 1 else 'es'}; need at least 2"
-            )
-        index = {k: i for i, k in enumerate(keys)}
-        train_ids = [index[y] for y in tr_labels]
+        label_names, index, train_ids, te_keys = _label_set(tr_labels, te_labels, cfg, train_where)
         keep = [i for i, k in enumerate(te_keys) if k in index]
         dropped_test += len(te_keys) - len(keep)
         te_cols = {c: [v[i] for i in keep] for c, v in te_cols.items()}
@@ -443,6 +427,28 @@ def _clean(ds: Dataset, cfg: DataConfig, where: str) -> tuple[list[str], list[An
     return texts, labels, dropped
 
 
+def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: str):
+    """The label set, fixed from the training split: integers stay integers (sorted
+    numerically), anything else is compared as a string. Returns the label names,
+    key -> id, the training ids and the test keys (a test key outside the set is
+    the caller's to drop)."""
+    if all(isinstance(y, int) for y in tr_labels):
+        keys: list[Any] = sorted(set(tr_labels))
+        te_keys = [_to_int(y) for y in te_labels]
+    else:
+        keys = sorted({str(y) for y in tr_labels})
+        tr_labels = [str(y) for y in tr_labels]
+        te_keys = [str(y) for y in te_labels]
+    if len(keys) < 2:
+        col = cfg.label_column if isinstance(cfg.label_column, str) else "/".join(cfg.label_column)
+        raise DataError(
+            f"{train_where}: label column '{col}' has {len(keys)} class"
+            f"{'' if len(keys) == 1 else 'es'}; need at least 2"
+        )
+    index = {k: i for i, k in enumerate(keys)}
+    return [str(k) for k in keys], index, [index[y] for y in tr_labels], te_keys
+
+
 def _finish(
     train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str
 ) -> Splits:
@@ -459,24 +465,7 @@ def _finish(
     if not tr_texts:
         raise DataError(f"{train_where}: split is empty (no row has both a text and a label)")
 
-    int_mode = all(isinstance(y, int) for y in tr_labels)
-    if int_mode:
-        keys: list[Any] = sorted(set(tr_labels))
-        label_names = [str(k) for k in keys]
-        te_keys = [_to_int(y) for y in te_labels]
-    else:
-        keys = sorted({str(y) for y in tr_labels})
-        label_names = list(keys)
-        tr_labels = [str(y) for y in tr_labels]
-        te_keys = [str(y) for y in te_labels]
-    if len(keys) < 2:
-        col = cfg.label_column if isinstance(cfg.label_column, str) else "/".join(cfg.label_column)
-        raise DataError(
-            f"{train_where}: label column '{col}' has {len(keys)} class"
-            f"{'' if len(keys) == 1 else 'es'}; need at least 2"
-        )
-    index = {k: i for i, k in enumerate(keys)}
-    train_ids = [index[y] for y in tr_labels]
+    label_names, index, train_ids, te_keys = _label_set(tr_labels, te_labels, cfg, train_where)
 
     test_texts: list[str] = []
     test_ids: list[int] = []
