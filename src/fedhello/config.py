@@ -195,13 +195,12 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_strategy(self) -> "ExperimentConfig":
-        from fedhello.allocation import available_strategies
+        from fedhello.allocation import strategy_class
 
-        if self.strategy.name not in available_strategies():
-            raise ValueError(
-                f"strategy.name: unknown strategy {self.strategy.name!r} "
-                f"(known: {', '.join(sorted(available_strategies()))})"
-            )
+        try:
+            strategy_class(self.strategy.name)  # the registry's own check and message
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
         return self
 
     @model_validator(mode="after")
