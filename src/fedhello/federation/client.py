@@ -96,6 +96,10 @@ class LocalTrainer:
     def fit(self, task: FitTask, global_state: State, indices: np.ndarray) -> ClientUpdate:
         t0 = time.perf_counter()
         model = self.model
+        cuda = self.device.type == "cuda"
+        if cuda:  # the client's own peak: activations, gradients, optimizer state
+            torch.cuda.reset_peak_memory_stats(self.device)
+            mem0 = torch.cuda.memory_allocated(self.device)
         # a rank-r client loads the first r components of each LoRA tensor, zeros beyond
         set_state_padded(model, truncate_rank(global_state, task.rank))
         params = set_trainable(model, self.layermap, task.layers, ffa=self.ffa)
@@ -135,6 +139,8 @@ class LocalTrainer:
             layers=sorted(int(x) for x in task.layers),
             train_loss=total_loss / max(seen, 1),
             train_time_s=time.perf_counter() - t0,
+            # GPU only (CPU peaks are process-wide; see benchmarks/ for CPU memory)
+            metrics={"peak_memory_bytes": int(torch.cuda.max_memory_allocated(self.device) - mem0)} if cuda else {},
         )
 
 

@@ -182,6 +182,7 @@ class Server:
                 "train_time_s": u.train_time_s,
                 "train_loss": u.train_loss,
                 **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),
+                **{k: v for k, v in u.metrics.items() if k == "peak_memory_bytes"},
             }
             for u in updates
         ]
