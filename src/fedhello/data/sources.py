@@ -372,17 +372,24 @@ def _build_task(task: str, columns: dict[str, list], labels: list[int]) -> Datas
     return Dataset.from_dict(data, features=Features(feats))
 
 
-def _finish_task(
-    train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str, task: str
-) -> Splits:
-    """:func:`_finish` for every task but text-classification (which keeps its own, unchanged path)."""
+def _subsets(
+    train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int
+) -> tuple[tuple[Dataset, str], tuple[Dataset, str]]:
+    """Both splits checked non-empty, then cut to ``max_train_samples`` / ``max_test_samples``."""
     (train_ds, train_where), (test_ds, test_where) = train, test
     for ds, where in ((train_ds, train_where), (test_ds, test_where)):
         if len(ds) == 0:
             raise DataError(f"{where}: split is empty (no rows)")
     rng = np.random.default_rng(seed)
-    train_ds = _subset(train_ds, cfg.max_train_samples, rng)
-    test_ds = _subset(test_ds, cfg.max_test_samples, rng)
+    return (_subset(train_ds, cfg.max_train_samples, rng), train_where), \
+        (_subset(test_ds, cfg.max_test_samples, rng), test_where)
+
+
+def _finish_task(
+    train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str, task: str
+) -> Splits:
+    """:func:`_finish` for every task but text-classification (which keeps its own, unchanged path)."""
+    (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
     tr_cols, tr_labels, dropped_train = _clean_task(train_ds, cfg, task, train_where)
     te_cols, te_labels, dropped_test = _clean_task(test_ds, cfg, task, test_where)
     if not tr_labels:
@@ -452,13 +459,7 @@ def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: s
 def _finish(
     train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str
 ) -> Splits:
-    (train_ds, train_where), (test_ds, test_where) = train, test
-    for ds, where in ((train_ds, train_where), (test_ds, test_where)):
-        if len(ds) == 0:
-            raise DataError(f"{where}: split is empty (no rows)")
-    rng = np.random.default_rng(seed)
-    train_ds = _subset(train_ds, cfg.max_train_samples, rng)
-    test_ds = _subset(test_ds, cfg.max_test_samples, rng)
+    (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
 
     tr_texts, tr_labels, dropped_train = _clean(train_ds, cfg, train_where)
     te_texts, te_labels, dropped_test = _clean(test_ds, cfg, test_where)
