@@ -56,6 +56,10 @@ def sweep(tiny_bert, tmp_path_factory):
     cfg = load_config(cfg_file, [*partition_overrides("pat-2"), "strategy.name=fedra", "seed=1"])
     run_experiment(cfg, part.dir(out), stop_after=1)
     first = RunDir(part.dir(out)).read_metrics()[0]
+    # ...and started before data.test_fraction existed: a key added since takes its default, not "different run"
+    saved = yaml.safe_load((part.dir(out) / "config.yaml").read_text())
+    assert saved["data"].pop("test_fraction") == 0.0
+    (part.dir(out) / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     res = run_sweep(cfg_file, STRATEGIES, PARTITIONS, SEEDS, out, print_fn=lambda m: None)
     return {"cfg": cfg_file, "out": out, "res": res, "partial": part, "first": first}
 

@@ -262,6 +262,21 @@ def write_setup(rundir: RunDir, exp: Experiment) -> None:
     )
 
 
+def holds_config(rundir: RunDir, cfg: ExperimentConfig) -> bool:
+    """Whether the run in ``rundir`` was started with ``cfg``.
+
+    The saved config is validated again before comparing, so a key added to the
+    schema since the run started compares as its default, not as a difference
+    (an older run stays resumable); a saved config that no longer validates is
+    a different run.
+    """
+    try:
+        saved = build_config(rundir.read_config_dict())
+    except FedHelloError:
+        return False
+    return saved.to_dict() == cfg.to_dict()
+
+
 def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tuple[RunDir, bool]:
     """The run directory and whether it holds this very run to resume.
 
@@ -278,7 +293,7 @@ def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tupl
             if p.exists():
                 p.unlink()
         return rundir, False
-    if rundir.read_config_dict() != cfg.to_dict():
+    if not holds_config(rundir, cfg):
         raise FedHelloError(
             f"--out {rundir.path} already holds a different run (use --resume {rundir.path}, "
             "--overwrite or another --out)"

@@ -160,11 +160,13 @@ def plan(
 
 def cell_status(path: Path, cfg) -> str:
     """``done``, ``resume`` (checkpointed, unfinished), ``new`` or ``different`` (another run)."""
+    from fedhello.federation.simulation import holds_config
+
     rd = RunDir(path)
     if not rd.has_run():
         return "new"
     try:
-        same = rd.read_config_dict() == cfg.to_dict()
+        same = holds_config(rd, cfg)
     except Exception:  # unreadable config.yaml
         return "different"
     if not same:
