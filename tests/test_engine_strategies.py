@@ -62,6 +62,19 @@ def test_fedhello_records_fisher_scores_on_recomputation_rounds(tiny_bert, tmp_p
     assert part["num_calibration"] == 20  # server-held set carved before partitioning
 
 
+def test_every_strategy_of_a_seed_gets_the_same_client_data(tiny_bert):
+    """The server calibration set is carved for FIM and non-FIM strategies alike (SPEC 3: same data)."""
+    exps = {n: simulation.prepare(cfg_for(tiny_bert, strategy={"name": n})) for n in ("fedhello", "fedit", "fedra")}
+    ref = exps["fedhello"]
+    assert len(ref.calib) == 20
+    for name, exp in exps.items():
+        assert exp.train.features["input_ids"] == ref.train.features["input_ids"], name
+        assert np.array_equal(exp.train.labels, ref.train.labels), name
+        assert exp.calib.features["input_ids"] == ref.calib.features["input_ids"], name
+        assert [p.tolist() for p in exp.partitions] == [p.tolist() for p in ref.partitions], name
+        assert exp.groups == ref.groups, name
+
+
 def test_fim_from_clients_moves_only_scores(tiny_bert, tmp_path, monkeypatch):
     seen = []
     real = simulation.SimulationRunner.scores

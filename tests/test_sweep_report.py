@@ -165,6 +165,7 @@ def test_bad_grid_input_is_an_error_before_anything_runs(sweep, tmp_path, capsys
 def test_a_failing_cell_is_recorded_and_the_others_complete(sweep, tmp_path):
     out = tmp_path / "fail"
     # fedhello needs a server calibration set larger than the data holds: that cell fails in its run
+    # (fedit, which never uses it, then trains on the whole split)
     rc = main(["sweep", "--config", str(sweep["cfg"]), "--strategies", "fedhello,fedit", "--partitions", "iid",
                "--seeds", "0", "--out", str(out), "--set", "strategy.fim_samples=100000"])
     assert rc == 1

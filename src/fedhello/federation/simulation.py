@@ -152,13 +152,18 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     if n_val > 0:
         train_ds, val_ds = carve(train_ds, n_val, cfg.seed)
     calib_ds = None
-    if strategy_class(cfg.strategy.name).uses_fisher and cfg.strategy.fim_source == "server":
-        if cfg.strategy.fim_samples >= len(train_ds):
+    # The server calibration set is carved for every strategy, used only by the FIM ones: all
+    # strategies of a seed then get the same client data (SPEC 3: same data) and compare seed
+    # by seed. A non-FIM strategy skips it only where no FIM strategy could run at all.
+    if cfg.strategy.fim_source == "server":
+        fits = cfg.strategy.fim_samples < len(train_ds)
+        if not fits and strategy_class(cfg.strategy.name).uses_fisher:
             raise ConfigError(
                 f"config key 'strategy.fim_samples': {cfg.strategy.fim_samples} is not less than the "
                 f"{len(train_ds)} training samples"
             )
-        train_ds, calib_ds = carve(train_ds, cfg.strategy.fim_samples, cfg.seed + 1)
+        if fits:
+            train_ds, calib_ds = carve(train_ds, cfg.strategy.fim_samples, cfg.seed + 1)
     if len(train_ds) < cfg.clients.num_clients:
         raise ConfigError(
             f"config key 'clients.num_clients': {cfg.clients.num_clients} clients but only "
