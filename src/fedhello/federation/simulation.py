@@ -154,15 +154,16 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     calib_ds = None
     # The server calibration set is carved for every strategy, used only by the FIM ones: all
     # strategies of a seed then get the same client data (SPEC 3: same data) and compare seed
-    # by seed. A non-FIM strategy skips it only where no FIM strategy could run at all.
+    # by seed. A non-FIM strategy skips it only where no FIM strategy could run at all
+    # (the set would leave fewer training samples than clients).
     if cfg.strategy.fim_source == "server":
-        fits = cfg.strategy.fim_samples < len(train_ds)
-        if not fits and strategy_class(cfg.strategy.name).uses_fisher:
+        fits = len(train_ds) - cfg.strategy.fim_samples >= max(1, cfg.clients.num_clients)
+        if cfg.strategy.fim_samples >= len(train_ds) and strategy_class(cfg.strategy.name).uses_fisher:
             raise ConfigError(
                 f"config key 'strategy.fim_samples': {cfg.strategy.fim_samples} is not less than the "
                 f"{len(train_ds)} training samples"
             )
-        if fits:
+        if fits or strategy_class(cfg.strategy.name).uses_fisher:
             train_ds, calib_ds = carve(train_ds, cfg.strategy.fim_samples, cfg.seed + 1)
     if len(train_ds) < cfg.clients.num_clients:
         raise ConfigError(
