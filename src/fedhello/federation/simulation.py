@@ -157,13 +157,13 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     # by seed. A non-FIM strategy skips it only where no FIM strategy could run at all
     # (the set would leave fewer training samples than clients).
     if cfg.strategy.fim_source == "server":
-        fits = len(train_ds) - cfg.strategy.fim_samples >= max(1, cfg.clients.num_clients)
-        if cfg.strategy.fim_samples >= len(train_ds) and strategy_class(cfg.strategy.name).uses_fisher:
+        uses_fisher = strategy_class(cfg.strategy.name).uses_fisher
+        if uses_fisher and cfg.strategy.fim_samples >= len(train_ds):
             raise ConfigError(
                 f"config key 'strategy.fim_samples': {cfg.strategy.fim_samples} is not less than the "
                 f"{len(train_ds)} training samples"
             )
-        if fits or strategy_class(cfg.strategy.name).uses_fisher:
+        if uses_fisher or len(train_ds) - cfg.strategy.fim_samples >= cfg.clients.num_clients:
             train_ds, calib_ds = carve(train_ds, cfg.strategy.fim_samples, cfg.seed + 1)
     if len(train_ds) < cfg.clients.num_clients:
         raise ConfigError(

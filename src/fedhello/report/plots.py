@@ -219,7 +219,8 @@ def sweep_plots(sweep_dir: str | Path) -> list[Path]:
             ys = [[cv[x] for cv in curves if x in cv] for x in xs]
             mean = np.array([np.mean(y) for y in ys])
             std = np.array([np.std(y, ddof=1) if len(y) > 1 else 0.0 for y in ys])
-            ax.plot(xs, mean, marker="o", ms=2.5, color=f"C{i % 10}", label=f"{strat} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
+            seeds = f"{len(curves)} seed{'s' if len(curves) != 1 else ''}"
+            ax.plot(xs, mean, marker="o", ms=2.5, color=f"C{i % 10}", label=f"{strat} ({seeds})")
             ax.fill_between(xs, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15, linewidth=0)
             drawn = True
         if not drawn:
