@@ -117,6 +117,8 @@ def base_raw(s: Settings, num_layers: int, **over: Any) -> dict[str, Any]:
         "strategy": {"name": "fedhello", "pattern": "bottleneck", "warmup_rounds": 10_000, "fim_every": 5},
         "train": {"epochs": 1, "batch_size": s.batch_size, "lr": s.lr},
         "eval": {"every": 100_000, "batch_size": 128},  # as configs/banking77.yaml
+        # the engine-vs-bare-loop comparison trains and uploads the head, as the bare loop does
+        "head": {"train": "federated", "init": "random"},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(raw.get(k), dict):

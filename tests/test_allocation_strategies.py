@@ -38,8 +38,12 @@ W1 = np.array([3, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 2]) / 21
 W2 = W1[::-1].copy()
 
 
+# the paper's Fisher weights (raw-score tiers, no floor); the starvation guard is tested on its own
+PAPER = {"fim_scale": "raw", "prob_floor": 0.0}
+
+
 def make(name, **kw):
-    return build_strategy(StrategyConfig(name=name, **kw), L, BUDGETS)
+    return build_strategy(StrategyConfig(name=name, **{**PAPER, **kw}), L, BUDGETS)
 
 
 class Provider:
@@ -299,3 +303,62 @@ def test_cli_allocate(capsys):
         run_allocate(parser.parse_args("allocate --strategy gd-hla --budgets 6,x".split()))
     with pytest.raises(ConfigError, match="unknown strategy"):
         run_allocate(parser.parse_args("allocate --strategy nope".split()))
+
+
+ADVERSARIAL = [
+    np.array([1e-12] * (L - 1) + [1e6]),  # the collapse seen on pat-10: all mass on the top layer
+    np.array([0.0] * (L - 1) + [1.0]),
+    np.array([1e6] + [0.0] * (L - 1)),
+    np.array([0.0, 1e9] * (L // 2)),
+    np.geomspace(1e-9, 1e3, L),
+]
+
+
+@pytest.mark.parametrize("scores", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
+@pytest.mark.parametrize("weights", ["tiers", "scores"])
+@pytest.mark.parametrize("name,combine", [("fim-hla", None), ("fedhello", "product"), ("fedhello", "fim"),
+                                          ("fedhello", "reference")])
+def test_starvation_guard_keeps_every_layer_above_its_floor(scores, weights, name, combine):
+    from fedhello.allocation.samplers import inclusion_probabilities
+
+    floor = 0.2
+    kw = {"combine": combine, "warmup_rounds": 0} if combine else {}
+    s = make(name, fim_scale="log", prob_floor=floor, fim_weights=weights, **kw)
+    plan = s.allocate(0, CLIENTS, allocation_rng(0, 0), lambda: scores.copy())
+    probs = np.asarray(plan.info["layer_probs"])
+    assert probs.sum() == pytest.approx(1.0)
+    for b in sorted(set(BUDGETS)):
+        pi = inclusion_probabilities(probs, b)
+        assert (pi >= floor * b / L - 1e-12).all(), (b, pi)
+    # and in the draws: over 300 rounds every layer is trained by the budget-6 clients
+    counts = np.zeros(L)
+    for t in range(300):
+        p = s.allocate(t, CLIENTS, allocation_rng(1, t), lambda: scores.copy())
+        counts[p.allocations[0]] += 1
+    assert (counts / 300 >= 0.5 * floor * 6 / L).all(), counts
+
+
+def test_without_the_guard_score_weights_starve_layers():
+    from fedhello.allocation.samplers import inclusion_probabilities
+
+    scores = np.array([1e-8] * 6 + [1.0] * 6)  # the lower half scored 1e8 times below the upper half
+    paper = make("fim-hla", fim_weights="scores").allocate(0, CLIENTS, allocation_rng(0, 0), lambda: scores.copy())
+    pi = inclusion_probabilities(paper.info["layer_probs"], 6)
+    assert pi[:6].max() < 1e-7  # a budget-6 client (almost) never trains the lower half
+    guarded = make("fim-hla", fim_weights="scores", prob_floor=0.2)
+    pi = inclusion_probabilities(guarded.allocate(0, CLIENTS, allocation_rng(0, 0), lambda: scores.copy())
+                                 .info["layer_probs"], 6)
+    assert pi[:6].min() >= 0.2 * 6 / L
+    # raw-score tiers put the 11 lower layers of the pat-10 collapse in the lowest tier
+    tiers = make("fim-hla").allocate(0, CLIENTS, allocation_rng(0, 0), lambda: ADVERSARIAL[0].copy()).info["fim_tiers"]
+    assert tiers == [0] * (L - 1) + [1]
+
+
+def test_log_tiers_separate_scores_over_orders_of_magnitude():
+    scores = np.array([0.001, 0.002, 0.01, 0.02, 1.0, 2.0] * 2)
+    raw = kmeans_tiers(scores, 3)
+    from fedhello.allocation.fisher import log_scores
+
+    logt = kmeans_tiers(log_scores(scores), 3)
+    assert sorted(set(raw[scores < 0.5].tolist())) == [0]  # raw: every small score in one tier
+    assert sorted(set(logt[scores < 0.5].tolist())) == [0, 1]

@@ -19,6 +19,8 @@ BASE = {
     "strategy": {"name": "fedra"},
     "train": {"batch_size": 8, "lr": 0.003},
     "eval": {"every": 1, "batch_size": 64},
+    # the contract below counts the head in every upload: the federated head protocol
+    "head": {"train": "federated", "init": "random"},
 }
 
 
@@ -61,7 +63,8 @@ def test_two_round_run_matches_the_contract(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    raw = dict(BASE, rounds=3, strategy={"name": "fedra"})
+    # the default head protocol: the class-means statistics round happens once, before round 0
+    raw = dict(BASE, rounds=3, strategy={"name": "fedra"}, head={"train": "frozen", "init": "class-means"})
     cfg = build_config(raw)
     full = run_experiment(cfg, tmp_path / "full")
     part = run_experiment(cfg, tmp_path / "part", stop_after=1)
@@ -73,6 +76,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     for r in a + b:
         for c in r["clients"]:
             c.pop("train_time_s")
+        r.get("head_init", {}).pop("time_s", None)
+    assert "head_init" in a[0] and "head_init" in b[0]
     assert strip(a) == strip(b)
     assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
     ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["global_state"]

@@ -115,8 +115,10 @@ def task_identity():
 
 @pytest.fixture(scope="module")
 def tiny_exp(tiny_bert):
+    # crafted replies carry the head: the federated head protocol
     return prepare(build_config(tiny_raw(tiny_bert, clients={
-        "num_clients": 7, "per_round": 7, "fractions": [1.0], "budgets": [1]})))
+        "num_clients": 7, "per_round": 7, "fractions": [1.0], "budgets": [1]},
+        head={"train": "federated", "init": "random"})))
 
 
 def crafted(exp):

@@ -266,6 +266,7 @@ def cfg_for(tiny_bert, name, ffa=False, rounds=2):
         "clients": {"num_clients": 6, "per_round": 4, "fractions": [0.5, 0.5], "budgets": [1, 3]},
         "strategy": {"name": name},
         "train": {"batch_size": 8, "lr": 0.01, "max_steps": 3},
+        "head": {"train": "federated", "init": "random"},  # uploads below count the head
     })
 
 

@@ -107,6 +107,7 @@ def base(model: Path, task: str, data: dict, **kw) -> dict:
         "strategy": {"name": "fedra"},
         "train": {"batch_size": 8, "lr": 0.01},
         "eval": {"every": 1, "batch_size": 16},
+        "head": {"train": "federated", "init": "random"},  # uploads below count the head
     }
     for k, v in kw.items():
         raw[k] = dict(raw[k], **v) if isinstance(v, dict) else v

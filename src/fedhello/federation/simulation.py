@@ -101,6 +101,37 @@ class Experiment:
         batches = (collate(data, idx, self.device) for idx in eval_batches(lengths, indices, self.cfg.eval.batch_size))
         return fisher_layer_scores(self.model, self.layermap, batches)
 
+    def trainer(self) -> LocalTrainer:
+        """The local trainer of a client of this experiment (every runtime builds it here)."""
+        cfg = self.cfg
+        return LocalTrainer(self.model, self.layermap, self.train, cfg.train, self.device,
+                            ffa=cfg.lora.ffa, head_train=cfg.head.train)
+
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def class_stats(self, state: State, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """A client's per-class feature sums and counts under ``state`` (forward only; fedhello.model.head)."""
+        from fedhello.model.head import class_statistics, head_linear
+
+        set_state(self.model, state)
+        data = self.train.without_augmentation() if getattr(self.train, "augment", False) else self.train
+        weight, _ = head_linear(self.model, self.layermap.head, self.num_classes())
+        batches = (collate(data, idx, self.device) for idx in eval_batches(data.lengths, indices, self.cfg.eval.batch_size))
+        return class_statistics(self.model, weight, batches, self.num_classes())
+
+    def head_from_stats(self, sums: np.ndarray, counts: np.ndarray, norm_sum: float) -> State:
+        """The class-means head's tensors (by global-state name) from the clients' summed statistics."""
+        from fedhello.model.head import class_means_head, head_linear
+
+        weight, bias = head_linear(self.model, self.layermap.head, self.num_classes())
+        w, b = class_means_head(sums, counts, norm_sum, self.cfg.head.scale)
+        params = dict(self.model.named_parameters())
+        out = {weight: w.to(params[weight].dtype).reshape(params[weight].shape)}
+        if bias is not None:
+            out[bias] = b.to(params[bias].dtype)
+        return out
+
     def server_scorer(self) -> Callable[[State], np.ndarray] | None:
         if self.calib is None:
             return None
@@ -217,9 +248,7 @@ class SimulationRunner:
 
     def __init__(self, exp: Experiment):
         self.exp = exp
-        self.trainer = LocalTrainer(
-            exp.model, exp.layermap, exp.train, exp.cfg.train, exp.device, ffa=exp.cfg.lora.ffa
-        )
+        self.trainer = exp.trainer()
 
     def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
         return [self.trainer.fit(t, global_state, self.exp.partitions[t.client_id]) for t in tasks]
@@ -234,6 +263,9 @@ class SimulationRunner:
                 idx = np.sort(rng.choice(idx, size=n, replace=False))
             out.append((self.exp.fisher(global_state, self.exp.train, idx), len(idx)))
         return out
+
+    def class_stats(self, client_ids: Sequence[int], global_state: State):
+        return [self.exp.class_stats(global_state, self.exp.partitions[cid]) for cid in client_ids]
 
     def available(self) -> set[int] | None:
         return None
@@ -342,6 +374,8 @@ def run_experiment(
     server = Server(
         cfg, strategy, exp.groups, exp.layermap, exp.global_state(), runner,
         exp.evaluator(), exp.server_scorer(), log=log,
+        head_init=exp.head_from_stats if cfg.head.init == "class-means" else None,
+        num_classes=exp.num_classes(),
     )
     ckpt = rundir.load_checkpoint() if resuming else None
     if ckpt is not None:

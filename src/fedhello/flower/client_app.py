@@ -57,7 +57,6 @@ def _client(experiment_json: str, pid: int, data_path: str | None):
     if hit is not None:
         return hit
     from fedhello.config import build_config
-    from fedhello.federation.client import LocalTrainer
     from fedhello.federation.simulation import prepare
 
     raw = json.loads(experiment_json)
@@ -67,7 +66,7 @@ def _client(experiment_json: str, pid: int, data_path: str | None):
     if not 0 <= pid < cfg.clients.num_clients:
         raise ValueError(f"partition-id={pid} is not in [0, {cfg.clients.num_clients})")
     exp = prepare(cfg)
-    trainer = LocalTrainer(exp.model, exp.layermap, exp.train, cfg.train, exp.device, ffa=cfg.lora.ffa)
+    trainer = exp.trainer()
     _CACHE.clear()  # one experiment per process
     _CACHE[key] = (exp, trainer)
     return exp, trainer
@@ -112,5 +111,14 @@ def query(msg: Message, context: Context) -> Message:
         return Message(content=RecordDict({
             "arrays": ArrayRecord({"scores": Array(scores)}),
             "metrics": MetricRecord({"num-examples": int(len(idx))}),
+        }), reply_to=msg)
+    if task == "class-stats":  # the class-means head's statistics round (before round 1)
+        exp, _ = _client(str(c["experiment"]), pid, data_path)
+        state = record_to_state(msg.content.array_records["arrays"])
+        sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
+        return Message(content=RecordDict({
+            "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),
+                                   "counts": Array(np.asarray(counts, dtype=np.float64))}),
+            "metrics": MetricRecord({"norm-sum": float(norm_sum)}),
         }), reply_to=msg)
     raise ValueError(f"unknown query task {task!r}")

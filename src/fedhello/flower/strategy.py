@@ -61,8 +61,9 @@ class FedHelloStrategy(FlowerStrategy):
 
     def __init__(self, layermap: LayerMap, experiment_json: str, node_of: dict[int, int],
                  weighting: str = "samples", ttl: float | None = None,
-                 aggregate_fn: Callable[..., tuple[State, dict]] | None = None):
+                 aggregate_fn: Callable[..., tuple[State, dict]] | None = None, uploads_head: bool = True):
         self.layermap = layermap
+        self.uploads_head = uploads_head  # head.train federated: replies carry the head
         # the allocation strategy's rule (Strategy.aggregate: layer-wise averaging, or
         # the rank-heterogeneous rules of hetlora/flexlora); default layer-wise
         self.aggregate_fn = aggregate_fn or (lambda g, ups, w: (aggregate(g, ups, w), {}))
@@ -147,7 +148,7 @@ class FedHelloStrategy(FlowerStrategy):
                 continue
             task = next(t for t in self._tasks if t.client_id == res.client_id)
             try:
-                validate_update(res, self.layermap.names_for(task.layers, include_head=True),
+                validate_update(res, self.layermap.names_for(task.layers, include_head=self.uploads_head),
                                 truncate_rank(self._global, task.rank))
             except UpdateError as err:
                 failed.append({"id": res.client_id, "reason": str(err)})
@@ -200,21 +201,39 @@ class FlowerRunner:
         self.missed = {r.client_id for r in results if isinstance(r, ClientFailure)}
         return results
 
-    def scores(self, client_ids: Sequence[int], global_state: State):
+    def _query(self, task: str, client_ids: Sequence[int], global_state: State):
+        """Send a query (``task``) with the global state to each client's node; yield (client id, reply)."""
         arrays = state_to_record(global_state)
         msgs, asked = [], {}
         for cid in client_ids:
             nid = self.strategy.node_of[cid]
-            cfg = ConfigRecord({"task": "fisher", "client-id": int(cid),
+            cfg = ConfigRecord({"task": task, "client-id": int(cid),
                                 "experiment": self.strategy.experiment_json})
             msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nid,
                                 message_type=QUERY, ttl=self.strategy.ttl))
             asked[nid] = cid
-        got: dict[int, tuple[np.ndarray, int] | ClientFailure] = {}
         for msg in self.grid.send_and_receive(msgs, timeout=self.timeout):
-            cid = asked.get(msg.metadata.src_node_id)
-            if cid is None:
+            cid = asked.pop(msg.metadata.src_node_id, None)  # one reply per asked node
+            if cid is not None:
+                yield cid, msg
+
+    def class_stats(self, client_ids: Sequence[int], global_state: State):
+        got: dict[int, tuple[np.ndarray, np.ndarray, float] | ClientFailure] = {}
+        for cid, msg in self._query("class-stats", client_ids, global_state):
+            if msg.has_error():
+                got[cid] = ClientFailure(cid, _reason(msg))
                 continue
+            try:
+                arrays = record_to_state(msg.content.array_records["arrays"])
+                got[cid] = (arrays["sums"].numpy().astype(np.float64), arrays["counts"].numpy().astype(np.float64),
+                            float(msg.content.metric_records["metrics"]["norm-sum"]))
+            except Exception as err:
+                got[cid] = ClientFailure(cid, f"malformed class statistics ({type(err).__name__})")
+        return [got.get(cid) or ClientFailure(cid, "no class statistics before the timeout") for cid in client_ids]
+
+    def scores(self, client_ids: Sequence[int], global_state: State):
+        got: dict[int, tuple[np.ndarray, int] | ClientFailure] = {}
+        for cid, msg in self._query("fisher", client_ids, global_state):
             if msg.has_error():
                 got[cid] = ClientFailure(cid, _reason(msg))
                 continue

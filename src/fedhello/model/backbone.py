@@ -86,6 +86,23 @@ class Backbone:
     model_type: str
     # image-classification: the model's own AutoImageProcessor (tokenizer is then None)
     image_processor: object | None = None
+    # what the head reads: "model" (the model's own pooling) or "mean" (fedhello.model.head)
+    pooling: str = "model"
+
+
+def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
+    """Resolve ``model.pooling`` for this model and attach mean pooling where chosen."""
+    from fedhello.model.head import attach_mean_pooling, resolve_pooling
+
+    pooling = getattr(getattr(cfg, "model", None), "pooling", "model")
+    if cfg.task == "image-classification" or cfg.task == "multiple-choice":
+        if pooling == "mean":
+            raise ConfigError(f"config key 'model.pooling': mean pooling is for text classification, not {cfg.task}")
+        pooling = "model"
+    backbone.pooling = resolve_pooling(pooling, path, backbone.model_type)
+    if backbone.pooling == "mean":
+        attach_mean_pooling(backbone.model)
+    return backbone
 
 
 def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
@@ -106,7 +123,7 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(cfg.model.name)
     mconf = load_model_config(cfg.model.name)
-    task = getattr(cfg, "task", "text-classification")
+    task = cfg.task
     _check_task_model(task, mconf, path)
     if task != "text-classification":
         return _build_task_backbone(cfg, task, path, mconf, num_labels, device)
@@ -134,7 +151,7 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
         raise ConfigError(f"lora.target_modules {targets}: {err}".splitlines()[0]) from None
     layermap = LayerMap.from_model(peft_model, num_hidden_layers(mconf))
     peft_model.to(device)
-    return Backbone(peft_model, tokenizer, layermap, mconf.model_type)
+    return _with_pooling(Backbone(peft_model, tokenizer, layermap, mconf.model_type), cfg, path)
 
 
 # heads trained by every client (PEFT modules_to_save; a suffix also matches
@@ -200,4 +217,4 @@ def _build_task_backbone(cfg, task: str, path: str, mconf, num_labels: int, devi
     if not layermap.head:
         raise ConfigError(f"model.name: {path}: the task head ({', '.join(head)}) was not made trainable")
     peft_model.to(device)
-    return Backbone(peft_model, tokenizer, layermap, mconf.model_type, processor)
+    return _with_pooling(Backbone(peft_model, tokenizer, layermap, mconf.model_type, processor), cfg, path)

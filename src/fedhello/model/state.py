@@ -26,15 +26,16 @@ def set_state(model: torch.nn.Module, state: State) -> None:
 
 
 def set_trainable(
-    model: torch.nn.Module, layermap: LayerMap, layers: Iterable[int], ffa: bool = False
+    model: torch.nn.Module, layermap: LayerMap, layers: Iterable[int], ffa: bool = False, train_head: bool = True
 ) -> list[torch.nn.Parameter]:
-    """Make exactly the allocated LoRA layers and the head trainable; freeze the rest.
+    """Make exactly the allocated LoRA layers (and the head, with ``train_head``) trainable; freeze the rest.
 
     Frozen parameters get ``requires_grad=False`` so autograd skips them and the
-    optimizer (built from the returned list) holds no state for them (SPEC 8.1).
-    With ``ffa`` (FFA-LoRA) the A matrices stay frozen too.
+    optimizer (built from the returned list) holds no state for them (the
+    reference's lr-0 "freezing" saved nothing). With ``ffa`` (FFA-LoRA) the A
+    matrices stay frozen too.
     """
-    allowed = set(layermap.names_for(layers, include_head=True))
+    allowed = set(layermap.names_for(layers, include_head=train_head))
     if ffa:
         allowed = {n for n in allowed if ".lora_A." not in n}
     federated = set(layermap.all_names)

