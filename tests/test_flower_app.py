@@ -283,6 +283,10 @@ def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
     assert [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in ra] == \
            [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in rb]
     assert all(r["failed_clients"] == [] for r in rb)
+    # the default head protocol: the class-means statistics round went through Flower queries
+    assert cfg.head.init == "class-means"
+    assert rb[0]["head_init"]["clients"] == 3 and rb[0]["head_init"]["failed_clients"] == []
+    assert rb[0]["head_init"]["upload_bytes"] == ra[0]["head_init"]["upload_bytes"] > 0
     for x, y in zip(ra, rb):  # Fisher scores from the ClientApps = those computed in-process
         assert y.get("fim_scores") is not None
         np.testing.assert_allclose(y["fim_scores"], x["fim_scores"], rtol=1e-6)
