@@ -75,8 +75,8 @@ def test_resume_equals_uninterrupted(tmp_path):
             c.pop("train_time_s")
     assert strip(a) == strip(b)
     assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
-    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["global_state"]
-    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["global_state"]
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["global_state"]
+    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["global_state"]
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
 
 
