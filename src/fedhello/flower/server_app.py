@@ -87,7 +87,8 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
         rule = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregate
         strategy = FedHelloStrategy(exp.layermap, config_json(cfg), node_of, cfg.aggregation.weighting,
-                                    ttl=timeout + 60.0, aggregate_fn=rule)
+                                    ttl=timeout + 60.0, aggregate_fn=rule, ffa=cfg.lora.ffa,
+                                    sample_counts=[len(p) for p in exp.partitions])
         return FlowerRunner(grid, strategy, timeout, log)
 
     log(f"{cfg.strategy.name}: {cfg.rounds} rounds, {cfg.clients.num_clients} clients -> {out}")
