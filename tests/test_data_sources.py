@@ -434,6 +434,10 @@ def test_fingerprint_changes_with_rows_and_labels(tmp_path):
     cfg = DataConfig(format="csv", path=str(tmp_path))
     a = fingerprint(load_splits(cfg, seed=0))
     assert a == fingerprint(load_splits(cfg, seed=0))  # stable
-    write_csv(tmp_path / "train.csv", [dict(r, text=r["text"] + "!") if i == 0 else r for i, r in enumerate(TRAIN_STR)])
+    # a change anywhere counts, the last row too (not only what a summary of the column shows)
+    many = [{"text": f"t{i}", "label": ["alpha", "gamma"][i % 2]} for i in range(50)]
+    write_csv(tmp_path / "train.csv", many)
+    a = fingerprint(load_splits(cfg, seed=0))
+    write_csv(tmp_path / "train.csv", many[:-1] + [dict(many[-1], text="changed")])
     b = fingerprint(load_splits(cfg, seed=0))
     assert (b["labels"], b["test"]) == (a["labels"], a["test"]) and b["train"] != a["train"]

@@ -624,7 +624,7 @@ def _column_digest(ds: Dataset, col: str) -> bytes:
             data = v.get("bytes") or (Path(v["path"]).read_bytes() if v.get("path") else b"")
             h.update(hashlib.sha256(data).digest())
     else:
-        h.update(json.dumps(ds[col], ensure_ascii=False, default=str).encode("utf-8"))
+        h.update(json.dumps(list(ds[col]), ensure_ascii=False, default=str).encode("utf-8"))
     return h.digest()
 
 
