@@ -148,14 +148,32 @@ def _tamper(name):
             "strategy state": lambda c: dict(c, strategy_state=[1])}[name]
 
 
-@pytest.mark.parametrize("case, needle", [
+BAD_CHECKPOINTS = [
     ("missing key", "key 'records' missing"),
     ("list", "it holds a list, not a dict"),
     ("wrong shape", "has shape (3, 3), the model's is"),
     ("NaN", "holds NaN or infinite values"),
     ("unknown tensor", "has an unknown tensor 'evil'"),
-    ("too many rounds", "5 rounds done, the config has rounds: 2"),
     ("strategy state", "'strategy_state' is not a dict"),
+]
+
+
+@pytest.mark.parametrize("case, needle", BAD_CHECKPOINTS)
+def test_bad_checkpoints_are_refused(half_run, case, needle):
+    from fedhello.run.rundir import check_checkpoint, check_state
+
+    good = torch.load(half_run / "checkpoint.pt", weights_only=True)
+    bad = _tamper(case)(torch.load(half_run / "checkpoint.pt", weights_only=True))
+    with pytest.raises(FedHelloError) as e:
+        check_checkpoint(bad, "ckpt")
+        check_state(bad["global_state"], good["global_state"], "ckpt")
+    assert needle in str(e.value) and str(e.value).startswith("ckpt: ")
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("NaN", "holds NaN or infinite values"),  # it trained a round before
+    ("list", "it holds a list, not a dict"),
+    ("too many rounds", "5 rounds done, the config has rounds: 2"),
 ])
 def test_bad_checkpoints_are_refused_before_a_round(half, capsys, case, needle):
     p = half / "checkpoint.pt"
@@ -199,12 +217,7 @@ TRAIN = [(f"word{i} other{i % 7}", "abc"[i % 3]) for i in range(60)]
 TEST = [(f"test{i}", "abc"[i % 3]) for i in range(12)]
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda: (TRAIN[:-1] + [("changed text", TRAIN[-1][1])], TEST), "the training rows"),
-    (lambda: (TRAIN, TEST[:-1]), "the test rows"),
-    (lambda: (TRAIN + [("a new class", "d")], TEST), "the label set, the training rows"),
-])
-def test_resume_refuses_changed_data(tmp_path, capsys, tiny_bert, change, needle):
+def test_resume_refuses_changed_data(tmp_path, capsys, tiny_bert):
     data = tmp_path / "data"
     write_data(data, TRAIN, TEST)
     cfg = build_config(raw_cfg(tiny_bert, data={"format": "csv", "path": str(data), "val_fraction": 0.1}))
@@ -212,10 +225,17 @@ def test_resume_refuses_changed_data(tmp_path, capsys, tiny_bert, change, needle
     run_experiment(cfg, out, stop_after=1)
     info = json.loads((out / "data.json").read_text())
     assert info["rows"] == {"train": 60, "test": 12} and set(info["fingerprint"]) == {"labels", "train", "test"}
-    write_data(data, *change())
-    code, err = cli(capsys, "run", "--resume", out)
-    one_error(code, err, f"the data changed since this run started ({needle}")
-    assert len(RunDir(out).read_metrics()) == 1
+    for (train, test), needle in [
+        ((TRAIN[:-1] + [("changed text", TRAIN[-1][1])], TEST), "the training rows"),
+        ((TRAIN, TEST[:-1]), "the test rows"),
+        ((TRAIN + [("a new class", "d")], TEST), "the label set, the training rows"),
+    ]:
+        write_data(data, train, test)
+        code, err = cli(capsys, "run", "--resume", out)
+        one_error(code, err, f"the data changed since this run started ({needle} differ from data.json)")
+        assert len(RunDir(out).read_metrics()) == 1
+    write_data(data, TRAIN, TEST)  # the data it started with: the run continues
+    assert cli(capsys, "run", "--resume", out)[0] == 0 and len(RunDir(out).read_metrics()) == 2
 
 
 def test_dropped_rows_reported_in_console_and_data_json(tmp_path, capsys, tiny_bert):
