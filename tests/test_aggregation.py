@@ -68,7 +68,7 @@ def test_no_updates_keeps_everything():
 )
 def test_bad_updates_are_rejected(tensors, needle):
     with pytest.raises(UpdateError, match=needle):
-        validate_update(upd(4, 5, tensors), allowed=[L0, L1, HEAD], reference=glob())
+        validate_update(upd(4, 5, tensors), expected=[L0, L1, HEAD], reference=glob())
 
 
 def test_good_update_passes_and_zero_samples_rejected():

@@ -25,7 +25,7 @@ def run_cli(capsys, *argv):
 
 def test_overrides_are_yaml_and_dotted():
     cfg = build_config({}, ["clients.budgets=[3,4,6]", "rounds=7", "strategy.name=fedra", "partition.alpha=0.1",
-                            "clients.fractions=[1/3,1/3,1/3]", "data.path=some/dir"])
+                            "clients.fractions=[1/3,1/3,1/3]", "data.format=csv", "data.path=some/dir"])
     assert cfg.clients.budgets == [3, 4, 6]
     assert cfg.rounds == 7 and cfg.strategy.name == "fedra" and cfg.partition.alpha == 0.1
     assert cfg.clients.fractions == pytest.approx([1 / 3] * 3)
@@ -142,3 +142,80 @@ def test_shipped_configs_validate(capsys):
         code = main(["validate", "--config", str(cfg)])
         out = capsys.readouterr().out
         assert code == 0 and out.startswith(f"{cfg}: ok"), (cfg, out)
+
+
+def tiny_cfg(tmp_path, tiny_bert):
+    return write_cfg(tmp_path, {
+        "seed": 0, "rounds": 2, "model": {"name": str(tiny_bert), "max_length": 24},
+        "data": {"format": "demo", "demo_samples": 120},
+        "clients": {"num_clients": 4, "per_round": 2, "budgets": [1, 2, 3]},
+        "strategy": {"name": "fedit"},
+    })
+
+
+REFUSED = [
+    (["seed=-1"], "config key 'seed'"),
+    ([f"seed={2**70}"], "config key 'seed'"),
+    ([f"seed={2**32}"], "less than 4294967296"),
+    (["device=banana"], "config key 'device': 'banana' is not a device"),
+    (["model.max_length=100000"], "config key 'model.max_length': 100000 is more than the 128 positions"),
+    (["rounds=true"], "config key 'rounds': a boolean (true)"),
+    (["clients.budgets=[true,2,3]"], "config key 'clients.budgets': a boolean"),
+    (["lora.target_modules=[]"], "config key 'lora.target_modules': must name at least one module"),
+    (["strategy.name=fedhello", "strategy.warmup_rounds=3"], "config key 'strategy.warmup_rounds': 3 is more than rounds (2)"),
+    (["data.path=somewhere"], "config key 'data.path': set, but data.format is 'demo'"),
+    (["data.name=some/dataset"], "config key 'data.name': set, but data.format is 'demo'"),
+]
+
+
+@pytest.mark.parametrize("sets, needle", REFUSED)
+def test_validate_and_run_refuse_the_same_input(tmp_path, capsys, tiny_bert, sets, needle):
+    """`validate` refuses everything `run` refuses, with the same one line, before any training."""
+    cfg = tiny_cfg(tmp_path, tiny_bert)
+    extra = [a for s in sets for a in ("--set", s)]
+    code, err = run_cli(capsys, "validate", "--config", str(cfg), *extra)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    out = tmp_path / "run"
+    code, err_run = run_cli(capsys, "run", "--config", str(cfg), "--out", str(out), *extra)
+    assert code == 2 and err_run == err
+    assert not out.exists()
+
+
+def test_cuda_without_cuda_is_an_error(tmp_path, capsys, tiny_bert):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = tiny_cfg(tmp_path, tiny_bert)
+    for cmd in (["validate", "--config", str(cfg)], ["run", "--config", str(cfg), "--out", str(tmp_path / "r")]):
+        code, err = run_cli(capsys, *cmd, "--set", "device=cuda")
+        assert code == 2 and err == ["error: config key 'device': cuda is not available (PyTorch sees no CUDA "
+                                     "device here): use cpu or auto"]
+    code, err = run_cli(capsys, "predict", "--run", str(tmp_path), "--text", "hi", "--device", "cuda:0")
+    assert code == 2 and err[0].startswith("error: --device: cuda:0 is not available")
+
+
+def test_seed_limits_are_inclusive_below(tmp_path):
+    assert build_config({}, ["seed=0"]).seed == 0
+    assert build_config({}, [f"seed={2**32 - 1}"]).seed == 2**32 - 1
+
+
+def test_max_length_limit_of_roberta_counts_its_offset():
+    from transformers import RobertaConfig
+
+    from fedhello.model.backbone import max_text_positions
+
+    assert max_text_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+
+
+def test_validate_reads_local_data_like_run(tmp_path, capsys, tiny_bert):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "train.csv").write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(30)) + "a,b,c\n")
+    (d / "test.csv").write_text("text,label\nu,0\nv,1\n")
+    cfg = tiny_cfg(tmp_path, tiny_bert)
+    sets = ["--set", "data.format=csv", "--set", f"data.path={d}"]
+    code, err = run_cli(capsys, "validate", "--config", str(cfg), *sets)
+    assert code == 2 and err == [f"error: {d / 'train.csv'}: line 32 has 3 fields, the header has 2 "
+                                 "(quote a text that holds a comma)"]
+    assert run_cli(capsys, "run", "--config", str(cfg), "--out", str(tmp_path / "r"), *sets) == (2, err)

@@ -372,3 +372,72 @@ def test_carve():
     assert (len(rest0), len(carved0)) == (20, 0)
     with pytest.raises(DataError, match="cannot carve 20 rows out of a training split of 20 rows"):
         carve(ds, 20, seed=1)
+
+
+# ----------------------------------------------------------------------------- dropped rows, ragged files
+
+
+def test_dropped_rows_are_counted_by_reason_and_blank_texts_dropped(tmp_path):
+    train = [
+        {"text": "keep a", "label": "x"}, {"text": "keep b", "label": "y"}, {"text": "keep c", "label": "x"},
+        {"text": "no label", "label": None}, {"text": "   ", "label": "y"}, {"text": "\t\n", "label": "x"},
+        {"text": None, "label": "y"}, {"text": "blank label", "label": "  "},
+    ]
+    test = [{"text": "u0", "label": "x"}, {"text": " ", "label": "y"}, {"text": "u2", "label": "zeta"}]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "test.jsonl", test)
+    s = load_splits(DataConfig(format="jsonl", path=str(tmp_path)), seed=0)
+    assert s.train["text"] == ["keep a", "keep b", "keep c"]
+    assert s.drops == {"train": {"no_label": 2, "blank_text": 2, "no_input": 1},
+                       "test": {"blank_text": 1, "unknown_label": 1}}
+    assert (s.dropped_train, s.dropped_test) == (5, 2)
+    from fedhello.data.sources import drops_line
+
+    assert drops_line(s) == (
+        "data: dropped 5 of 8 training rows (whitespace-only text 2, no text/input 1, no label 2) and "
+        "2 of 3 test rows (whitespace-only text 1, label not among the training labels 1)"
+    )
+
+
+def test_text_pair_blank_second_text_is_dropped(tmp_path):
+    rows = [{"a": "p", "b": "q", "label": 0}, {"a": "p", "b": "  ", "label": 1}, {"a": "r", "b": "s", "label": 1}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", rows[:1])
+    s = load_splits(DataConfig(format="jsonl", path=str(tmp_path), text_column="a", text_pair_column="b"), seed=0,
+                    task="text-pair-classification")
+    assert len(s.train) == 2 and s.drops["train"] == {"blank_text": 1}
+
+
+@pytest.mark.parametrize("line, fields", [("too,many,fields,here", 4), ("lonely", 1)])
+def test_ragged_csv_names_the_file_and_line(tmp_path, line, fields):
+    rows = ["text,label", "a,x", "b,y", line, "c,x"]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    write_csv(tmp_path / "test.csv", TEST_STR)
+    with pytest.raises(DataError) as e:
+        load_splits(DataConfig(format="csv", path=str(tmp_path)), seed=0)
+    assert str(e.value) == (f"{tmp_path / 'train.csv'}: line 4 has {fields} fields, the header has 2 "
+                            "(quote a text that holds a comma)")
+
+
+def test_quoted_commas_and_newlines_are_not_ragged(tmp_path):
+    (tmp_path / "train.csv").write_text('text,label\n"a, b",x\n"multi\nline",y\nc,x\n')
+    (tmp_path / "test.csv").write_text("text,label\nd,x\n")
+    s = load_splits(DataConfig(format="csv", path=str(tmp_path)), seed=0)
+    assert s.train["text"] == ["a, b", "multi\nline", "c"]
+
+
+def test_fingerprint_changes_with_rows_and_labels(tmp_path):
+    from fedhello.data.sources import fingerprint
+
+    write_csv(tmp_path / "train.csv", TRAIN_STR)
+    write_csv(tmp_path / "test.csv", TEST_STR)
+    cfg = DataConfig(format="csv", path=str(tmp_path))
+    a = fingerprint(load_splits(cfg, seed=0))
+    assert a == fingerprint(load_splits(cfg, seed=0))  # stable
+    # a change anywhere counts, the last row too (not only what a summary of the column shows)
+    many = [{"text": f"t{i}", "label": ["alpha", "gamma"][i % 2]} for i in range(50)]
+    write_csv(tmp_path / "train.csv", many)
+    a = fingerprint(load_splits(cfg, seed=0))
+    write_csv(tmp_path / "train.csv", many[:-1] + [dict(many[-1], text="changed")])
+    b = fingerprint(load_splits(cfg, seed=0))
+    assert (b["labels"], b["test"]) == (a["labels"], a["test"]) and b["train"] != a["train"]

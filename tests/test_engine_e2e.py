@@ -80,8 +80,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert "head_init" in a[0] and "head_init" in b[0]
     assert strip(a) == strip(b)
     assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
-    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["global_state"]
-    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["global_state"]
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["global_state"]
+    cb = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["global_state"]
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
 
 

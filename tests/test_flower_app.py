@@ -73,7 +73,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def ckpt_state(path) -> dict:
-    return torch.load(path / "checkpoint.pt", weights_only=False)["global_state"]
+    return torch.load(path / "checkpoint.pt", weights_only=True)["global_state"]
 
 
 # -- malicious replies (no processes) --------------------------------------------------

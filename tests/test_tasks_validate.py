@@ -83,8 +83,13 @@ def test_validate_local_model_and_data(tmp_path, capsys, tiny_bert):
     code, _, err = validate(capsys, "--config", str(p))
     assert code == 2 and "no file for split 'test'" in err
     (d / "test.csv").write_text("a,b,label\nx,y,0\n")
+    # the data is read as a run reads it: one class is refused like `run` refuses it
+    code, _, err = validate(capsys, "--config", str(p))
+    assert code == 2 and "label column 'label' has 1 class" in err
+    (d / "train.csv").write_text("a,b,label\n" + "".join(f"x{i},y{i},{i % 2}\n" for i in range(40)) + "p, ,1\n")
     code, out, _ = validate(capsys, "--config", str(p))
     assert code == 0 and "3 layers (local)" in out
+    assert "note: data: dropped 1 of 41 training rows (whitespace-only text 1)" in out
     code, _, err = validate(capsys, "--config", str(p), "--set", "clients.budgets=[1,2,4]")
     assert code == 2 and "budget 4 is larger than the model's 3 layers" in err
 

@@ -7,11 +7,15 @@ Errors caused by input (config, data, run directory) print one line,
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Sequence
 
 from fedhello.errors import FedHelloError
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _quiet_env() -> None:
@@ -72,9 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log=lambda msg: console.print(f"[yellow]{msg}[/yellow]"),
     )
     if summary.get("final_test_accuracy") is not None:
+        best = summary.get("best_val_round")
+        # counted from 1, like the round lines (summary.json keeps the records' 0-based index)
+        best = "-" if best is None else best + 1
         console.print(
             f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  "
-            f"(test at best val round {summary['best_val_round']}: "
+            f"(test at best val round {best}: "
             f"{100 * (summary['test_accuracy_at_best_val'] or 0):.2f}%)  run directory: {out}"
         )
         sel = cfg.eval.select_metric
@@ -151,7 +158,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fedhello.federation.simulation import pick_device
     from fedhello.report.export import predict
 
-    for text, (label, prob, _) in zip(args.text, predict(args.run, args.text, pick_device(args.device))):
+    for text, (label, prob, _) in zip(args.text, predict(args.run, args.text, pick_device(args.device, "--device"))):
         print(f"{label}\t{prob:.3f}\t{text}")
     return 0
 
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=None, help="rounds per strategy")
     d.set_defaults(func=cmd_demo)
 
-    v = sub.add_parser("validate", help="check a config without loading weights or data")
+    v = sub.add_parser("validate", help="check a config (and local data) without loading weights")
     v.add_argument("--config", required=True)
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=cmd_validate)
@@ -230,6 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedHelloError as err:
         msg = " ".join(str(err).split())
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # a file that cannot be written (read-only, full disk, no permission) outside the
+        # run directory's own writes, which already say so as a FedHelloError
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: cannot write {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last finished round is checkpointed; continue with --resume", file=sys.stderr)

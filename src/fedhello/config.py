@@ -9,18 +9,39 @@ pat-k) run in :func:`fedhello.federation.simulation.prepare` before training.
 from __future__ import annotations
 
 import copy
+import re
+import typing
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, ValidationError, field_validator, model_validator
 
 from fedhello.errors import ConfigError
+
+# a seed must fit every generator it seeds (numpy's legacy seeding takes 32 bits)
+SEED_LIMIT = 2**32
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return any(_admits_bool(a) for a in typing.get_args(annotation) if not isinstance(a, (int, str)))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML's true/false would otherwise pass as 1/0 (`rounds: true` ran one round)
+        items = v if isinstance(v, list) else [v]
+        if any(isinstance(x, bool) for x in items) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a boolean ({str(v).lower()}) is not a valid value here")
+        return v
 
 
 class ModelConfig(_Strict):
@@ -41,6 +62,13 @@ class LoraConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     # null: the model family's default (query/value projections of attention).
     target_modules: list[str] | None = None
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not t.strip() for t in v)):
+            raise ValueError("must name at least one module (null: the model family's default)")
+        return v
     # FFA-LoRA: A frozen, only B trained (combinable with any allocation).
     ffa: bool = False
 
@@ -208,7 +236,7 @@ class EvalConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     rounds: int = Field(10, ge=1)
     task: Literal[
         "text-classification", "text-pair-classification", "multiple-choice", "image-classification"
@@ -225,6 +253,13 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+        return v
+
     @model_validator(mode="after")
     def _check_strategy(self) -> "ExperimentConfig":
         from fedhello.allocation import strategy_class
@@ -233,6 +268,26 @@ class ExperimentConfig(_Strict):
             strategy_class(self.strategy.name)  # the registry's own check and message
         except ConfigError as err:
             raise ValueError(str(err)) from None
+        # (equal is allowed: the geometric prior alone, which the benchmarks time on purpose)
+        if self.strategy.name == "fedhello" and self.strategy.warmup_rounds > self.rounds:
+            raise ValueError(
+                f"config key 'strategy.warmup_rounds': {self.strategy.warmup_rounds} is more than rounds "
+                f"({self.rounds}): fedhello would never use its Fisher scores (lower it, or run rgd-hla)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _demo_reads_nothing(self) -> "ExperimentConfig":
+        # format demo generates its data: a path or name beside it would be silently ignored
+        d = self.data
+        if d.format == "demo":
+            for key in ("path", "name"):
+                if getattr(d, key) is not None:
+                    raise ValueError(
+                        f"config key 'data.{key}': set, but data.format is 'demo' (the built-in generated data, "
+                        f"which reads no {key}): set data.format (auto, csv, jsonl, parquet, hub, imagefolder) "
+                        f"or remove data.{key}"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -9,13 +9,16 @@ Checked:
    in :data:`KNOWN_MODELS`, a small built-in table of the models the shipped
    configs name; an unknown hub name skips the model checks with a printed note;
 3. budgets against the model's layer count; task against the model kind (vision
-   vs. text);
+   vs. text); ``model.max_length`` against the model's position embeddings; the
+   device exists on this machine;
 4. LoRA: the model's skeleton is built on PyTorch's ``meta`` device (no memory, no
    weights) from its config (or the family's default config with the table's layer
    count), LoRA is applied with ``lora.target_modules`` (or the family default) and
    the LayerMap must find exactly ``num_hidden_layers`` blocks;
-5. data: local paths and their split files/folders exist (nothing is read); a hub
-   dataset is named only (a note says it is not checked offline).
+5. data: local paths and their split files/folders exist; local files and the demo
+   data are then loaded and partitioned as a run does it (every data check of
+   ``run``: ragged files, classes, sample counts; dropped rows become a note); a
+   hub dataset is named only (a note says it is not checked offline).
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ KNOWN_MODELS: dict[str, tuple[str, int]] = {
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": ("llama", 22),
     "meta-llama/Llama-3.2-1B": ("llama", 16),
     "mistralai/Mistral-7B-v0.1": ("mistral", 32),
+}
+
+# position embeddings of the table's models where the family's default config differs
+# (model.max_length is checked against them)
+KNOWN_POSITIONS: dict[str, int] = {
+    "FacebookAI/roberta-base": 514,
+    "roberta-base": 514,
+    "FacebookAI/xlm-roberta-base": 514,
+    "xlm-roberta-base": 514,
+    "meta-llama/Llama-3.2-1B": 131072,
 }
 
 VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "clip_vision_model", "siglip_vision_model"}
@@ -148,13 +161,16 @@ def validate_config(cfg) -> Report:
     """Every offline check of a (pydantic-valid) config; raises ConfigError on the first problem."""
     from transformers import AutoConfig
 
-    from fedhello.model.backbone import num_hidden_layers
+    from fedhello.federation.simulation import pick_device
+    from fedhello.model.backbone import check_max_length, num_hidden_layers
 
     rep = Report()
     mconf, rep.model_source = _local_model_config(cfg.model.name)
     if mconf is None and cfg.model.name in KNOWN_MODELS:
         model_type, n = KNOWN_MODELS[cfg.model.name]
         mconf = AutoConfig.for_model(model_type, num_hidden_layers=n)
+        if cfg.model.name in KNOWN_POSITIONS:
+            mconf.max_position_embeddings = KNOWN_POSITIONS[cfg.model.name]
         rep.model_source = "built-in table"
     if mconf is None:
         rep.notes.append(
@@ -172,6 +188,17 @@ def validate_config(cfg) -> Report:
             raise ConfigError(f"config key 'task': image-classification needs a vision model, {cfg.model.name} is {mconf.model_type}")
         if cfg.task != "image-classification" and vision:
             raise ConfigError(f"config key 'task': {cfg.task} needs a text model, {cfg.model.name} is {mconf.model_type}")
+        check_max_length(cfg, mconf)
         _check_lora(cfg, mconf, n)
+    pick_device(cfg.device)  # the device must exist here (cuda on a machine without CUDA is an error)
     _check_data(cfg, rep)
+    if cfg.data.format != "hub" and (cfg.data.format != "auto" or cfg.data.path):
+        # local files and the demo data are read and partitioned exactly as a run does it
+        # (no model weights): every data refusal of `run` happens here too
+        from fedhello.data.sources import drops_line
+        from fedhello.federation.simulation import prepare_data
+
+        note = drops_line(prepare_data(cfg).splits)
+        if note:
+            rep.notes.append(note)
     return rep

@@ -6,7 +6,9 @@ task's canonical columns (see :mod:`fedhello.tasks`): ``text`` (str) and ``label
 ``text``/``text_pair``/``choices`` for multiple-choice, ``image`` (an image
 feature, not decoded here) for image-classification; and ``label_names``. The
 label set is fixed by the training split (sorted; numerically when all labels are
-integers); test rows with a label outside it are dropped and counted. For
+integers); test rows with a label outside it are dropped and counted. Rows without
+a label or an input, and rows whose text is only whitespace, are dropped and
+counted by reason (``Splits.drops``, reported in the run directory's data.json). For
 multiple choice the label is the option index and ``label_names`` are the option
 columns. ``data.format: imagefolder`` reads ``<path>/<split>/<class>/<image>``.
 
@@ -17,9 +19,12 @@ user's home and it works with ``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1``.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +59,10 @@ class Splits:
     dropped_train: int = 0
     # where the data came from (file folder, hub name or "demo"), for reports
     source: str = ""
+    # rows dropped by split and reason: no_label, no_input (a text, option or image
+    # missing), blank_text (whitespace only), bad_label (multiple choice: no option's
+    # index), unknown_label (test: not a training label)
+    drops: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -89,9 +98,31 @@ def _has_rows(file: Path, builder: str) -> bool:
     return False
 
 
+def _check_csv_shape(file: Path) -> None:
+    """Every CSV record has as many fields as the header (a ragged file is misread silently
+    otherwise: an extra field turns the first column into an index and shifts the others)."""
+    csv.field_size_limit(2**31 - 1)
+    try:
+        with open(file, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise DataError(
+                        f"{file}: line {reader.line_num} has {len(row)} fields, the header has {len(header)} "
+                        "(quote a text that holds a comma)"
+                    )
+    except csv.Error as err:
+        raise DataError(f"{file}: not a well-formed CSV file: {_one_line(err)}") from None
+
+
 def _read_local(file: Path, builder: str) -> Dataset:
     if not _has_rows(file, builder):
         raise DataError(f"{file}: split is empty (no rows)")
+    if builder == "csv":
+        _check_csv_shape(file)
     datasets.disable_progress_bars()
     try:
         with tempfile.TemporaryDirectory(prefix="fedhello-ds-") as cache:
@@ -279,6 +310,19 @@ def _missing_text(t: Any) -> bool:
     return t is None or (isinstance(t, float) and math.isnan(t))
 
 
+def _text_problem(t: Any) -> str | None:
+    """Why a text cannot be trained on (``no_input``: missing, ``blank_text``: only whitespace), or None."""
+    if _missing_text(t):
+        return "no_input"
+    if isinstance(t, str) and not t.strip():
+        return "blank_text"
+    return None
+
+
+def _count(drops: dict[str, int], reason: str) -> None:
+    drops[reason] = drops.get(reason, 0) + 1
+
+
 def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
     if col not in ds.column_names:
         cols = ", ".join(ds.column_names)
@@ -318,40 +362,47 @@ def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[s
     raise DataError(f"task: unknown task {task!r}")  # pragma: no cover - config validates it
 
 
-def _clean_task(ds: Dataset, cfg: DataConfig, task: str, where: str) -> tuple[dict[str, list], list[Any], int]:
-    """(input columns, canonical labels, dropped) keeping rows with every input and a label."""
+def _clean_task(
+    ds: Dataset, cfg: DataConfig, task: str, where: str
+) -> tuple[dict[str, list], list[Any], dict[str, int]]:
+    """(input columns, canonical labels, rows dropped by reason) keeping rows with every input and a label."""
     columns = _task_columns(ds, cfg, task, where)
     label_col = _resolve_label_column(ds, cfg, where)
     raw = _raw_labels(ds, label_col, where)
     out: dict[str, list] = {k: [] for k in columns}
     labels: list[Any] = []
-    dropped = 0
+    drops: dict[str, int] = {}
     n_opts = len(cfg.choices_columns or [])
+    # texts that must hold words (multiple choice: the question is optional, "" when absent)
+    worded = {"text"} | ({"text_pair"} if task == "text-pair-classification" else set())
     for i, y in enumerate(raw):
         y = _canonical(y)
         row = {k: v[i] for k, v in columns.items()}
-        bad = y is None
-        if task == "multiple-choice" and not bad:
+        why = "no_label" if y is None else None
+        if task == "multiple-choice" and why is None:
             k = _to_int(y)
-            bad = k is None or not (0 <= k - cfg.choices_label_base < n_opts)
-            y = None if bad else k - cfg.choices_label_base
+            ok = k is not None and 0 <= k - cfg.choices_label_base < n_opts
+            why = None if ok else "bad_label"
+            y = k - cfg.choices_label_base if ok else None
         for k, v in row.items():
+            if why is not None:
+                break
             if k == "choices":
-                bad = bad or any(_missing_text(o) for o in v)
-                row[k] = [o if isinstance(o, str) else str(o) for o in v] if not bad else v
+                why = "no_input" if any(_missing_text(o) for o in v) else None
+                row[k] = [o if isinstance(o, str) else str(o) for o in v] if why is None else v
             elif k == "image":
-                bad = bad or v is None
+                why = "no_input" if v is None else None
             else:
-                bad = bad or _missing_text(v)
-                if not bad and not isinstance(v, str):
+                why = _text_problem(v) if k in worded else ("no_input" if _missing_text(v) else None)
+                if why is None and not isinstance(v, str):
                     row[k] = str(v)
-        if bad:
-            dropped += 1
+        if why is not None:
+            _count(drops, why)
             continue
         for k, v in row.items():
             out[k].append(v)
         labels.append(y)
-    return out, labels, dropped
+    return out, labels, drops
 
 
 def _build_task(task: str, columns: dict[str, list], labels: list[int]) -> Dataset:
@@ -390,8 +441,8 @@ def _finish_task(
 ) -> Splits:
     """:func:`_finish` for every task but text-classification (which keeps its own, unchanged path)."""
     (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
-    tr_cols, tr_labels, dropped_train = _clean_task(train_ds, cfg, task, train_where)
-    te_cols, te_labels, dropped_test = _clean_task(test_ds, cfg, task, test_where)
+    tr_cols, tr_labels, tr_drops = _clean_task(train_ds, cfg, task, train_where)
+    te_cols, te_labels, te_drops = _clean_task(test_ds, cfg, task, test_where)
     if not tr_labels:
         raise DataError(f"{train_where}: split is empty (no row has every input and a label)")
     if task == "multiple-choice":
@@ -400,7 +451,8 @@ def _finish_task(
     else:
         label_names, index, train_ids, te_keys = _label_set(tr_labels, te_labels, cfg, train_where)
         keep = [i for i, k in enumerate(te_keys) if k in index]
-        dropped_test += len(te_keys) - len(keep)
+        if len(te_keys) > len(keep):
+            te_drops["unknown_label"] = len(te_keys) - len(keep)
         te_cols = {c: [v[i] for i in keep] for c, v in te_cols.items()}
         test_ids = [index[te_keys[i]] for i in keep]
     if not test_ids:
@@ -409,29 +461,31 @@ def _finish_task(
         train=_build_task(task, tr_cols, train_ids),
         test=_build_task(task, te_cols, test_ids),
         label_names=label_names,
-        dropped_test=dropped_test,
-        dropped_train=dropped_train,
+        dropped_test=sum(te_drops.values()),
+        dropped_train=sum(tr_drops.values()),
         source=source,
+        drops={"train": tr_drops, "test": te_drops},
     )
 
 
-def _clean(ds: Dataset, cfg: DataConfig, where: str) -> tuple[list[str], list[Any], int]:
-    """(texts, canonical labels, dropped) keeping rows with both text and label."""
+def _clean(ds: Dataset, cfg: DataConfig, where: str) -> tuple[list[str], list[Any], dict[str, int]]:
+    """(texts, canonical labels, rows dropped by reason) keeping rows with a label and a non-blank text."""
     _check_text_column(ds, cfg, where)
     label_col = _resolve_label_column(ds, cfg, where)
     raw = _raw_labels(ds, label_col, where)
     texts_in = ds[cfg.text_column]
     texts: list[str] = []
     labels: list[Any] = []
-    dropped = 0
+    drops: dict[str, int] = {}
     for t, y in zip(texts_in, raw):
         y = _canonical(y)
-        if t is None or y is None or (isinstance(t, float) and math.isnan(t)):
-            dropped += 1
+        why = "no_label" if y is None else _text_problem(t)
+        if why is not None:
+            _count(drops, why)
             continue
         texts.append(t if isinstance(t, str) else str(t))
         labels.append(y)
-    return texts, labels, dropped
+    return texts, labels, drops
 
 
 def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: str):
@@ -461,8 +515,8 @@ def _finish(
 ) -> Splits:
     (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
 
-    tr_texts, tr_labels, dropped_train = _clean(train_ds, cfg, train_where)
-    te_texts, te_labels, dropped_test = _clean(test_ds, cfg, test_where)
+    tr_texts, tr_labels, tr_drops = _clean(train_ds, cfg, train_where)
+    te_texts, te_labels, te_drops = _clean(test_ds, cfg, test_where)
     if not tr_texts:
         raise DataError(f"{train_where}: split is empty (no row has both a text and a label)")
 
@@ -473,7 +527,7 @@ def _finish(
     for t, k in zip(te_texts, te_keys):
         i = index.get(k)
         if i is None:
-            dropped_test += 1
+            _count(te_drops, "unknown_label")
             continue
         test_texts.append(t)
         test_ids.append(i)
@@ -483,9 +537,10 @@ def _finish(
         train=_build(tr_texts, train_ids),
         test=_build(test_texts, test_ids),
         label_names=label_names,
-        dropped_test=dropped_test,
-        dropped_train=dropped_train,
+        dropped_test=sum(te_drops.values()),
+        dropped_train=sum(tr_drops.values()),
         source=source,
+        drops={"train": tr_drops, "test": te_drops},
     )
 
 
@@ -560,6 +615,56 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
     else:  # pragma: no cover - DataConfig validates the format
         raise DataError(f"data.format: unknown format {fmt!r}")
     return _finish(train, test, cfg, seed, source)
+
+
+def _column_digest(ds: Dataset, col: str) -> bytes:
+    h = hashlib.sha256(col.encode())
+    if isinstance(ds.features[col], datasets.Image):  # the encoded image bytes (or the file's)
+        for v in ds.cast_column(col, datasets.Image(decode=False))[col]:
+            data = v.get("bytes") or (Path(v["path"]).read_bytes() if v.get("path") else b"")
+            h.update(hashlib.sha256(data).digest())
+    else:
+        h.update(json.dumps(list(ds[col]), ensure_ascii=False, default=str).encode("utf-8"))
+    return h.digest()
+
+
+def dataset_digest(ds: Dataset) -> str:
+    """sha256 of a split's rows as loaded (every column, in row order)."""
+    h = hashlib.sha256()
+    for col in sorted(ds.column_names):
+        h.update(_column_digest(ds, col))
+    return h.hexdigest()
+
+
+def fingerprint(splits: Splits) -> dict[str, str]:
+    """The data's identity for resuming: hashes of the label set, the training rows and the test rows."""
+    labels = json.dumps([str(x) for x in splits.label_names], ensure_ascii=False).encode("utf-8")
+    return {
+        "labels": hashlib.sha256(labels).hexdigest(),
+        "train": dataset_digest(splits.train),
+        "test": dataset_digest(splits.test),
+    }
+
+
+DROP_REASONS = {
+    "no_label": "no label",
+    "no_input": "no text/input",
+    "blank_text": "whitespace-only text",
+    "bad_label": "label not an option's index",
+    "unknown_label": "label not among the training labels",
+}
+
+
+def drops_line(splits: Splits) -> str | None:
+    """One console line on the rows dropped while loading (None when nothing was dropped)."""
+    parts = []
+    for split, kept in (("train", len(splits.train)), ("test", len(splits.test))):
+        d = {k: v for k, v in splits.drops.get(split, {}).items() if v}
+        n = sum(d.values())
+        if n:
+            why = ", ".join(f"{DROP_REASONS.get(k, k)} {v}" for k, v in sorted(d.items()))
+            parts.append(f"{n} of {n + kept} {'training' if split == 'train' else 'test'} rows ({why})")
+    return "data: dropped " + " and ".join(parts) if parts else None
 
 
 def _resolve_auto(cfg: DataConfig) -> str:

@@ -9,12 +9,13 @@ reference implementation's plain mean).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from fedhello.errors import UpdateError
-from fedhello.federation.client import ClientUpdate
+from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
 from fedhello.model.state import State
 
 
@@ -45,27 +46,109 @@ def aggregate(global_state: State, updates: Sequence[ClientUpdate], weighting: s
     return out
 
 
-def validate_update(update: ClientUpdate, allowed: Iterable[str], reference: State) -> None:
+def expected_names(layermap, layers: Iterable[int], ffa: bool = False, head: bool = True) -> list[str]:
+    """The tensors a client's reply must hold, exactly: its allocated layers' LoRA tensors
+    and, with ``head`` (``head.train: federated``), the head; without the A matrices under
+    FFA-LoRA, which a client never trains."""
+    names = layermap.names_for(layers, include_head=head)
+    return [n for n in names if ".lora_A." not in n] if ffa else names
+
+
+def _is_count(n) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+
+
+def validate_update(
+    update: ClientUpdate, expected: Iterable[str], reference: State, max_samples: int | None = None
+) -> None:
     """Reject an update that must not be aggregated.
 
-    ``allowed``: the tensor names of the client's allocated layers plus the head;
-    ``reference``: the global state (for shapes and dtypes). Raises UpdateError
-    naming the first offending tensor.
+    ``expected``: exactly the tensor names the reply must hold (computed by the
+    caller, e.g. :func:`expected_names`): a missing one and an extra one are both
+    rejected; ``reference``: the state the client was sent (shapes and dtypes);
+    ``max_samples``: the client's known partition size: a larger count is rejected
+    (a client may not buy itself weight), a count must be an integer >= 1.
+    Raises UpdateError naming the first offence.
     """
-    allowed = set(allowed)
-    if update.num_samples is None or int(update.num_samples) < 1:
-        raise UpdateError(f"client {update.client_id}: num_samples must be a positive integer")
+    cid = update.client_id
+    expected = set(expected)
+    n = update.num_samples
+    if not _is_count(n) or n < 1:
+        raise UpdateError(f"client {cid}: num_samples must be a positive integer, got {n!r}")
+    if max_samples is not None and n > max_samples:
+        raise UpdateError(f"client {cid}: num_samples {n} is more than its {max_samples} training samples")
+    if not isinstance(update.tensors, dict):
+        raise UpdateError(f"client {cid}: tensors is not a mapping of names to tensors")
     for name, t in update.tensors.items():
-        if name not in allowed:
-            raise UpdateError(f"client {update.client_id}: tensor {name!r} is outside its allocation")
+        if name not in expected:
+            raise UpdateError(f"client {cid}: tensor {name!r} is outside its allocation")
         ref = reference[name]
         if not isinstance(t, torch.Tensor):
-            raise UpdateError(f"client {update.client_id}: {name!r} is not a tensor")
+            raise UpdateError(f"client {cid}: {name!r} is not a tensor")
         if tuple(t.shape) != tuple(ref.shape):
-            raise UpdateError(
-                f"client {update.client_id}: {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
-            )
+            raise UpdateError(f"client {cid}: {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
         if t.dtype != ref.dtype:
-            raise UpdateError(f"client {update.client_id}: {name!r} has dtype {t.dtype}, expected {ref.dtype}")
+            raise UpdateError(f"client {cid}: {name!r} has dtype {t.dtype}, expected {ref.dtype}")
         if not bool(torch.isfinite(t).all()):
-            raise UpdateError(f"client {update.client_id}: {name!r} has non-finite values")
+            raise UpdateError(f"client {cid}: {name!r} has non-finite values")
+    missing = sorted(expected - set(update.tensors))
+    if missing:
+        raise UpdateError(
+            f"client {cid}: reply lacks {len(missing)} of the {len(expected)} tensors of its allocation "
+            f"(e.g. {missing[0]!r})"
+        )
+
+
+def screen_replies(
+    tasks: Sequence[FitTask],
+    results: Iterable[ClientUpdate | ClientFailure],
+    expected: Callable[[FitTask], Iterable[str]],
+    reference: Callable[[FitTask], State],
+    max_samples: Callable[[int], int | None] | None = None,
+) -> tuple[list[ClientUpdate], list[dict]]:
+    """The replies of a round sorted into updates to aggregate and ``failed_clients`` records.
+
+    Rejected, each recorded with its reason: a reply for a client not asked this
+    round; every reply of a client that replied more than once (none of them is
+    aggregated: a client cannot pick one or count twice); a reply whose layers are
+    not the ones it was given; an update failing :func:`validate_update`; and a
+    task nobody answered. ``expected``/``reference`` give a task's exact tensor
+    names and the state it was sent; ``max_samples`` a client's known sample count.
+    """
+    task_of = {t.client_id: t for t in tasks}
+    results = list(results)
+    count: dict = {}
+    for res in results:
+        count[res.client_id] = count.get(res.client_id, 0) + 1
+    updates: list[ClientUpdate] = []
+    failed: list[dict] = []
+    reported: set = set()
+    for res in results:
+        cid = res.client_id
+        task = task_of.get(cid)
+        if task is None:
+            why = res.reason if isinstance(res, ClientFailure) else f"client {cid}: reply for a client not asked this round"
+            failed.append({"id": cid, "reason": why})
+            continue
+        if count[cid] > 1:
+            if cid not in reported:
+                reported.add(cid)
+                failed.append({"id": cid, "reason": f"client {cid}: {count[cid]} replies to one task (none aggregated)"})
+            continue
+        if isinstance(res, ClientFailure):
+            failed.append({"id": cid, "reason": res.reason})
+            continue
+        try:
+            if not isinstance(res, ClientUpdate):
+                raise UpdateError(f"client {cid}: reply is not an update")
+            if sorted(int(x) for x in res.layers) != sorted(int(x) for x in task.layers):
+                raise UpdateError(f"client {cid}: reply is for layers {list(res.layers)}, it was given {task.layers}")
+            validate_update(res, expected(task), reference(task), max_samples(cid) if max_samples else None)
+        except UpdateError as err:
+            failed.append({"id": cid, "reason": str(err)})
+            continue
+        updates.append(res)
+    for task in tasks:
+        if task.client_id not in count:
+            failed.append({"id": task.client_id, "reason": f"client {task.client_id}: no reply"})
+    return updates, failed

@@ -24,13 +24,13 @@ import numpy as np
 
 from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
-from fedhello.errors import FedHelloError, UpdateError
-from fedhello.federation.aggregation import validate_update
+from fedhello.errors import FedHelloError
+from fedhello.federation.aggregation import expected_names, screen_replies
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import max_rank, truncate_rank
 from fedhello.model.state import State, state_nbytes
-from fedhello.run.rundir import RunDir
+from fedhello.run.rundir import RunDir, check_checkpoint, check_state
 
 Evaluator = Callable[[State], dict[str, dict[str, float]]]
 """global state -> {"val": {"accuracy", "loss", ...}, "test": {...}}"""
@@ -78,6 +78,7 @@ class Server:
         log: Callable[[str], None] | None = None,
         head_init: Callable[[np.ndarray, np.ndarray, float], State] | None = None,
         num_classes: int | None = None,
+        sample_counts: Sequence[int] | None = None,
     ):
         """``head_init``: the class-means head from summed class statistics (``head.init:
         class-means``), set before round 0 by :meth:`initialise_head`; ``num_classes`` checks
@@ -96,6 +97,14 @@ class Server:
         self.num_classes = num_classes
         self.uploads_head = uploads_head(cfg.head.train)
         self._head_info: dict | None = None  # the statistics round's costs, recorded with round 0
+        # each client's training-set size as the server knows it (its partition): a reply
+        # claiming more samples is rejected (README, "Bad input")
+        self.sample_counts = list(sample_counts) if sample_counts is not None else None
+
+    def max_samples(self, client_id: int) -> int | None:
+        if self.sample_counts is None or not 0 <= client_id < len(self.sample_counts):
+            return None
+        return int(self.sample_counts[client_id])
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
@@ -149,24 +158,17 @@ class Server:
         ]
         results = self.runner.fit(tasks, state)
         task_of = {task.client_id: task for task in tasks}
-        updates: list[ClientUpdate] = []
-        failed: list[dict] = []
-        for res in results:
-            if isinstance(res, ClientFailure):
-                failed.append({"id": res.client_id, "reason": res.reason})
-                continue
-            task = task_of.get(res.client_id)
-            try:
-                if task is None:
-                    raise UpdateError(f"client {res.client_id}: reply for a client not asked this round")
-                # shapes are checked against what this client was sent (its rank)
-                validate_update(res, self.layermap.names_for(task.layers, include_head=self.uploads_head),
-                                truncate_rank(state, task.rank))
-            except UpdateError as err:
-                failed.append({"id": res.client_id, "reason": str(err)})
-                self.log(f"round {t}: rejected update: {err}")
-                continue
-            updates.append(res)
+        # shapes are checked against what each client was sent (its rank), counts against its partition
+        updates, failed = screen_replies(
+            tasks, results,
+            expected=lambda task: expected_names(self.layermap, task.layers, self.cfg.lora.ffa, head=self.uploads_head),
+            reference=lambda task: truncate_rank(state, task.rank),
+            max_samples=self.max_samples,
+        )
+        gave_up = {r.client_id for r in results if isinstance(r, ClientFailure)}
+        for f in failed:
+            if f["id"] not in gave_up:
+                self.log(f"round {t}: rejected update: {f['reason']}")
         new_state, agg_info = self.strategy.aggregate(state, updates, self.cfg.aggregation.weighting)
         self.state.global_state = new_state
         # what each client is sent: the global state, truncated to its rank
@@ -264,14 +266,20 @@ class Server:
             "records": self.state.records,
         }
 
-    def restore(self, ckpt: dict) -> None:
-        missing = set(self.state.global_state) ^ set(ckpt["global_state"])
-        if missing:
-            raise FedHelloError(f"checkpoint does not match the model (e.g. {sorted(missing)[0]!r})")
+    def restore(self, ckpt: dict, where: str = "checkpoint") -> None:
+        """Continue from ``ckpt`` (see :func:`fedhello.run.rundir.check_checkpoint`): its state
+        must be this model's (names, shapes, dtypes, finite values), before any round runs."""
+        check_checkpoint(ckpt, where)
+        check_state(ckpt["global_state"], self.state.global_state, where)
+        if ckpt["round"] > self.cfg.rounds:
+            raise FedHelloError(f"{where}: {ckpt['round']} rounds done, the config has rounds: {self.cfg.rounds}")
+        try:
+            self.strategy.load_state_dict(ckpt["strategy_state"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise FedHelloError(f"{where}: unusable strategy state ({type(err).__name__}: {err})") from None
         self.state = ServerState(
             round=int(ckpt["round"]), global_state=ckpt["global_state"], records=list(ckpt["records"])
         )
-        self.strategy.load_state_dict(ckpt["strategy_state"])
 
     def run(
         self,

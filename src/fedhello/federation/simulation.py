@@ -11,7 +11,7 @@ and writes the run directory.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,26 +22,43 @@ from fedhello.allocation import build_strategy, strategy_class
 from fedhello.allocation.clients import assign_groups
 from fedhello.config import ExperimentConfig, build_config
 from fedhello.data import carve, load_splits, partition_dataset, partition_stats
+from fedhello.data.sources import drops_line, fingerprint
 from fedhello.data.batching import Encoded, collate, eval_batches
 from fedhello.errors import ConfigError, FedHelloError
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, LocalTrainer, evaluate
 from fedhello.federation.server import Server, summarize
 from fedhello.model import build_backbone, get_state, load_model_config, num_hidden_layers, set_state
-from fedhello.model.backbone import Backbone
+from fedhello.model.backbone import Backbone, check_max_length
 from fedhello.model.state import State
-from fedhello.run.rundir import SUMMARY, RunDir
+from fedhello.run.rundir import CHECKPOINT, DATA, SUMMARY, RunDir, check_state
 from fedhello.tasks import make_encoder
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, what: str = "config key 'device'") -> torch.device:
+    """The torch device for ``name`` (auto, cpu, cuda, cuda:N, mps), which must exist on this machine."""
+    from fedhello.config import DEVICE_RE
+
+    if not DEVICE_RE.match(name):
+        raise ConfigError(f"{what}: {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}: {name} is not available (PyTorch sees no CUDA device here): use cpu or auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{what}: {name} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{what}: mps is not available on this machine: use cpu or auto")
     return torch.device(name)
 
 
 def check_budgets(cfg: ExperimentConfig) -> int:
-    """The model's layer count, read from its config file; budgets must fit in it."""
-    n_layers = num_hidden_layers(load_model_config(cfg.model.name))
+    """The model's layer count, read from its config file; budgets must fit in it (and
+    ``model.max_length`` in its positions)."""
+    mconf = load_model_config(cfg.model.name)
+    check_max_length(cfg, mconf)
+    n_layers = num_hidden_layers(mconf)
     for b in cfg.clients.budgets:
         if b > n_layers:
             raise ConfigError(
@@ -66,6 +83,10 @@ class Experiment:
     dropped_test: int = 0
     # binary tasks: the label index whose F1 is recorded as f1_positive
     positive_class: int = 1
+    # data.json: source, rows kept and dropped (by reason), fingerprint (checked on resume)
+    data_info: dict = field(default_factory=dict)
+    # the console line on dropped rows (None: none dropped)
+    drops_note: str | None = None
 
     @property
     def layermap(self):
@@ -166,10 +187,61 @@ class Experiment:
         return out
 
 
+@dataclass
+class PreparedData:
+    """The data side of :func:`prepare`: splits carved and partitioned, every data check done."""
+
+    splits: object
+    train: object
+    val: object | None
+    calib: object | None
+    partitions: list[np.ndarray]
+    stats: list[dict]
+    groups: list[int]
+    positive_class: int
+    data_info: dict
+
+
 def prepare(cfg: ExperimentConfig) -> Experiment:
     """Load and check everything a run needs; raises FedHelloError before any training."""
     check_budgets(cfg)
+    device = pick_device(cfg.device)
+    d = prepare_data(cfg)
+    splits, train_ds, val_ds, calib_ds = d.splits, d.train, d.val, d.calib
+    backbone = build_backbone(cfg, len(splits.label_names), device)
+    enc = make_encoder(cfg, backbone)
+
+    val = enc(val_ds) if val_ds is not None else enc(splits.test.select([]))
+    return Experiment(
+        cfg=cfg,
+        device=device,
+        backbone=backbone,
+        label_names=list(splits.label_names),
+        train=enc(train_ds, train=True),
+        val=val,
+        test=enc(splits.test),
+        calib=enc(calib_ds) if calib_ds is not None else None,
+        partitions=d.partitions,
+        stats=d.stats,
+        groups=d.groups,
+        dropped_test=int(getattr(splits, "dropped_test", 0)),
+        positive_class=d.positive_class,
+        data_info=d.data_info,
+        drops_note=drops_line(splits),
+    )
+
+
+def prepare_data(cfg: ExperimentConfig) -> PreparedData:
+    """Load the data, carve validation and calibration sets, partition; every data check
+    of a run (``fedhello validate`` runs this too, without the model's weights)."""
     splits = load_splits(cfg.data, cfg.seed, task=cfg.task)
+    data_info = {
+        "source": splits.source,
+        "num_labels": len(splits.label_names),
+        "rows": {"train": len(splits.train), "test": len(splits.test)},
+        "dropped": {split: dict(splits.drops.get(split, {})) for split in ("train", "test")},
+        "fingerprint": fingerprint(splits),
+    }
     train_ds = splits.train
     n_classes = len(splits.label_names)
     positive_class = positive_label_index(cfg, splits.label_names)
@@ -204,27 +276,8 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     partitions = partition_dataset(train_ds, cfg.partition, cfg.clients.num_clients, cfg.seed)
     stats = partition_stats(train_ds, partitions, splits.label_names)
     groups = assign_groups(cfg.clients.num_clients, cfg.clients.fractions, cfg.seed)
-
-    device = pick_device(cfg.device)
-    backbone = build_backbone(cfg, n_classes, device)
-    enc = make_encoder(cfg, backbone)
-
-    val = enc(val_ds) if val_ds is not None else enc(splits.test.select([]))
-    return Experiment(
-        cfg=cfg,
-        device=device,
-        backbone=backbone,
-        label_names=list(splits.label_names),
-        train=enc(train_ds, train=True),
-        val=val,
-        test=enc(splits.test),
-        calib=enc(calib_ds) if calib_ds is not None else None,
-        partitions=partitions,
-        stats=stats,
-        groups=list(groups),
-        dropped_test=int(getattr(splits, "dropped_test", 0)),
-        positive_class=positive_class,
-    )
+    return PreparedData(splits, train_ds, val_ds, calib_ds, partitions, stats, list(groups), positive_class,
+                        data_info)
 
 
 def positive_label_index(cfg: ExperimentConfig, label_names: Sequence[str]) -> int:
@@ -274,6 +327,7 @@ class SimulationRunner:
 def write_setup(rundir: RunDir, exp: Experiment) -> None:
     """The run's fixed facts: labels, resource groups, partitions (indices + statistics)."""
     cfg = exp.cfg
+    rundir.write_json(DATA, exp.data_info)
     rundir.write_json("labels.json", exp.label_names)
     rundir.write_json(
         "clients.json",
@@ -316,20 +370,23 @@ def holds_config(rundir: RunDir, cfg: ExperimentConfig) -> bool:
 
 
 def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tuple[RunDir, bool]:
-    """The run directory and whether it holds this very run to resume.
+    """The run directory and whether it holds this very run to resume. Writes nothing.
 
-    A directory holding a different run is an error unless ``overwrite``.
+    A directory holding a different run is an error unless ``overwrite``; a
+    directory holding files but no run (no config.yaml) is always an error.
     """
     rundir = RunDir(out)
     if rundir.path.exists() and not rundir.path.is_dir():
         raise FedHelloError(f"--out {rundir.path} exists and is not a directory")
     if not rundir.has_run():
+        foreign = rundir.foreign_entries()
+        if foreign:
+            raise FedHelloError(
+                f"--out {rundir.path} holds files but no run (e.g. {foreign[0].name}; config.yaml missing): "
+                "use a new or empty directory"
+            )
         return rundir, False
     if overwrite:
-        for name in ("checkpoint.pt", "metrics.jsonl", "summary.json"):
-            p = rundir.file(name)
-            if p.exists():
-                p.unlink()
         return rundir, False
     if not holds_config(rundir, cfg):
         raise FedHelloError(
@@ -337,6 +394,23 @@ def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tupl
             "--overwrite or another --out)"
         )
     return rundir, True
+
+
+def check_data(rundir: RunDir, exp: Experiment, log: Callable[[str], None]) -> None:
+    """The data of a resumed run must be the data it started with (data.json's fingerprint)."""
+    if not rundir.file(DATA).is_file():
+        log(f"{rundir.path}: no {DATA} (a run started by an older fedhello): the data is not checked")
+        return
+    saved = rundir.read_json(DATA)
+    saved = saved.get("fingerprint") if isinstance(saved, dict) else None
+    now = exp.data_info["fingerprint"]
+    names = {"labels": "the label set", "train": "the training rows", "test": "the test rows"}
+    changed = [what for key, what in names.items() if not isinstance(saved, dict) or saved.get(key) != now[key]]
+    if changed:
+        raise FedHelloError(
+            f"{rundir.path}: the data changed since this run started ({', '.join(changed)} differ from "
+            f"{DATA}): resume with the data it started with, or start again with --overwrite"
+        )
 
 
 def resume_config(out: str | Path) -> ExperimentConfig:
@@ -363,12 +437,38 @@ def run_experiment(
     (used to test resumption). ``runner_factory`` builds the ClientRunner from
     the prepared experiment (default: :class:`SimulationRunner`; the Flower
     ServerApp passes one over its Grid, which may update ``exp.groups``).
+
+    The run holds the directory's lock from its first write to its return (a
+    second run on the same directory is an error). Resuming needs the data the
+    run started with (data.json's fingerprint); any start without a checkpoint
+    to continue from (new, ``overwrite``) first removes everything in the directory.
     """
-    rundir, resuming = open_rundir(cfg, out, overwrite)
+    open_rundir(cfg, out, overwrite)  # a different run there: error before loading anything
     exp = prepare(cfg)
-    if on_start is not None:
-        on_start(exp)
-    rundir.path.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda msg: None)
+    rundir = RunDir(out)
+    with rundir.locked():  # one process per run directory, until this run returns
+        # decided again under the lock: another process may have written here meanwhile
+        rundir, resuming = open_rundir(cfg, out, overwrite)
+        rundir.remove_leftovers()
+        ckpt = rundir.load_checkpoint() if resuming else None
+        if ckpt is not None:
+            check_data(rundir, exp, log)
+            check_state(ckpt["global_state"], exp.global_state(), rundir.file(CHECKPOINT))
+            if ckpt["round"] > cfg.rounds:
+                raise FedHelloError(
+                    f"{rundir.file(CHECKPOINT)}: {ckpt['round']} rounds done, the config has rounds: {cfg.rounds}"
+                )
+        else:  # a fresh start: nothing of an earlier run stays beside the new one
+            rundir.clear()
+        if on_start is not None:  # every refusal is said before this
+            on_start(exp)
+        if exp.drops_note:
+            log(exp.drops_note)
+        return _run(cfg, exp, rundir, ckpt, on_round, log, stop_after, runner_factory)
+
+
+def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, log, stop_after, runner_factory) -> dict:
     strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
     runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp)
     server = Server(
@@ -376,11 +476,13 @@ def run_experiment(
         exp.evaluator(), exp.server_scorer(), log=log,
         head_init=exp.head_from_stats if cfg.head.init == "class-means" else None,
         num_classes=exp.num_classes(),
+        sample_counts=[len(p) for p in exp.partitions],
     )
-    ckpt = rundir.load_checkpoint() if resuming else None
     if ckpt is not None:
-        server.restore(ckpt)
+        server.restore(ckpt, where=str(rundir.file(CHECKPOINT)))
         rundir.write_metrics(server.state.records)
+        if not rundir.file(DATA).is_file():
+            rundir.write_json(DATA, exp.data_info)
     else:
         rundir.write_config(cfg.to_dict())
         write_setup(rundir, exp)

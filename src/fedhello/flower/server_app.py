@@ -64,6 +64,7 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
     """The whole run on ``grid``; returns the summary."""
     from fedhello.allocation import build_strategy
     from fedhello.federation.simulation import run_experiment
+    from fedhello.federation.client import uploads_head
     from fedhello.flower.codec import config_json
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
     from fedhello.run.rundir import RunDir
@@ -87,8 +88,9 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
         rule = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregate
         strategy = FedHelloStrategy(exp.layermap, config_json(cfg), node_of, cfg.aggregation.weighting,
-                                    ttl=timeout + 60.0, aggregate_fn=rule,
-                                    uploads_head=cfg.head.train == "federated")
+                                    ttl=timeout + 60.0, aggregate_fn=rule, ffa=cfg.lora.ffa,
+                                    sample_counts=[len(p) for p in exp.partitions],
+                                    uploads_head=uploads_head(cfg.head.train))
         return FlowerRunner(grid, strategy, timeout, log)
 
     log(f"{cfg.strategy.name}: {cfg.rounds} rounds, {cfg.clients.num_clients} clients -> {out}")

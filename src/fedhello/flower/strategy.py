@@ -38,8 +38,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from fedhello.errors import FedHelloError, UpdateError
-from fedhello.federation.aggregation import aggregate, validate_update
+from fedhello.errors import FedHelloError
+from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
 from fedhello.flower.codec import QUERY, TRAIN, record_to_state, state_to_record
 from fedhello.model.layermap import LayerMap
@@ -61,9 +61,13 @@ class FedHelloStrategy(FlowerStrategy):
 
     def __init__(self, layermap: LayerMap, experiment_json: str, node_of: dict[int, int],
                  weighting: str = "samples", ttl: float | None = None,
-                 aggregate_fn: Callable[..., tuple[State, dict]] | None = None, uploads_head: bool = True):
+                 aggregate_fn: Callable[..., tuple[State, dict]] | None = None,
+                 ffa: bool = False, sample_counts: Sequence[int] | None = None, uploads_head: bool = True):
         self.layermap = layermap
+        self.ffa = ffa  # FFA-LoRA: replies carry no A matrices
         self.uploads_head = uploads_head  # head.train federated: replies carry the head
+        # client id -> its partition size as the server knows it: a larger claimed count is rejected
+        self.sample_counts = list(sample_counts) if sample_counts is not None else None
         # the allocation strategy's rule (Strategy.aggregate: layer-wise averaging, or
         # the rank-heterogeneous rules of hetlora/flexlora); default layer-wise
         self.aggregate_fn = aggregate_fn or (lambda g, ups, w: (aggregate(g, ups, w), {}))
@@ -110,50 +114,70 @@ class FedHelloStrategy(FlowerStrategy):
         return messages
 
     def collect(self, replies: Iterable[Message]) -> list[ClientUpdate | ClientFailure]:
-        """One result per task of the round: an update, or a failure (error reply, no reply, malformed)."""
-        got: dict[int, ClientUpdate | ClientFailure] = {}
+        """The round's replies as updates or failures (error reply, no reply, malformed).
+
+        One result per task, except: a node that replied more than once gets every
+        reply listed, and a reply from a node not asked this round is listed as a
+        failure of its client; :func:`~fedhello.federation.aggregation.screen_replies`
+        rejects and records both.
+        """
+        got: dict[int, list[ClientUpdate | ClientFailure]] = {}
+        unasked: list[ClientFailure] = []
         for msg in replies:
             nid = msg.metadata.src_node_id
             task = self._sent.get(nid)
-            if task is None or task.client_id in got:
-                continue  # a reply nobody asked for (or a duplicate) is dropped
+            if task is None:
+                cid = self.client_of(nid)
+                who = f"client {cid}" if cid is not None else f"node {nid} (no client of this run)"
+                unasked.append(ClientFailure(cid, f"{who}: reply for a client not asked this round"))
+                continue
             cid = task.client_id
             if msg.has_error():
-                got[cid] = ClientFailure(cid, _reason(msg))
+                got.setdefault(cid, []).append(ClientFailure(cid, _reason(msg)))
                 continue
             try:
                 content = msg.content
                 tensors = record_to_state(content.array_records["arrays"])
                 metrics = content.metric_records["metrics"]
-                n = metrics["num-examples"]
-                got[cid] = ClientUpdate(
-                    client_id=cid, num_samples=int(n) if float(n).is_integer() else -1, tensors=tensors,
+                claimed = metrics.get("client-id", cid)
+                if claimed != cid:
+                    raise ValueError(f"node {nid} is client {cid} but its reply claims client {claimed}")
+                got.setdefault(cid, []).append(ClientUpdate(
+                    # the count as sent (int or float): validation rejects anything but a positive int
+                    client_id=cid, num_samples=metrics["num-examples"], tensors=tensors,
                     layers=list(task.layers), train_loss=float(metrics.get("train-loss", float("nan"))),
                     train_time_s=float(metrics.get("train-time-s", 0.0)),
-                )
+                ))
             except Exception as err:  # malformed content: the node failed this round
-                got[cid] = ClientFailure(cid, f"malformed reply ({type(err).__name__}: {err})"[:300])
-        return [got.get(t.client_id) or ClientFailure(t.client_id, "no reply (node gone, or past the round timeout)")
-                for t in self._tasks]
+                got.setdefault(cid, []).append(
+                    ClientFailure(cid, f"malformed reply ({type(err).__name__}: {err})"[:300]))
+        out: list[ClientUpdate | ClientFailure] = []
+        for t in self._tasks:
+            out += got.get(t.client_id) or [
+                ClientFailure(t.client_id, "no reply (node gone, or past the round timeout)")]
+        return out + unasked
+
+    def screen(self, results: Sequence[ClientUpdate | ClientFailure], global_state: State
+               ) -> tuple[list[ClientUpdate], list[dict]]:
+        """Updates to aggregate and ``failed_clients`` records: the Server loop's own rules."""
+        counts = self.sample_counts
+
+        def max_samples(cid: int) -> int | None:
+            return int(counts[cid]) if counts is not None and 0 <= cid < len(counts) else None
+
+        return screen_replies(
+            self._tasks, results,
+            expected=lambda task: expected_names(self.layermap, task.layers, self.ffa, head=self.uploads_head),
+            reference=lambda task: truncate_rank(global_state, task.rank),
+            max_samples=max_samples,
+        )
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply against its node's allocation, aggregate the good ones layer-wise."""
         if self._global is None:
             raise FedHelloError("aggregate_train before configure_train")
-        updates, failed = [], []
-        for res in self.collect(replies):
-            if isinstance(res, ClientFailure):
-                failed.append({"id": res.client_id, "reason": res.reason})
-                continue
-            task = next(t for t in self._tasks if t.client_id == res.client_id)
-            try:
-                validate_update(res, self.layermap.names_for(task.layers, include_head=self.uploads_head),
-                                truncate_rank(self._global, task.rank))
-            except UpdateError as err:
-                failed.append({"id": res.client_id, "reason": str(err)})
-                continue
-            updates.append(res)
+        updates, failed = self.screen(self.collect(replies), self._global)
         self.last_failed = failed
         new, _ = self.aggregate_fn(self._global, updates, self.weighting)
         n = sum(u.num_samples for u in updates)

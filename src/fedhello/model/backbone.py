@@ -65,6 +65,32 @@ def num_hidden_layers(config) -> int:
     raise ConfigError(f"cannot read the number of layers from the {config.model_type} model config")
 
 
+# families whose position ids start after the padding index (RoBERTa's 514 positions hold 512 tokens)
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer"}
+
+
+def max_text_positions(config) -> int | None:
+    """The longest token sequence the model's position embeddings hold (None: no fixed limit known)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
+        n -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    return n
+
+
+def check_max_length(cfg, config) -> None:
+    """``model.max_length`` must fit the model's positions (a longer text would crash mid-run)."""
+    if cfg.task == "image-classification":
+        return
+    limit = max_text_positions(config)
+    if limit is not None and cfg.model.max_length > limit:
+        raise ConfigError(
+            f"config key 'model.max_length': {cfg.model.max_length} is more than the {limit} positions of "
+            f"{cfg.model.name}"
+        )
+
+
 def load_model_config(name: str):
     """The model's config (layer count, family) without loading weights."""
     from transformers import AutoConfig

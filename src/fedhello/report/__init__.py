@@ -65,9 +65,9 @@ def export_from_checkpoint(run: str | Path) -> Path:
     """Re-export ``run/adapter`` from the global state in ``run/checkpoint.pt``."""
     from fedhello.config import build_config
     from fedhello.errors import FedHelloError
-    from fedhello.model import build_backbone
+    from fedhello.model import build_backbone, get_state
     from fedhello.report.export import export_adapter
-    from fedhello.run.rundir import RunDir
+    from fedhello.run.rundir import CHECKPOINT, RunDir, check_state
 
     rd = RunDir(run)
     ckpt = rd.load_checkpoint()
@@ -76,4 +76,5 @@ def export_from_checkpoint(run: str | Path) -> Path:
     cfg = build_config(rd.read_config_dict())
     labels = rd.read_json("labels.json")
     backbone = build_backbone(cfg, len(labels), "cpu")
+    check_state(ckpt["global_state"], get_state(backbone.model, backbone.layermap.all_names), rd.file(CHECKPOINT))
     return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg, backbone.pooling)
