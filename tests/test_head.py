@@ -119,6 +119,9 @@ def test_frozen_head_bit_identical_and_never_uploaded(tmp_path, tiny_bert):
         for c in r["clients"]:
             lora = sum(params[n].numel() * 4 for n in lm.names_for(c["layers"], include_head=False))
             assert c["upload_bytes"] == lora
+    # a frozen head is no trainable parameter of any client
+    per_layer = sum(params[n].numel() for n in lm.layers[0])
+    assert rd.read_json("clients.json")["trainable_params_per_group"] == [b * per_layer for b in cfg.clients.budgets]
     info = recs[0]["head_init"]
     assert info["clients"] == cfg.clients.num_clients and info["failed_clients"] == []
     C, D = head[[n for n in head if n.endswith("weight")][0]].shape

@@ -159,7 +159,7 @@ class Experiment:
         return lambda state: self.fisher(state, self.calib, np.arange(len(self.calib)))
 
     def trainable_params_per_group(self) -> list[int]:
-        """Trainable LoRA + head parameters of a client of each group.
+        """Trainable LoRA (+ head, unless frozen) parameters of a client of each group.
 
         As many LoRA layers as the strategy trains for the group's budget, at the
         group's LoRA rank (rank strategies), without the A matrices under FFA; 0 for
@@ -171,7 +171,8 @@ class Experiment:
         cfg = self.cfg
         strat = build_strategy(cfg.strategy, self.layermap.num_layers, cfg.clients.budgets)
         params = dict(self.model.named_parameters())
-        head = sum(params[n].numel() for n in self.layermap.head)
+        # the head counts where clients train it (head.train local or federated), not when frozen
+        head = sum(params[n].numel() for n in self.layermap.head) if cfg.head.train != "frozen" else 0
         out = []
         for g, b in enumerate(cfg.clients.budgets):
             if not strat.eligible(ClientSlot(-1, g, b)):
