@@ -115,12 +115,15 @@ class Experiment:
     def fisher(self, state: State, data: Encoded, indices: np.ndarray) -> np.ndarray:
         from fedhello.allocation.fisher import fisher_layer_scores
 
+        return fisher_layer_scores(self.model, self.layermap, self.forward_batches(state, data, indices))
+
+    def forward_batches(self, state: State, data: Encoded, indices: np.ndarray):
+        """Load ``state`` and yield evaluation batches of ``indices`` of ``data`` (images as
+        they are, not augmented): what the forward-only client computations read."""
         set_state(self.model, state)
-        if getattr(data, "augment", False):  # Fisher scores on the images as they are, not augmented
+        if getattr(data, "augment", False):
             data = data.without_augmentation()
-        lengths = data.lengths
-        batches = (collate(data, idx, self.device) for idx in eval_batches(lengths, indices, self.cfg.eval.batch_size))
-        return fisher_layer_scores(self.model, self.layermap, batches)
+        return (collate(data, idx, self.device) for idx in eval_batches(data.lengths, indices, self.cfg.eval.batch_size))
 
     def trainer(self) -> LocalTrainer:
         """The local trainer of a client of this experiment (every runtime builds it here)."""
@@ -135,10 +138,8 @@ class Experiment:
         """A client's per-class feature sums and counts under ``state`` (forward only; fedhello.model.head)."""
         from fedhello.model.head import class_statistics, head_linear
 
-        set_state(self.model, state)
-        data = self.train.without_augmentation() if getattr(self.train, "augment", False) else self.train
         weight, _ = head_linear(self.model, self.layermap.head, self.num_classes())
-        batches = (collate(data, idx, self.device) for idx in eval_batches(data.lengths, indices, self.cfg.eval.batch_size))
+        batches = self.forward_batches(state, self.train, indices)
         return class_statistics(self.model, weight, batches, self.num_classes())
 
     def head_from_stats(self, sums: np.ndarray, counts: np.ndarray, norm_sum: float) -> State:

@@ -120,7 +120,7 @@ def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
     """Resolve ``model.pooling`` for this model and attach mean pooling where chosen."""
     from fedhello.model.head import attach_mean_pooling, resolve_pooling
 
-    pooling = getattr(getattr(cfg, "model", None), "pooling", "model")
+    pooling = cfg.model.pooling
     if cfg.task == "image-classification" or cfg.task == "multiple-choice":
         if pooling == "mean":
             raise ConfigError(f"config key 'model.pooling': mean pooling is for text classification, not {cfg.task}")
