@@ -22,7 +22,7 @@ def probe_freeze(arg: dict) -> dict:
     from benchmarks.common import Settings, autocast, peak_rss_bytes, reset_peak_rss, rss_bytes
     from benchmarks.suite import bare_steps, freeze_setup
     from fedhello.config import build_config
-    from fedhello.federation.simulation import pick_device
+    from fedhello.run.experiment import pick_device
     from fedhello.model import build_backbone
     from fedhello.model.state import set_state
 
@@ -68,7 +68,8 @@ def probe_scale(arg: dict) -> dict:
     from fedhello.allocation import build_strategy
     from fedhello.config import build_config
     from fedhello.federation.server import Server
-    from fedhello.federation.simulation import SimulationRunner, prepare
+    from fedhello.run.experiment import prepare
+    from fedhello.federation.simulation import SimulationRunner
 
     s = Settings.from_dict(arg["settings"])
     _threads(s)

@@ -117,7 +117,7 @@ def run_suite(s: Settings, parts: Sequence[str] = PARTS, log: Callable[[str], No
     import torch
 
     from benchmarks import suite
-    from fedhello.federation.simulation import pick_device
+    from fedhello.run.experiment import pick_device
 
     if s.threads:
         torch.set_num_threads(s.threads)

@@ -33,7 +33,8 @@ from fedhello.config import build_config
 from fedhello.data.batching import collate, eval_batches, train_batches
 from fedhello.federation.client import FitTask, LocalTrainer, make_optimizer
 from fedhello.federation.server import Server
-from fedhello.federation.simulation import Experiment, SimulationRunner, prepare
+from fedhello.run.experiment import Experiment, prepare
+from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.state import freeze_all, get_state, set_state, set_trainable, state_nbytes
 
 Log = Callable[[str], None]

@@ -16,12 +16,11 @@ from fedhello.allocation.fisher import kmeans_tiers, tier_weights
 from fedhello.allocation.patterns import pattern_probabilities
 from fedhello.allocation.preview import (
     SCORES_REQUIRED,
-    add_allocate_parser,
     layer_counts,
     preview,
     render_distribution,
-    run_allocate,
 )
+from fedhello.cli import add_allocate_parser, run_allocate
 from fedhello.config import StrategyConfig
 from fedhello.errors import ConfigError
 

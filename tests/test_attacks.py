@@ -18,7 +18,7 @@ from fedhello.config import build_config
 from fedhello.federation.aggregation import aggregate, expected_names
 from fedhello.federation.client import ClientUpdate, FitTask
 from fedhello.federation.server import Server
-from fedhello.federation.simulation import prepare
+from fedhello.run.experiment import prepare
 
 N = 6  # clients, all sampled every round
 ATTACKER = 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedhello.config import build_config
-from fedhello.federation.simulation import run_experiment
+from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
 
 BASE = {
@@ -48,7 +48,7 @@ def test_two_round_run_matches_the_contract(tmp_path):
             # 4 LoRA tensors (q/v, A/B) of 16x384 per layer + head (classes x 384 + classes), float32
             n_cls = len(json.loads((out / "labels.json").read_text()))
             assert c["upload_bytes"] == 4 * (budget * 4 * 16 * 384 + n_cls * 384 + n_cls)
-    for key in ("strategy", "seed", "rounds", "final_test_accuracy", "best_val_accuracy",
+    for key in ("strategy", "seed", "rounds", "final_test_accuracy", "val_accuracy_at_best_val",
                 "test_accuracy_at_best_val", "total_time_s", "total_upload_bytes"):
         assert key in summary
     assert summary["rounds"] == 2 and summary["strategy"] == "fedra"

@@ -8,7 +8,8 @@ import pytest
 from fedhello.allocation import available_strategies
 from fedhello.config import build_config
 from fedhello.federation import simulation
-from fedhello.federation.simulation import run_experiment
+from fedhello.run import experiment
+from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
 
 
@@ -64,7 +65,7 @@ def test_fedhello_records_fisher_scores_on_recomputation_rounds(tiny_bert, tmp_p
 
 def test_every_strategy_of_a_seed_gets_the_same_client_data(tiny_bert):
     """The server calibration set is carved for FIM and non-FIM strategies alike (SPEC 3: same data)."""
-    exps = {n: simulation.prepare(cfg_for(tiny_bert, strategy={"name": n})) for n in ("fedhello", "fedit", "fedra")}
+    exps = {n: experiment.prepare(cfg_for(tiny_bert, strategy={"name": n})) for n in ("fedhello", "fedit", "fedra")}
     ref = exps["fedhello"]
     assert len(ref.calib) == 20
     for name, exp in exps.items():

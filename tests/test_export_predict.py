@@ -7,7 +7,7 @@ import torch
 
 from fedhello.cli import main
 from fedhello.config import build_config
-from fedhello.federation.simulation import run_experiment
+from fedhello.run.experiment import run_experiment
 from fedhello.model import build_backbone, set_state
 from fedhello.run.rundir import RunDir
 

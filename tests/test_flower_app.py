@@ -28,7 +28,7 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedhello.config import build_config, load_config  # noqa: E402
-from fedhello.federation.simulation import prepare, run_experiment  # noqa: E402
+from fedhello.run.experiment import prepare, run_experiment  # noqa: E402
 from fedhello.flower.codec import record_to_state, state_to_record  # noqa: E402
 from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402

@@ -9,7 +9,8 @@ import torch
 from fedhello.config import build_config
 from fedhello.errors import ConfigError
 from fedhello.federation.client import FitTask
-from fedhello.federation.simulation import SimulationRunner, prepare, run_experiment
+from fedhello.run.experiment import prepare, run_experiment
+from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.head import class_means_head, local_loss, masked_mean
 from fedhello.run.rundir import RunDir
 

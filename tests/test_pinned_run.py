@@ -18,7 +18,7 @@ import torch
 
 from conftest import make_tiny_bert
 from fedhello.config import build_config
-from fedhello.federation.simulation import run_experiment
+from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
 
 PINNED = Path(__file__).parent / "data" / "pinned_run.json"

@@ -13,7 +13,8 @@ from fedhello.errors import ConfigError, UpdateError
 from fedhello.federation.aggregation import validate_update
 from fedhello.federation.client import ClientUpdate, FitTask
 from fedhello.federation.rank_aggregation import flexlora_aggregate, hetlora_aggregate, svd_factors
-from fedhello.federation.simulation import SimulationRunner, prepare, run_experiment
+from fedhello.run.experiment import prepare, run_experiment
+from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.rank import max_rank, pad_rank, set_state_padded, truncate_rank
 from fedhello.run.rundir import RunDir
 

@@ -22,7 +22,8 @@ import yaml
 from fedhello.cli import main
 from fedhello.config import build_config
 from fedhello.errors import FedHelloError
-from fedhello.federation.simulation import run_experiment
+from fedhello.report.hooks import RunReporter
+from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir, atomic_torch_save
 
 
@@ -79,7 +80,7 @@ def half(half_run, tmp_path):
 @pytest.fixture(scope="module")
 def finished(tiny_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("done") / "run"
-    run_experiment(build_config(raw_cfg(tiny_bert)), out)
+    run_experiment(build_config(raw_cfg(tiny_bert)), out, reporter=RunReporter)  # plots too, as the CLI writes
     return out
 
 
@@ -160,7 +161,8 @@ BAD_CHECKPOINTS = [
 
 @pytest.mark.parametrize("case, needle", BAD_CHECKPOINTS)
 def test_bad_checkpoints_are_refused(half_run, case, needle):
-    from fedhello.run.rundir import check_checkpoint, check_state
+    from fedhello.federation.server import check_checkpoint
+    from fedhello.model.state import check_state
 
     good = torch.load(half_run / "checkpoint.pt", weights_only=True)
     bad = _tamper(case)(torch.load(half_run / "checkpoint.pt", weights_only=True))

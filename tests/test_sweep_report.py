@@ -10,9 +10,10 @@ import yaml
 
 from fedhello.cli import main
 from fedhello.config import load_config
-from fedhello.federation import simulation
-from fedhello.federation.simulation import run_experiment
-from fedhello.report.sweep import Cell, partition_overrides, run_sweep
+from fedhello.report.hooks import RunReporter, write_sweep_reports
+from fedhello.run import sweep as sweep_module
+from fedhello.run.experiment import run_experiment
+from fedhello.run.sweep import Cell, partition_overrides, run_sweep
 from fedhello.run.rundir import RunDir
 
 STRATEGIES = ["fedit", "fedra"]
@@ -60,7 +61,8 @@ def sweep(tiny_bert, tmp_path_factory):
     saved = yaml.safe_load((part.dir(out) / "config.yaml").read_text())
     assert saved["data"].pop("test_fraction") == 0.0
     (part.dir(out) / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    res = run_sweep(cfg_file, STRATEGIES, PARTITIONS, SEEDS, out, print_fn=lambda m: None)
+    # the hooks the CLI passes: TensorBoard + plots per cell, the table and sweep plots after each cell
+    res = run_sweep(cfg_file, STRATEGIES, PARTITIONS, SEEDS, out, reporter=RunReporter, after_cell=write_sweep_reports)
     return {"cfg": cfg_file, "out": out, "res": res, "partial": part, "first": first}
 
 
@@ -131,8 +133,8 @@ def test_rerunning_the_sweep_runs_nothing(sweep, monkeypatch):
     summaries = sorted(out.glob("*/*/seed*/summary.json"))
     before = {p: p.stat().st_mtime_ns for p in summaries}
     calls = []
-    monkeypatch.setattr(simulation, "run_experiment", lambda *a, **k: calls.append(a))
-    res = run_sweep(sweep["cfg"], STRATEGIES, PARTITIONS, SEEDS, out, print_fn=lambda m: None)
+    monkeypatch.setattr(sweep_module, "run_experiment", lambda *a, **k: calls.append(a))
+    res = run_sweep(sweep["cfg"], STRATEGIES, PARTITIONS, SEEDS, out)
     assert calls == [] and res["ran"] == [] and len(res["skipped"]) == 8
     assert {p: p.stat().st_mtime_ns for p in summaries} == before
 

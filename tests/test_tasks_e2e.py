@@ -17,7 +17,7 @@ import torch
 
 from fedhello.cli import main
 from fedhello.config import build_config
-from fedhello.federation.simulation import prepare, run_experiment
+from fedhello.run.experiment import prepare, run_experiment
 from fedhello.model import resolve_model_path
 from fedhello.run.rundir import RunDir
 

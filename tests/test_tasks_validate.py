@@ -11,7 +11,7 @@ from fedhello.cli import main
 from fedhello.config import DataConfig, build_config, load_config
 from fedhello.data import load_splits
 from fedhello.errors import ConfigError, DataError
-from fedhello.validate import KNOWN_MODELS, validate_config
+from fedhello.run.validate import KNOWN_MODELS, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / "configs" / "cifar100-vit.yaml"

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import sys
+from fractions import Fraction
 from typing import Sequence
 
-from fedhello.errors import FedHelloError
+from fedhello.console import LOGGER, make_console, round_line, setup_logging
+from fedhello.errors import ConfigError, FedHelloError
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -25,26 +28,13 @@ def _quiet_env() -> None:
 
 
 def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def round_line(rec: dict, rounds: int) -> str:
-    def pct(x):
-        return "  -  " if x is None else f"{100 * x:5.1f}"
-
-    return (
-        f"round {rec['round'] + 1:>3}/{rounds}  loss {rec['train_loss']:.3f}  "
-        f"val {pct(rec['val_accuracy'])}%  test {pct(rec['test_accuracy'])}%  "
-        f"{rec['round_time_s']:.1f}s  clients {len(rec['clients'])}"
-        + (f"  failed {len(rec['failed_clients'])}" if rec.get("failed_clients") else "")
-    )
+    return make_console()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedhello.config import build_config, load_config
-    from fedhello.federation.simulation import resume_config, run_experiment
+    from fedhello.config import load_config
+    from fedhello.report.hooks import RunReporter
+    from fedhello.run.experiment import resume_config, run_experiment
 
     console = _console()
     if args.resume:
@@ -73,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         on_start=start,
         on_round=lambda rec: console.print(round_line(rec, cfg.rounds)),
-        log=lambda msg: console.print(f"[yellow]{msg}[/yellow]"),
+        reporter=RunReporter,
     )
     if summary.get("final_test_accuracy") is not None:
         best = summary.get("best_val_round")
@@ -101,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedhello.config import load_config
-    from fedhello.validate import validate_config
+    from fedhello.run.validate import validate_config
 
     cfg = load_config(args.config, args.set)
     rep = validate_config(cfg)
@@ -113,22 +103,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedhello.report.sweep import parse_seeds, run_sweep, split_list
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from fedhello.report.hooks import RunReporter, write_sweep_reports
+    from fedhello.run.sweep import parse_seeds, plan, run_sweep, split_list
 
     console = _console()
     strategies = split_list(args.strategies, "--strategies")
     partitions = split_list(args.partitions, "--partitions")
     seeds = parse_seeds(args.seeds)
+    total = sum(cfg.rounds for _, cfg in plan(args.config, strategies, partitions, seeds, args.set))
+    # one bar over every round of every cell; its ETA counts only rounds run in this process
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+        disable=args.dry_run,
+    )
+    bar = progress.add_task("sweep", total=total)
+
+    def on_cell(i, n, cell, rounds_done) -> None:
+        progress.update(bar, description=f"cell {i}/{n} {cell.key}")
+        if rounds_done:  # finished or checkpointed rounds count as done, not in the pace of the ETA
+            progress.reset(bar, total=total, completed=progress.tasks[bar].completed + rounds_done,
+                           description=f"cell {i}/{n} {cell.key}")
 
     def on_round(cell, rec, rounds) -> None:
         console.print("  " + round_line(rec, rounds))
+        progress.advance(bar)
 
     try:
-        res = run_sweep(
-            args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
-            overwrite=args.overwrite, dry_run=args.dry_run, print_fn=lambda m: console.print(m, markup=False),
-            on_round=on_round,
-        )
+        with progress:
+            res = run_sweep(
+                args.config, strategies, partitions, seeds, args.out, sets=args.set, target=args.target,
+                overwrite=args.overwrite, dry_run=args.dry_run, on_round=on_round, on_cell=on_cell,
+                after_cell=lambda out: write_sweep_reports(out, args.target), reporter=RunReporter,
+            )
     except KeyboardInterrupt:
         print("interrupted: finished cells and the running cell's last round are kept; "
               "run the same sweep command again to continue", file=sys.stderr)
@@ -148,18 +157,113 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fedhello.report import report
 
-    files = report(args.dir, adapter=args.adapter, print_fn=lambda m: print(m, file=sys.stderr))
+    files = report(args.dir, adapter=args.adapter)
     pngs = [f for f in files if f.suffix == ".png"]
     print(f"{args.dir}: {len(pngs)} plots" + "".join(f"\n  {f}" for f in files if f.suffix != ".png"))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fedhello.federation.simulation import pick_device
     from fedhello.report.export import predict
+    from fedhello.run.experiment import pick_device
 
     for text, (label, prob, _) in zip(args.text, predict(args.run, args.text, pick_device(args.device, "--device"))):
         print(f"{label}\t{prob:.3f}\t{text}")
+    return 0
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(flag: str, text: str, allow_fraction: bool = False) -> list[float]:
+    try:
+        if allow_fraction:
+            return [float(Fraction(s.strip())) for s in text.split(",") if s.strip()]
+        return [float(s) for s in text.split(",") if s.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``allocate`` (:mod:`fedhello.allocation.preview`): options with a fixed set of
+    values list them, taken from the config schema."""
+    from fedhello.allocation import available_strategies
+    p = subparsers.add_parser(
+        "allocate",
+        help="preview which layers each client trains (no model, no data)",
+        description="Preview an allocation strategy: groups, sampled clients and their layers per round, "
+        "and the collective distribution over all rounds. No model or data is loaded.",
+    )
+    # checked by the strategy registry, which suggests the closest name
+    p.add_argument("--strategy", required=True, metavar="NAME", help=f"one of {', '.join(available_strategies())}")
+    p.add_argument("--pattern", default=None, choices=_choices("pattern"), help="geometric pattern")
+    p.add_argument("--layers", type=int, default=12, help="number of LoRA layers L (default 12)")
+    p.add_argument("--budgets", default="6,9,12", help="layers per resource group, e.g. 6,9,12")
+    p.add_argument("--fractions", default=None, help="client share per group, e.g. 1/3,1/3,1/3 (default equal)")
+    p.add_argument("--clients", type=int, default=100, help="number of clients N (default 100)")
+    p.add_argument("--per-round", type=int, default=10, help="clients sampled per round K (default 10)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds to preview (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scores", default=None, help="fixed per-layer Fisher scores s0,s1,... for FIM strategies")
+    p.add_argument("--fim-every", type=int, default=None, help="strategy.fim_every")
+    p.add_argument("--warmup-rounds", type=int, default=None, help="strategy.warmup_rounds")
+    p.add_argument("--combine", default=None, choices=_choices("combine"), help="strategy.combine")
+    p.add_argument("--sampler", default=None, choices=_choices("sampler"), help="strategy.sampler")
+    p.add_argument("--fim-weights", default=None, choices=_choices("fim_weights"), help="strategy.fim_weights")
+    p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
+    p.add_argument("--lora-r", type=int, default=16, help="global LoRA rank lora.r (rank strategies; default 16)")
+    p.add_argument("--ranks", default=None, help="strategy.ranks: LoRA rank per group for hetlora/flexlora, e.g. 8,12,16")
+    p.add_argument("--json", action="store_true", help="print the allocations as JSON")
+    p.add_argument("--show-rounds", action="store_true", help="also list every round's clients and layers")
+    p.set_defaults(func=run_allocate)
+    return p
+
+
+def _choices(key: str) -> list[str]:
+    """The values a Literal key of the strategy config accepts."""
+    import typing
+
+    from fedhello.config import StrategyConfig
+
+    return list(typing.get_args(StrategyConfig.model_fields[key].annotation))
+
+
+def run_allocate(args: argparse.Namespace) -> int:
+    import json
+
+    from fedhello.allocation.preview import preview, render_distribution, render_rounds
+
+    result = preview(
+        strategy=args.strategy,
+        pattern=args.pattern,
+        layers=args.layers,
+        budgets=_ints("--budgets", args.budgets),
+        fractions=_floats("--fractions", args.fractions, allow_fraction=True) if args.fractions else None,
+        clients=args.clients,
+        per_round=args.per_round,
+        rounds=args.rounds,
+        seed=args.seed,
+        scores=_floats("--scores", args.scores) if args.scores else None,
+        fim_every=args.fim_every,
+        warmup_rounds=args.warmup_rounds,
+        combine=args.combine,
+        sampler=args.sampler,
+        fim_weights=args.fim_weights,
+        fim_tiers=args.fim_tiers,
+        lora_r=args.lora_r,
+        ranks=_ints("--ranks", args.ranks) if args.ranks else None,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        if args.show_rounds:
+            print(render_rounds(result))
+            print()
+        print(render_distribution(result))
     return 0
 
 
@@ -219,12 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_deploy_parser(sub)
 
-    try:
-        from fedhello.allocation.preview import add_allocate_parser
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        add_allocate_parser(sub)
+    add_allocate_parser(sub)
     return p
 
 
@@ -232,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_env()
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = setup_logging(make_console())  # the library's diagnostics, for this command only
     try:
         return int(args.func(args) or 0)
     except FedHelloError as err:
@@ -249,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last finished round is checkpointed; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger(LOGGER).removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

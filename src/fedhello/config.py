@@ -9,6 +9,7 @@ pat-k) run in :func:`fedhello.federation.simulation.prepare` before training.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import typing
 from fractions import Fraction
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, ValidationError, field_validator, model_validator
 
 from fedhello.errors import ConfigError
+from fedhello.tasks import TASKS, check_task_data
 
 # a seed must fit every generator it seeds (numpy's legacy seeding takes 32 bits)
 SEED_LIMIT = 2**32
@@ -160,6 +162,20 @@ class ClientsConfig(_Strict):
         return self
 
 
+# The allocation strategies by name. fedhello.allocation registers one class per
+# name (a test holds the two equal); a strategy registered from outside fedhello
+# adds its name here through fedhello.allocation.register.
+STRATEGY_NAMES: set[str] = {
+    "exclusive", "fedhello", "fedit", "fedra", "fim-hla", "flexlora", "gd-hla", "hetlora", "rgd-hla", "straggler",
+}
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(str(word), sorted(map(str, choices)), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class StrategyConfig(_Strict):
     name: str = "fedit"
     # geometric pattern for gd-hla / rgd-hla and the prior of fedhello
@@ -262,12 +278,12 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_strategy(self) -> "ExperimentConfig":
-        from fedhello.allocation import strategy_class
-
-        try:
-            strategy_class(self.strategy.name)  # the registry's own check and message
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
+        name = self.strategy.name
+        if name not in STRATEGY_NAMES:
+            raise ValueError(
+                f"strategy.name: unknown strategy {name!r}{did_you_mean(name, STRATEGY_NAMES)} "
+                f"(known: {', '.join(sorted(STRATEGY_NAMES))})"
+            )
         # (equal is allowed: the geometric prior alone, which the benchmarks time on purpose)
         if self.strategy.name == "fedhello" and self.strategy.warmup_rounds > self.rounds:
             raise ValueError(
@@ -308,14 +324,12 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_task_data(self) -> "ExperimentConfig":
-        from fedhello.tasks import check_task_data
-
         check_task_data(self)
         return self
 
     @model_validator(mode="after")
     def _check_head(self) -> "ExperimentConfig":
-        if self.task == "multiple-choice" and self.head.init == "class-means":
+        if not TASKS[self.task].per_class_head and self.head.init == "class-means":
             if "init" not in self.head.model_fields_set:  # the default: class-means needs a per-class head
                 self.head.init = "random"
             else:
@@ -329,15 +343,29 @@ class ExperimentConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """pydantic's first error as one line naming the key (``prefix``: the section's dotted name)."""
     e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"])
+    loc = [prefix.rstrip(".")] if prefix else []
+    key = ".".join([*loc, *(str(p) for p in e["loc"])])
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
-        return f"unknown config key '{key}'"
+        return f"unknown config key '{key}'{did_you_mean(e['loc'][-1], _fields_at(e['loc'][:-1], prefix))}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return f"config key '{key}': {msg}" if key else msg
+
+
+def _fields_at(loc, prefix: str = "") -> list[str]:
+    """The keys a config section at ``loc`` accepts (for suggestions)."""
+    model: Any = StrategyConfig if prefix.rstrip(".") == "strategy" else ExperimentConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -376,7 +404,7 @@ def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:

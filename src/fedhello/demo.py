@@ -30,10 +30,11 @@ def run_demo(out: str | Path = "runs/demo", strategies: str | None = None, round
     from rich.table import Table
 
     from fedhello.allocation import available_strategies
-    from fedhello.cli import round_line
-    from fedhello.federation.simulation import run_experiment
+    from fedhello.console import make_console, round_line
+    from fedhello.report.hooks import RunReporter
+    from fedhello.run.experiment import run_experiment
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = make_console()
     names = [s.strip() for s in strategies.split(",")] if strategies else [
         s for s in DEFAULT_STRATEGIES if s in available_strategies()
     ]
@@ -49,7 +50,8 @@ def run_demo(out: str | Path = "runs/demo", strategies: str | None = None, round
         )
         t0 = time.perf_counter()
         summary = run_experiment(
-            cfg, run_dir, overwrite=True, on_round=lambda rec, c=cfg: console.print("  " + round_line(rec, c.rounds))
+            cfg, run_dir, overwrite=True, on_round=lambda rec, c=cfg: console.print("  " + round_line(rec, c.rounds)),
+            reporter=RunReporter,
         )
         rows.append((name, summary, time.perf_counter() - t0, run_dir))
     table = Table(title="fedhello demo (test accuracy of the final global model)")

@@ -21,21 +21,39 @@ crop + horizontal flip for training, resize for evaluation).
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
 
 TEXT_CLS = "text-classification"
 TEXT_PAIR = "text-pair-classification"
 MULTIPLE_CHOICE = "multiple-choice"
 IMAGE_CLS = "image-classification"
-TASKS = (TEXT_CLS, TEXT_PAIR, MULTIPLE_CHOICE, IMAGE_CLS)
 
 # data.format values that can hold each kind of data
 IMAGE_FORMATS = ("auto", "hub", "imagefolder", "parquet")
 TEXT_FORMATS = ("auto", "hub", "csv", "jsonl", "parquet", "demo")
 
 
-def is_text(task: str) -> bool:
-    return task != IMAGE_CLS
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one task needs of the model; the data side is :func:`check_task_data` and the encoders."""
+
+    name: str
+    auto_class: str  # the transformers Auto class of the model
+    vision: bool  # an image model (else a text model with a tokenizer)
+    per_class_head: bool  # the head has one output per class (num_labels); multiple choice scores options
+    peft_task_type: str | None  # PEFT TaskType name; SEQ_CLS makes PEFT save the head itself
+    pooling_options: bool  # model.pooling may choose mean pooling for the head's input
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec(TEXT_CLS, "AutoModelForSequenceClassification", False, True, "SEQ_CLS", True),
+        TaskSpec(TEXT_PAIR, "AutoModelForSequenceClassification", False, True, "SEQ_CLS", True),
+        TaskSpec(MULTIPLE_CHOICE, "AutoModelForMultipleChoice", False, False, None, False),
+        TaskSpec(IMAGE_CLS, "AutoModelForImageClassification", True, True, None, False),
+    )
+}
 
 
 def check_task_data(cfg) -> None:
@@ -71,64 +89,3 @@ def check_task_data(cfg) -> None:
                 "config key 'eval.select_metric': f1_positive needs a binary task, not "
                 f"{len(d.choices_columns or [])} options"
             )
-
-
-def model_class(task: str):
-    """The transformers Auto class of ``task``'s model."""
-    import transformers
-
-    return {
-        TEXT_CLS: transformers.AutoModelForSequenceClassification,
-        TEXT_PAIR: transformers.AutoModelForSequenceClassification,
-        MULTIPLE_CHOICE: transformers.AutoModelForMultipleChoice,
-        IMAGE_CLS: transformers.AutoModelForImageClassification,
-    }[task]
-
-
-def make_encoder(cfg, backbone) -> Callable:
-    """``(split, train=False) -> data object`` for a ``datasets.Dataset`` with the task's canonical columns.
-
-    ``train=True`` marks the clients' training data (images: augmented batches).
-
-    The data object has ``labels`` (int64 numpy), ``lengths`` (for length-grouped
-    batching; all equal for images) and ``collate(idx, device)``; see
-    :mod:`fedhello.data.batching` and :mod:`fedhello.data.images`.
-    """
-    from fedhello.data.batching import encode, encode_choices, encode_pairs
-
-    task, ml, tok = cfg.task, cfg.model.max_length, backbone.tokenizer
-    if task != IMAGE_CLS:
-        fn = {
-            TEXT_CLS: lambda ds: encode(tok, ds["text"], ds["label"], ml),
-            TEXT_PAIR: lambda ds: encode_pairs(tok, ds["text"], ds["text_pair"], ds["label"], ml),
-            MULTIPLE_CHOICE: lambda ds: encode_choices(tok, ds["text"], ds["text_pair"], ds["choices"], ds["label"], ml),
-        }[task]
-        accepted = _forward_inputs(backbone.model)
-
-        def enc_text(ds, train: bool = False):
-            data = fn(ds)
-            for k in [k for k in data.features if k != "input_ids" and accepted is not None and k not in accepted]:
-                del data.features[k]  # e.g. token_type_ids of a BERT tokenizer on a decoder LM
-            return data
-
-        return enc_text
-    from fedhello.data.images import ImageData, ImageTransform
-
-    transform = ImageTransform.from_processor(backbone.image_processor)
-
-    def enc_images(ds, train: bool = False):
-        return ImageData(ds, transform, augment=train)
-
-    return enc_images
-
-
-def _forward_inputs(model) -> set[str] | None:
-    """Named inputs of the underlying transformers model's forward (None: cannot tell)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}

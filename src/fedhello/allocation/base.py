@@ -15,14 +15,12 @@ and resumable from the strategy's :meth:`Strategy.state_dict`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from fedhello.config import STRATEGY_NAMES, StrategyConfig, did_you_mean
 from fedhello.errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fedhello.config import StrategyConfig
 
 ScoreProvider = Callable[[], np.ndarray]
 """Returns per-layer importance scores (length L) of the current global model."""
@@ -51,13 +49,18 @@ class Strategy:
     """Base class. Subclasses set ``name`` and implement :meth:`allocate`."""
 
     name: ClassVar[str] = ""
+    # How the federation layer merges this strategy's client updates: "layerwise"
+    # (sample-weighted average of each tensor over the clients that trained it, the
+    # rule of Fed-HeLLo, arXiv 2506.12213) or a rank-heterogeneous rule
+    # ("hetlora", arXiv 2401.06432; "flexlora", arXiv 2402.11505).
+    aggregation: ClassVar[str] = "layerwise"
     # whether allocate() asks for Fisher scores (the runtime then prepares a
     # calibration set or asks clients, per strategy.fim_source)
     uses_fisher: ClassVar[bool] = False
     # whether client_rank() varies the LoRA rank (strategy.ranks is then meaningful)
     uses_ranks: ClassVar[bool] = False
 
-    def __init__(self, cfg: "StrategyConfig", num_layers: int, budgets: Sequence[int]):
+    def __init__(self, cfg: StrategyConfig, num_layers: int, budgets: Sequence[int]):
         self.cfg = cfg
         self.num_layers = int(num_layers)
         self.budgets = [int(b) for b in budgets]
@@ -92,17 +95,6 @@ class Strategy:
         """How many LoRA layers a client of this budget trains (for cost reports)."""
         return budget
 
-    def aggregate(self, global_state, updates, weighting: str = "samples"):
-        """Merge the round's validated client updates into a new global state.
-
-        Returns ``(new_state, info)``; ``info`` goes into the round's metrics record.
-        The default is layer-wise (sample-weighted) averaging (SPEC section 1);
-        rank-heterogeneous strategies replace it.
-        """
-        from fedhello.federation.aggregation import aggregate
-
-        return aggregate(global_state, updates, weighting), {}
-
     # Strategies with state across rounds (cached Fisher scores, ...) override these.
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -120,6 +112,7 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"strategy {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
+    STRATEGY_NAMES.add(cls.name)  # what the config accepts as strategy.name
     return cls
 
 
@@ -132,11 +125,12 @@ def strategy_class(name: str) -> type[Strategy]:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(
-            f"strategy.name: unknown strategy {name!r} (known: {', '.join(available_strategies())})"
+            f"strategy.name: unknown strategy {name!r}{did_you_mean(name, _REGISTRY)} "
+            f"(known: {', '.join(available_strategies())})"
         ) from None
 
 
-def build_strategy(cfg: "StrategyConfig", num_layers: int, budgets: Sequence[int]) -> Strategy:
+def build_strategy(cfg: StrategyConfig, num_layers: int, budgets: Sequence[int]) -> Strategy:
     return strategy_class(cfg.name)(cfg, num_layers, budgets)
 
 

@@ -10,34 +10,27 @@ output-side layer at the top and layer 0 (input side) at the bottom.
 
 from __future__ import annotations
 
-import argparse
-import json
-from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
+from pydantic import ValidationError
 
 from fedhello.allocation.base import build_strategy
 from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
+from fedhello.config import StrategyConfig, format_validation_error
 from fedhello.errors import ConfigError
 
 SCORES_REQUIRED = "--scores is required for fim-hla/fedhello beyond warmup"
 
 
 def _strategy_config(name: str, pattern: str | None, options: dict[str, Any]):
-    from pydantic import ValidationError
-
-    from fedhello.config import StrategyConfig
-
     fields = {"name": name, **{k: v for k, v in options.items() if v is not None}}
     if pattern is not None:
         fields["pattern"] = pattern
     try:
         return StrategyConfig(**fields)
     except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(str(p) for p in e["loc"])
-        raise ConfigError(f"strategy.{key}: {e['msg']}") from None
+        raise ConfigError(format_validation_error(err, prefix="strategy")) from None
 
 
 def preview(
@@ -179,82 +172,3 @@ def render_rounds(preview_dict: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _ints(flag: str, text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(flag: str, text: str, allow_fraction: bool = False) -> list[float]:
-    try:
-        if allow_fraction:
-            return [float(Fraction(s.strip())) for s in text.split(",") if s.strip()]
-        return [float(s) for s in text.split(",") if s.strip()]
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-
-
-def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``allocate`` on an argparse subparsers object (sets ``func=run_allocate``)."""
-    p = subparsers.add_parser(
-        "allocate",
-        help="preview which layers each client trains (no model, no data)",
-        description="Preview an allocation strategy: groups, sampled clients and their layers per round, "
-        "and the collective distribution over all rounds. No model or data is loaded.",
-    )
-    p.add_argument("--strategy", required=True, help="strategy name (gd-hla, rgd-hla, fim-hla, fedhello, ...)")
-    p.add_argument("--pattern", default=None, help="uniform, triangle, inverted_triangle or bottleneck")
-    p.add_argument("--layers", type=int, default=12, help="number of LoRA layers L (default 12)")
-    p.add_argument("--budgets", default="6,9,12", help="layers per resource group, e.g. 6,9,12")
-    p.add_argument("--fractions", default=None, help="client share per group, e.g. 1/3,1/3,1/3 (default equal)")
-    p.add_argument("--clients", type=int, default=100, help="number of clients N (default 100)")
-    p.add_argument("--per-round", type=int, default=10, help="clients sampled per round K (default 10)")
-    p.add_argument("--rounds", type=int, default=10, help="rounds to preview (default 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scores", default=None, help="fixed per-layer Fisher scores s0,s1,... for FIM strategies")
-    p.add_argument("--fim-every", type=int, default=None, help="strategy.fim_every")
-    p.add_argument("--warmup-rounds", type=int, default=None, help="strategy.warmup_rounds")
-    p.add_argument("--combine", default=None, help="strategy.combine: product, fim or reference")
-    p.add_argument("--sampler", default=None, help="strategy.sampler: systematic or weighted_without_replacement")
-    p.add_argument("--fim-weights", default=None, help="strategy.fim_weights: tiers or scores")
-    p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
-    p.add_argument("--lora-r", type=int, default=16, help="global LoRA rank lora.r (rank strategies; default 16)")
-    p.add_argument("--ranks", default=None, help="strategy.ranks: LoRA rank per group for hetlora/flexlora, e.g. 8,12,16")
-    p.add_argument("--json", action="store_true", help="print the allocations as JSON")
-    p.add_argument("--show-rounds", action="store_true", help="also list every round's clients and layers")
-    p.set_defaults(func=run_allocate)
-    return p
-
-
-def run_allocate(args: argparse.Namespace) -> int:
-    result = preview(
-        strategy=args.strategy,
-        pattern=args.pattern,
-        layers=args.layers,
-        budgets=_ints("--budgets", args.budgets),
-        fractions=_floats("--fractions", args.fractions, allow_fraction=True) if args.fractions else None,
-        clients=args.clients,
-        per_round=args.per_round,
-        rounds=args.rounds,
-        seed=args.seed,
-        scores=_floats("--scores", args.scores) if args.scores else None,
-        fim_every=args.fim_every,
-        warmup_rounds=args.warmup_rounds,
-        combine=args.combine,
-        sampler=args.sampler,
-        fim_weights=args.fim_weights,
-        fim_tiers=args.fim_tiers,
-        lora_r=args.lora_r,
-        ranks=_ints("--ranks", args.ranks) if args.ranks else None,
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        if args.show_rounds:
-            print(render_rounds(result))
-            print()
-        print(render_distribution(result))
-    return 0

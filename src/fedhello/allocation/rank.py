@@ -74,11 +74,7 @@ class HetLoRA(_RankStrategy):
     """HetLoRA: rank r_g per group, zero-padded aggregation weighted by ||B_k A_k||_F, truncation down."""
 
     name = "hetlora"
-
-    def aggregate(self, global_state, updates, weighting="samples"):
-        from fedhello.federation.rank_aggregation import hetlora_aggregate
-
-        return hetlora_aggregate(global_state, updates, weighting)
+    aggregation = "hetlora"
 
 
 @register
@@ -86,8 +82,4 @@ class FlexLoRA(_RankStrategy):
     """FlexLoRA: sample-weighted average of full-size B@A, truncated SVD at each client's rank down."""
 
     name = "flexlora"
-
-    def aggregate(self, global_state, updates, weighting="samples"):
-        from fedhello.federation.rank_aggregation import flexlora_aggregate
-
-        return flexlora_aggregate(global_state, updates, weighting)
+    aggregation = "flexlora"

@@ -15,25 +15,61 @@ that transmits state sends exactly that) and replies with tensors of that rank;
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
 from fedhello.errors import FedHelloError
-from fedhello.federation.aggregation import expected_names, screen_replies
+from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
+from fedhello.federation.records import RoundRecord, Summary
+from fedhello.federation.rank_aggregation import flexlora_aggregate, hetlora_aggregate
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import max_rank, truncate_rank
-from fedhello.model.state import State, state_nbytes
-from fedhello.run.rundir import RunDir, check_checkpoint, check_state
+from fedhello.model.state import State, check_state, state_nbytes
 
 Evaluator = Callable[[State], dict[str, dict[str, float]]]
 """global state -> {"val": {"accuracy", "loss", ...}, "test": {...}}"""
+
+
+log = logging.getLogger("fedhello")
+
+CHECKPOINT_KEYS = ("round", "global_state", "strategy_state", "records")
+
+
+def check_checkpoint(ckpt: object, where: object) -> dict:
+    """The checkpoint's structure: a dict of round (int), global_state (name -> tensor),
+    strategy_state (dict) and records (one dict per finished round)."""
+    if not isinstance(ckpt, dict):
+        raise FedHelloError(f"{where}: not a fedhello checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    for key in CHECKPOINT_KEYS:
+        if key not in ckpt:
+            raise FedHelloError(f"{where}: not a fedhello checkpoint (key '{key}' missing)")
+    rnd, state, records = ckpt["round"], ckpt["global_state"], ckpt["records"]
+    if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
+        raise FedHelloError(f"{where}: checkpoint key 'round' is not a round count ({rnd!r})")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise FedHelloError(f"{where}: checkpoint key 'global_state' is not a mapping of names to tensors")
+    if not isinstance(ckpt["strategy_state"], dict):
+        raise FedHelloError(f"{where}: checkpoint key 'strategy_state' is not a dict")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records) or len(records) != rnd:
+        raise FedHelloError(f"{where}: checkpoint key 'records' does not hold one record per finished round ({rnd})")
+    return ckpt
+
+
+def _layerwise(global_state: State, updates, weighting: str) -> tuple[State, dict]:
+    return aggregate(global_state, updates, weighting), {}
+
+
+# Strategy.aggregation -> the rule that merges a round's validated updates: (state, info)
+AGGREGATION_RULES = {"layerwise": _layerwise, "hetlora": hetlora_aggregate, "flexlora": flexlora_aggregate}
 
 
 class ClientRunner(Protocol):
@@ -75,7 +111,6 @@ class Server:
         runner: ClientRunner,
         evaluator: Evaluator,
         server_scorer: Callable[[State], np.ndarray] | None = None,
-        log: Callable[[str], None] | None = None,
         head_init: Callable[[np.ndarray, np.ndarray, float], State] | None = None,
         num_classes: int | None = None,
         sample_counts: Sequence[int] | None = None,
@@ -92,7 +127,6 @@ class Server:
         self.runner = runner
         self.evaluator = evaluator
         self.server_scorer = server_scorer
-        self.log = log or (lambda msg: None)
         self.head_init = head_init
         self.num_classes = num_classes
         self.uploads_head = uploads_head(cfg.head.train)
@@ -168,8 +202,8 @@ class Server:
         gave_up = {r.client_id for r in results if isinstance(r, ClientFailure)}
         for f in failed:
             if f["id"] not in gave_up:
-                self.log(f"round {t}: rejected update: {f['reason']}")
-        new_state, agg_info = self.strategy.aggregate(state, updates, self.cfg.aggregation.weighting)
+                log.warning("round %d: rejected update: %s", t, f["reason"])
+        new_state, agg_info = AGGREGATION_RULES[self.strategy.aggregation](state, updates, self.cfg.aggregation.weighting)
         self.state.global_state = new_state
         # what each client is sent: the global state, truncated to its rank
         download = {tk.client_id: state_nbytes(truncate_rank(state, tk.rank)) for tk in tasks}
@@ -232,7 +266,7 @@ class Server:
                     or not np.all(np.isfinite(c_)) or np.any(c_ < 0) or np.any(c_ != np.round(c_))
                     or not math.isfinite(n_) or n_ < 0 or (sums is not None and s_.shape != sums.shape)):
                 failed.append({"id": cid, "reason": "malformed class statistics"})
-                self.log(f"class statistics: client {cid} rejected (malformed)")
+                log.warning("class statistics: client %s rejected (malformed)", cid)
                 continue
             sums = s_ if sums is None else sums + s_
             counts = c_ if counts is None else counts + c_
@@ -253,7 +287,7 @@ class Server:
             "time_s": time.perf_counter() - t0,
             "classes_seen": int(np.count_nonzero(counts)),
         }
-        self.log(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
+        log.info(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
                  f"{upload / 1e6:.2f} MB up, {info['time_s']:.1f}s")
         return info
 
@@ -267,7 +301,7 @@ class Server:
         }
 
     def restore(self, ckpt: dict, where: str = "checkpoint") -> None:
-        """Continue from ``ckpt`` (see :func:`fedhello.run.rundir.check_checkpoint`): its state
+        """Continue from ``ckpt`` (see :func:`check_checkpoint`): its state
         must be this model's (names, shapes, dtypes, finite values), before any round runs."""
         check_checkpoint(ckpt, where)
         check_state(ckpt["global_state"], self.state.global_state, where)
@@ -281,13 +315,9 @@ class Server:
             round=int(ckpt["round"]), global_state=ckpt["global_state"], records=list(ckpt["records"])
         )
 
-    def run(
-        self,
-        rundir: RunDir | None = None,
-        on_round: Callable[[dict], None] | None = None,
-        until: int | None = None,
-    ) -> list[dict]:
-        """Run the remaining rounds (or up to round ``until``), checkpointing after each one."""
+    def run(self, on_round: Callable[[dict], None] | None = None, until: int | None = None) -> list[dict]:
+        """Run the remaining rounds (or up to round ``until``); ``on_round(record)`` after each
+        one, when :meth:`checkpoint` already holds it (the caller persists it)."""
         end = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
         if self.state.round == 0 and self.head_init is not None and end > 0:
             self._head_info = self.initialise_head()
@@ -295,9 +325,6 @@ class Server:
             rec = self.run_round(t)
             self.state.records.append(rec)
             self.state.round = t + 1
-            if rundir is not None:
-                rundir.save_checkpoint(self.checkpoint())
-                rundir.write_metrics(self.state.records)
             if on_round is not None:
                 on_round(rec)
         return self.state.records
@@ -313,13 +340,14 @@ def extra_metrics(ev: dict) -> dict:
     }
 
 
-def summarize(cfg, records: list[dict]) -> dict:
+def summarize(cfg, records: list[RoundRecord]) -> Summary:
     """summary.json from the metrics records (selection on validation, never on test).
 
-    The best round is the one of highest ``val_<eval.select_metric>`` (accuracy by
-    default); every recorded metric is reported at that round and at the last one.
+    The best validation round is the one of highest ``val_<eval.select_metric>``
+    (accuracy by default); every recorded metric is reported at that round and at
+    the last one (:class:`~fedhello.federation.records.Summary`).
     """
-    sel = f"val_{getattr(cfg.eval, 'select_metric', 'accuracy')}"
+    sel = f"val_{cfg.eval.select_metric}"
     evald = [r for r in records if r.get(sel) is not None]
     best = max(evald, key=lambda r: r[sel], default=None)  # first of equals wins
     last = records[-1] if records else {}
@@ -329,29 +357,24 @@ def summarize(cfg, records: list[dict]) -> dict:
     if head_init:  # the class statistics round counts in the totals, and on its own
         upload += head_init["upload_bytes"]
         head_cost = {"head_init_upload_bytes": head_init["upload_bytes"], "head_init_time_s": head_init["time_s"]}
-    return {
+    out: Summary = {
         "strategy": cfg.strategy.name,
         "seed": cfg.seed,
         "rounds": len(records),
+        "select_metric": cfg.eval.select_metric,
         "final_test_accuracy": last.get("test_accuracy"),
         "final_val_accuracy": last.get("val_accuracy"),
-        "best_val_accuracy": best["val_accuracy"] if best else None,
         "best_val_round": best["round"] if best else None,
+        "val_accuracy_at_best_val": best["val_accuracy"] if best else None,
         "test_accuracy_at_best_val": best["test_accuracy"] if best else None,
         "total_time_s": sum(r["round_time_s"] for r in records) + (head_init["time_s"] if head_init else 0.0),
         "total_upload_bytes": upload,
         "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
-        **head_cost,
-        **_metric_summary(cfg, records, best),
+        **head_cost,  # type: ignore[typeddict-item]
     }
-
-
-def _metric_summary(cfg, records: list[dict], best: dict | None) -> dict:
-    last = records[-1] if records else {}
     names = sorted({k[len("test_"):] for r in records for k in r if k.startswith("test_")} - {"accuracy", "loss"})
-    out: dict = {"select_metric": getattr(cfg.eval, "select_metric", "accuracy")}
     for m in names:
-        out[f"final_test_{m}"] = last.get(f"test_{m}")
-        out[f"best_val_{m}"] = best.get(f"val_{m}") if best else None
-        out[f"test_{m}_at_best_val"] = best.get(f"test_{m}") if best else None
+        out[f"final_test_{m}"] = last.get(f"test_{m}")  # type: ignore[literal-required]
+        out[f"val_{m}_at_best_val"] = best.get(f"val_{m}") if best else None  # type: ignore[literal-required]
+        out[f"test_{m}_at_best_val"] = best.get(f"test_{m}") if best else None  # type: ignore[literal-required]
     return out

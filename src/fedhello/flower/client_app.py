@@ -57,7 +57,7 @@ def _client(experiment_json: str, pid: int, data_path: str | None):
     if hit is not None:
         return hit
     from fedhello.config import build_config
-    from fedhello.federation.simulation import prepare
+    from fedhello.run.experiment import prepare
 
     raw = json.loads(experiment_json)
     if data_path:

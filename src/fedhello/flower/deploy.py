@@ -165,7 +165,7 @@ def deploy_local(
     ``on_started`` gets the federation once every process is up (tests kill nodes with it).
     """
     from fedhello.config import load_config
-    from fedhello.federation.simulation import open_rundir
+    from fedhello.run.experiment import open_rundir
     from fedhello.run.rundir import RunDir
 
     if nodes < 1:
@@ -342,9 +342,9 @@ def add_deploy_parser(sub) -> None:
 
 
 def cmd_deploy_local(args) -> int:
-    from fedhello.cli import _console, round_line
+    from fedhello.console import make_console, round_line
 
-    console = _console()
+    console = make_console()
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
     state = {"rounds": None}
 

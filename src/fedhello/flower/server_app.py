@@ -63,10 +63,12 @@ def load_experiment(run_config: dict):
 def run_on_grid(grid: Grid, run_config: dict) -> dict:
     """The whole run on ``grid``; returns the summary."""
     from fedhello.allocation import build_strategy
-    from fedhello.federation.simulation import run_experiment
     from fedhello.federation.client import uploads_head
+    from fedhello.federation.server import AGGREGATION_RULES
     from fedhello.flower.codec import config_json
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
+    from fedhello.report.hooks import RunReporter
+    from fedhello.run.experiment import run_experiment
     from fedhello.run.rundir import RunDir
 
     rc = dict(DEFAULTS, **dict(run_config))
@@ -86,7 +88,7 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
             exp.groups[cid] = g  # a node's own budget decides its group
         info.update(nodes={str(c): n for c, n in sorted(node_of.items())}, declared_groups=declared)
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
-        rule = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregate
+        rule = AGGREGATION_RULES[build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregation]
         strategy = FedHelloStrategy(exp.layermap, config_json(cfg), node_of, cfg.aggregation.weighting,
                                     ttl=timeout + 60.0, aggregate_fn=rule, ffa=cfg.lora.ffa,
                                     sample_counts=[len(p) for p in exp.partitions],
@@ -95,7 +97,7 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
 
     log(f"{cfg.strategy.name}: {cfg.rounds} rounds, {cfg.clients.num_clients} clients -> {out}")
     summary = run_experiment(
-        cfg, out, overwrite=bool(rc["overwrite"]), runner_factory=make_runner, log=log,
+        cfg, out, overwrite=bool(rc["overwrite"]), runner_factory=make_runner, reporter=RunReporter,
         on_round=lambda r: log(
             f"round {r['round'] + 1}/{cfg.rounds}: {len(r['clients'])} updates, {len(r['failed_clients'])} failed, "
             f"test acc {r['test_accuracy']}, {r['round_time_s']:.1f}s"

@@ -17,6 +17,7 @@ import torch
 
 from fedhello.errors import ConfigError
 from fedhello.model.layermap import LayerMap
+from fedhello.tasks import TASKS
 
 MINILM = "minilm"
 
@@ -121,7 +122,7 @@ def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
     from fedhello.model.head import attach_mean_pooling, resolve_pooling
 
     pooling = cfg.model.pooling
-    if cfg.task == "image-classification" or cfg.task == "multiple-choice":
+    if not TASKS[cfg.task].pooling_options:
         if pooling == "mean":
             raise ConfigError(f"config key 'model.pooling': mean pooling is for text classification, not {cfg.task}")
         pooling = "model"
@@ -131,14 +132,27 @@ def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
     return backbone
 
 
-def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
-    """Build the frozen backbone with LoRA for ``cfg`` (an ExperimentConfig).
+def model_class(task: str):
+    """The transformers Auto class of ``task``'s model (:data:`fedhello.tasks.TASKS`)."""
+    import transformers
 
-    The head and LoRA initialisation are seeded from ``cfg.seed``: every runtime
+    return getattr(transformers, TASKS[task].auto_class)
+
+
+# heads trained by every client (PEFT modules_to_save; a suffix also matches
+# DistilBERT's pre_classifier): classifier of encoders and ViT, score of decoder LMs
+HEAD_MODULES = ["classifier", "score"]
+
+
+def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
+    """Build the frozen backbone with LoRA for ``cfg`` (an ExperimentConfig), for any task.
+
+    The task's row of :data:`fedhello.tasks.TASKS` chooses the Auto class, whether
+    the head has ``num_labels`` outputs and how PEFT keeps the head trainable. The
+    head and LoRA initialisation are seeded from ``cfg.seed``: every runtime
     (simulation, Flower server, Flower clients) starts from the same global model.
     """
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     import warnings
@@ -149,59 +163,10 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(cfg.model.name)
     mconf = load_model_config(cfg.model.name)
-    task = cfg.task
-    _check_task_model(task, mconf, path)
-    if task != "text-classification":
-        return _build_task_backbone(cfg, task, path, mconf, num_labels, device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    torch.manual_seed(cfg.seed)
-    # a checkpoint with another head size gets a fresh head of num_labels classes
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, ignore_mismatched_sizes=True
-    )
-    targets = list(cfg.lora.target_modules or default_target_modules(model))
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    lcfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=targets,
-    )
-    try:
-        peft_model = get_peft_model(model, lcfg)
-    except ValueError as err:
-        raise ConfigError(f"lora.target_modules {targets}: {err}".splitlines()[0]) from None
-    layermap = LayerMap.from_model(peft_model, num_hidden_layers(mconf))
-    peft_model.to(device)
-    return _with_pooling(Backbone(peft_model, tokenizer, layermap, mconf.model_type), cfg, path)
-
-
-# heads trained by every client (PEFT modules_to_save; a suffix also matches
-# DistilBERT's pre_classifier): classifier of encoders and ViT, score of decoder LMs
-HEAD_MODULES = ["classifier", "score"]
-
-
-def _check_task_model(task: str, mconf, path: str) -> None:
-    vision = hasattr(mconf, "image_size") or getattr(mconf, "num_channels", None) is not None
-    if task == "image-classification" and not vision:
-        raise ConfigError(f"model.name: {path} is a {mconf.model_type} text model; task image-classification needs a vision model")
-    if task != "image-classification" and vision:
-        raise ConfigError(f"model.name: {path} is a {mconf.model_type} vision model; task {task} needs a text model")
-
-
-def _build_task_backbone(cfg, task: str, path: str, mconf, num_labels: int, device) -> Backbone:
-    """build_backbone for text pairs, multiple choice and images (one frozen model, LoRA, trained head)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    from fedhello.tasks import MULTIPLE_CHOICE, TEXT_PAIR, model_class
-
-    _check_task_model(task, mconf, path)
+    spec = TASKS[cfg.task]
+    _check_task_model(cfg.task, mconf, path)
     tokenizer = processor = None
-    if task == "image-classification":
+    if spec.vision:
         from transformers import AutoImageProcessor
 
         try:
@@ -215,9 +180,9 @@ def _build_task_backbone(cfg, task: str, path: str, mconf, num_labels: int, devi
         if tokenizer.pad_token is None:  # decoder LMs: pad with the end-of-sequence token
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     torch.manual_seed(cfg.seed)
-    auto = model_class(task)
-    kwargs = {} if task == MULTIPLE_CHOICE else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
-    model = auto.from_pretrained(path, **kwargs)
+    # a checkpoint with another head size gets a fresh head of num_labels classes
+    kwargs = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if spec.per_class_head else {}
+    model = model_class(cfg.task).from_pretrained(path, **kwargs)
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoder LMs find the last real token by it
     targets = list(cfg.lora.target_modules or default_target_modules(model))
@@ -227,13 +192,14 @@ def _build_task_backbone(cfg, task: str, path: str, mconf, num_labels: int, devi
         raise ConfigError(
             f"model.name: {path}: no task head named {' or '.join(HEAD_MODULES)} in this {mconf.model_type} model"
         )
+    task_type = getattr(TaskType, spec.peft_task_type) if spec.peft_task_type else None
     lcfg = LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == TEXT_PAIR else None,
+        task_type=task_type,
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=targets,
-        modules_to_save=None if task == TEXT_PAIR else head,
+        modules_to_save=None if task_type is not None else head,  # SEQ_CLS: PEFT saves the head itself
     )
     try:
         peft_model = get_peft_model(model, lcfg)
@@ -244,3 +210,11 @@ def _build_task_backbone(cfg, task: str, path: str, mconf, num_labels: int, devi
         raise ConfigError(f"model.name: {path}: the task head ({', '.join(head)}) was not made trainable")
     peft_model.to(device)
     return _with_pooling(Backbone(peft_model, tokenizer, layermap, mconf.model_type, processor), cfg, path)
+
+
+def _check_task_model(task: str, mconf, path: str) -> None:
+    vision = hasattr(mconf, "image_size") or getattr(mconf, "num_channels", None) is not None
+    if task == "image-classification" and not vision:
+        raise ConfigError(f"model.name: {path} is a {mconf.model_type} text model; task image-classification needs a vision model")
+    if task != "image-classification" and vision:
+        raise ConfigError(f"model.name: {path} is a {mconf.model_type} vision model; task {task} needs a text model")

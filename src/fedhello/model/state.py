@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from fedhello.errors import FedHelloError
 from fedhello.model.layermap import LayerMap
 
 State = dict[str, torch.Tensor]
@@ -59,3 +61,21 @@ def freeze_all(model: torch.nn.Module, layermap: LayerMap) -> None:
 
 def state_nbytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def check_state(state: dict, reference: dict, where: str | Path) -> None:
+    """``state`` has exactly the tensors of ``reference``, with their shapes and dtypes, all finite."""
+    diff = sorted(set(state) ^ set(reference))
+    if diff:
+        what = "lacks" if diff[0] in reference else "has an unknown tensor"
+        raise FedHelloError(f"{where}: the saved state does not match the model (it {what} {diff[0]!r})")
+    for name, ref in reference.items():
+        t = state[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise FedHelloError(
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, the model's is {tuple(ref.shape)}"
+            )
+        if t.dtype != ref.dtype:
+            raise FedHelloError(f"{where}: tensor {name!r} has dtype {t.dtype}, the model's is {ref.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise FedHelloError(f"{where}: tensor {name!r} holds NaN or infinite values")

@@ -1,22 +1,23 @@
 """Results people look at: sweeps over (strategy, partition, seed), the results
 table, plots, TensorBoard scalars and the exported PEFT adapter.
 
-- :mod:`fedhello.report.sweep`: ``fedhello sweep`` (the grid, resumable) and the
-  results table (``results.csv`` / ``results.md``) computed from the cells' run
-  directories alone.
+- :mod:`fedhello.report.table`: a sweep's results table (``results.csv`` /
+  ``results.md``) computed from the cells' run directories alone.
 - :mod:`fedhello.report.plots`: PNG plots of a run directory and of a sweep.
 - :mod:`fedhello.report.tensorboard`: TensorBoard scalars written from the records.
-- :mod:`fedhello.report.export`: the final global adapter in PEFT format, and
-  ``fedhello predict``.
-- :mod:`fedhello.report.hooks`: what a run writes after every round and at its end.
+- :mod:`fedhello.report.export`: ``fedhello predict`` with a run's exported adapter.
+- :mod:`fedhello.report.hooks`: the reports a run or a sweep writes as it goes.
+
+This layer reads run directories; it never runs an experiment.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 
-def report(path: str | Path, adapter: bool = False, print_fn=print) -> list[Path]:
+def report(path: str | Path, adapter: bool = False) -> list[Path]:
     """Regenerate everything derivable from a run or sweep directory; returns the files written.
 
     Run directory: plots and TensorBoard scalars (and, with ``adapter``, the PEFT
@@ -25,7 +26,8 @@ def report(path: str | Path, adapter: bool = False, print_fn=print) -> list[Path
     """
     from fedhello.errors import FedHelloError
     from fedhello.report.plots import is_run_dir, run_plots, sweep_plots
-    from fedhello.report.sweep import RESULTS_CSV, RESULTS_MD, SWEEP, collect, write_results
+    from fedhello.report.table import RESULTS_CSV, RESULTS_MD, collect, write_results
+    from fedhello.run.sweep import SWEEP
     from fedhello.report.tensorboard import TB, missing_note, write_tensorboard
     from fedhello.run.rundir import RunDir
 
@@ -38,7 +40,7 @@ def report(path: str | Path, adapter: bool = False, print_fn=print) -> list[Path
         if write_tensorboard(run, RunDir(run).read_metrics()):
             files.append(run / TB)
         else:
-            print_fn(missing_note())
+            logging.getLogger("fedhello").info(missing_note())
         if adapter:
             files.append(export_from_checkpoint(run))
         return files
@@ -66,8 +68,9 @@ def export_from_checkpoint(run: str | Path) -> Path:
     from fedhello.config import build_config
     from fedhello.errors import FedHelloError
     from fedhello.model import build_backbone, get_state
-    from fedhello.report.export import export_adapter
-    from fedhello.run.rundir import CHECKPOINT, RunDir, check_state
+    from fedhello.model.adapter import export_adapter
+    from fedhello.model.state import check_state
+    from fedhello.run.rundir import CHECKPOINT, RunDir
 
     rd = RunDir(run)
     ckpt = rd.load_checkpoint()

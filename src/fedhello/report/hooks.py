@@ -1,48 +1,47 @@
-"""What a run writes besides its records: TensorBoard after every round; plots
-and the PEFT adapter when it finishes. A failure here never loses the run: it is
-logged and the run goes on (the records and the checkpoint are already written).
+"""What a run's reports write besides its records: TensorBoard after every round,
+plots when it finishes (``run_experiment(reporter=RunReporter)``). A failure here
+never loses the run: it is logged and the run goes on (the records and the
+checkpoint are already written).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Callable
 
+from fedhello.report.plots import run_plots, sweep_plots
+from fedhello.report.table import write_results
 from fedhello.report.tensorboard import TensorBoardLog, missing_note
+
+log = logging.getLogger("fedhello")
 
 
 class RunReporter:
-    def __init__(self, run_dir: str | Path, log: Callable[[str], None] | None = None):
+    """TensorBoard scalars after every round, the run's plots at its end."""
+
+    def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.log = log or (lambda msg: None)
         self.tb = TensorBoardLog(self.run_dir)
         self._tb_note = False
 
     def _warn(self, what: str, err: BaseException) -> None:
-        self.log(f"{what} failed: {type(err).__name__}: {err}")
+        log.warning("%s failed: %s: %s", what, type(err).__name__, err)
 
     def round(self, records: list[dict]) -> None:
         try:
             if not self.tb.update(records) and not self._tb_note:
                 self._tb_note = True
-                self.log(missing_note())
+                log.info(missing_note())
         except Exception as err:
             self._warn("TensorBoard scalars", err)
 
-    def finish(self, exp, global_state, records: list[dict]) -> None:
-        """At the end of a run: TensorBoard up to date, plots, the adapter export."""
-        from fedhello.report.export import export_adapter
-        from fedhello.report.plots import run_plots
-
+    def finish(self, records: list[dict]) -> None:
+        """At the end of a run: TensorBoard up to date, then the plots."""
         self.round(records)
         try:
             run_plots(self.run_dir)
         except Exception as err:
             self._warn("plots", err)
-        try:
-            export_adapter(exp.model, global_state, self.run_dir, exp.label_names, exp.cfg, exp.backbone.pooling)
-        except Exception as err:
-            self._warn("adapter export", err)
 
     def close(self) -> None:
         self.tb.close()
@@ -52,3 +51,13 @@ class RunReporter:
             self.tb.close()
         except Exception:
             pass
+
+
+def write_sweep_reports(out: str | Path, target: float | None = None) -> None:
+    """After a sweep's cell: the results table, then the sweep plots (a plotting problem
+    is logged and does not stop the sweep: the table is there)."""
+    write_results(out, target)
+    try:
+        sweep_plots(out)
+    except Exception as err:
+        log.warning("sweep plots not written: %s: %s", type(err).__name__, err)

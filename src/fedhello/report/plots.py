@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhello.run.rundir import METRICS, RunDir, _atomic_write_bytes
+from fedhello.report.table import collect, manifest, order_by
+from fedhello.run.rundir import METRICS, RunDir, atomic_write_bytes
 
 PLOTS = "plots"
 MEMORY_KEYS = ("peak_memory_mb", "peak_memory_bytes", "memory_mb", "memory_bytes")
@@ -44,7 +45,7 @@ def _figure(**kw):
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -192,14 +193,12 @@ def sweep_plots(sweep_dir: str | Path) -> list[Path]:
     """Mean test accuracy per round over seeds, one figure per partition, every strategy on it."""
     from matplotlib.ticker import MaxNLocator
 
-    from fedhello.report.sweep import _manifest, _order, collect
-
     out = Path(sweep_dir)
-    man = _manifest(out)
+    man = manifest(out)
     cells = collect(out)
     written = []
-    parts = _order(sorted({c.cell.partition for c in cells}), man.get("partitions"))
-    strats = _order(sorted({c.cell.strategy for c in cells}), man.get("strategies"))
+    parts = order_by(sorted({c.cell.partition for c in cells}), man.get("partitions"))
+    strats = order_by(sorted({c.cell.strategy for c in cells}), man.get("strategies"))
     for part in parts:
         fig = _figure(figsize=(7, 4.2))
         ax = fig.subplots()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import math
 import os
 import pickle
 import shutil
@@ -37,6 +36,8 @@ import torch
 import yaml
 
 from fedhello.errors import FedHelloError
+from fedhello.federation.records import to_json
+from fedhello.federation.server import check_checkpoint
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -44,7 +45,6 @@ SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 DATA = "data.json"
 LOCK = ".lock"
-CHECKPOINT_KEYS = ("round", "global_state", "strategy_state", "records")
 
 
 def write_error(path: str | Path, err: OSError) -> FedHelloError:
@@ -55,7 +55,7 @@ def write_error(path: str | Path, err: OSError) -> FedHelloError:
     return FedHelloError(f"cannot write {path}: {why}")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -76,26 +76,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> null, numpy scalars -> python."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return _clean(obj.item())
-    if hasattr(obj, "tolist"):
-        return _clean(obj.tolist())
-    return obj
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_clean(obj), indent=2) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def plain(obj: Any) -> Any:
@@ -103,7 +88,7 @@ def plain(obj: Any) -> Any:
 
     What a checkpoint may hold under ``torch.load(weights_only=True)``: tensors,
     dicts, lists, tuples, numbers, strings, None. Tensors are kept as they are;
-    non-finite floats too (unlike :func:`_clean`, which is for JSON).
+    non-finite floats too (unlike :func:`~fedhello.federation.records.to_json`).
     """
     if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
         return obj
@@ -127,45 +112,7 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """
     buf = io.BytesIO()
     torch.save(plain(obj), buf)
-    _atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def check_checkpoint(ckpt: Any, where: str | Path) -> dict:
-    """The checkpoint's structure: a dict of round (int), global_state (name -> tensor),
-    strategy_state (dict) and records (one dict per finished round)."""
-    if not isinstance(ckpt, dict):
-        raise FedHelloError(f"{where}: not a fedhello checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
-    for key in CHECKPOINT_KEYS:
-        if key not in ckpt:
-            raise FedHelloError(f"{where}: not a fedhello checkpoint (key '{key}' missing)")
-    rnd, state, records = ckpt["round"], ckpt["global_state"], ckpt["records"]
-    if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
-        raise FedHelloError(f"{where}: checkpoint key 'round' is not a round count ({rnd!r})")
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise FedHelloError(f"{where}: checkpoint key 'global_state' is not a mapping of names to tensors")
-    if not isinstance(ckpt["strategy_state"], dict):
-        raise FedHelloError(f"{where}: checkpoint key 'strategy_state' is not a dict")
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records) or len(records) != rnd:
-        raise FedHelloError(f"{where}: checkpoint key 'records' does not hold one record per finished round ({rnd})")
-    return ckpt
-
-
-def check_state(state: dict, reference: dict, where: str | Path) -> None:
-    """``state`` has exactly the tensors of ``reference``, with their shapes and dtypes, all finite."""
-    diff = sorted(set(state) ^ set(reference))
-    if diff:
-        what = "lacks" if diff[0] in reference else "has an unknown tensor"
-        raise FedHelloError(f"{where}: the saved state does not match the model (it {what} {diff[0]!r})")
-    for name, ref in reference.items():
-        t = state[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise FedHelloError(
-                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, the model's is {tuple(ref.shape)}"
-            )
-        if t.dtype != ref.dtype:
-            raise FedHelloError(f"{where}: tensor {name!r} has dtype {t.dtype}, the model's is {ref.dtype}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise FedHelloError(f"{where}: tensor {name!r} holds NaN or infinite values")
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def _is_leftover(p: Path) -> bool:
@@ -279,7 +226,7 @@ class RunDir:
 
     # -- metrics / summary ----------------------------------------------------
     def write_metrics(self, records: list[dict]) -> None:
-        text = "".join(json.dumps(_clean(r)) + "\n" for r in records)
+        text = "".join(to_json(r) + "\n" for r in records)
         atomic_write_text(self.file(METRICS), text)
 
     def read_metrics(self) -> list[dict]:

@@ -107,9 +107,8 @@ def _check_lora(cfg, mconf, n_layers: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers.utils import logging as hf_logging
 
-    from fedhello.model.backbone import HEAD_MODULES, default_target_modules
+    from fedhello.model.backbone import HEAD_MODULES, default_target_modules, model_class
     from fedhello.model.layermap import LayerMap
-    from fedhello.tasks import model_class
 
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -161,7 +160,7 @@ def validate_config(cfg) -> Report:
     """Every offline check of a (pydantic-valid) config; raises ConfigError on the first problem."""
     from transformers import AutoConfig
 
-    from fedhello.federation.simulation import pick_device
+    from fedhello.run.experiment import pick_device
     from fedhello.model.backbone import check_max_length, num_hidden_layers
 
     rep = Report()
@@ -196,7 +195,7 @@ def validate_config(cfg) -> Report:
         # local files and the demo data are read and partitioned exactly as a run does it
         # (no model weights): every data refusal of `run` happens here too
         from fedhello.data.sources import drops_line
-        from fedhello.federation.simulation import prepare_data
+        from fedhello.run.experiment import prepare_data
 
         note = drops_line(prepare_data(cfg).splits)
         if note:

@@ -1,0 +1,66 @@
+"""What people see while something runs: the rich console, the one-line round summary,
+and the ``fedhello`` logger's handler.
+
+Every diagnostic of the library goes through ``logging.getLogger("fedhello")``;
+the commands (``fedhello run``, ``sweep``, ``demo``, ``deploy-local``) attach
+:func:`setup_logging`'s rich handler, so a library user sees nothing unless they
+configure logging themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+
+LOGGER = "fedhello"
+
+
+def make_console() -> Console:
+    """The commands' console: stderr, no syntax highlighting, long lines wrapped softly."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as plain lines on a rich console, above any live progress bar; warnings
+    in yellow, errors in red. Lines are never wrapped (they are read and grepped whole)."""
+
+    STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "red"}
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), style=self.STYLES.get(record.levelno), markup=False,
+                               highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def setup_logging(console: Console, level: int = logging.INFO) -> logging.Handler:
+    """Send the ``fedhello`` logger to ``console``, replacing a handler set here before."""
+    logger = logging.getLogger(LOGGER)
+    for h in list(logger.handlers):
+        if isinstance(h, ConsoleHandler):
+            logger.removeHandler(h)
+    handler = ConsoleHandler(console)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
+
+
+def round_line(rec: dict, rounds: int) -> str:
+    """One round's summary: loss, validation and test accuracy (rounds counted from 1)."""
+
+    def pct(x):
+        return "  -  " if x is None else f"{100 * x:5.1f}"
+
+    return (
+        f"round {rec['round'] + 1:>3}/{rounds}  loss {rec['train_loss']:.3f}  "
+        f"val {pct(rec['val_accuracy'])}%  test {pct(rec['test_accuracy'])}%  "
+        f"{rec['round_time_s']:.1f}s  clients {len(rec['clients'])}"
+        + (f"  failed {len(rec['failed_clients'])}" if rec.get("failed_clients") else "")
+    )

@@ -1,0 +1,241 @@
+"""``fedhello sweep``: every (strategy, partition, seed) cell of a grid, run resumably.
+
+Layout of a sweep directory::
+
+    DIR/sweep.json                          the grid as asked (config, strategies, partitions, seeds, --set, target)
+    DIR/<partition>/<strategy>/seed<S>/     one ordinary run directory per cell
+    DIR/failures.json                       cells whose run raised, with the error (removed once they succeed)
+    DIR/results.csv, DIR/results.md         the table (:mod:`fedhello.report.table`), rewritten after every cell
+    DIR/plots/                              test accuracy per round, one figure per partition
+
+Partition specs: ``iid``; ``pat-K`` (pathological, K classes per client);
+``dir-A`` (Dirichlet label skew with concentration A).
+
+The sweep is resumable: a cell whose ``summary.json`` exists and whose
+``config.yaml`` equals the cell's config is not run again; a cell with a
+checkpoint but no summary continues from its last finished round (that is what
+:func:`~fedhello.run.experiment.run_experiment` does with the same config in
+the same directory). Cells run in this order: seed, then partition, then
+strategy, so that a partial sweep already holds every strategy of the first seed.
+What is written after each cell (the table, plots) is the caller's ``after_cell`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fedhello.config import load_config
+from fedhello.errors import ConfigError, FedHelloError
+from fedhello.run.experiment import Reporter, check_budgets, holds_config, run_experiment
+from fedhello.run.rundir import SUMMARY, RunDir, atomic_write_json
+
+SWEEP = "sweep.json"
+FAILURES = "failures.json"
+
+log = logging.getLogger("fedhello")
+_PAT = re.compile(r"^pat-(\d+)$")
+_DIR = re.compile(r"^dir-((?:\d+(?:\.\d*)?|\.\d+)(?:e-?\d+)?)$")
+
+
+def partition_overrides(spec: str) -> list[str]:
+    """``iid`` / ``pat-K`` / ``dir-A`` -> config overrides."""
+    if spec == "iid":
+        return ["partition.name=iid"]
+    m = _PAT.match(spec)
+    if m and int(m.group(1)) >= 1:
+        return ["partition.name=pathological", f"partition.classes_per_client={int(m.group(1))}"]
+    m = _DIR.match(spec)
+    if m and float(m.group(1)) > 0:
+        return ["partition.name=dirichlet", f"partition.alpha={float(m.group(1))}"]
+    raise ConfigError(
+        f"--partitions: {spec!r} is not a partition spec (iid, pat-K with K classes per client, "
+        "or dir-A with Dirichlet alpha A > 0)"
+    )
+
+
+def split_list(text: str | Sequence[str], option: str) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    items = [s.strip() for s in items if s.strip()]
+    if not items:
+        raise ConfigError(f"{option}: empty list")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{option}: {', '.join(items)} names an item twice")
+    return items
+
+
+def parse_seeds(text: str | Sequence[Any]) -> list[int]:
+    items = split_list([str(s) for s in text] if not isinstance(text, str) else text, "--seeds")
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+
+
+@dataclass(frozen=True)
+class Cell:
+    strategy: str
+    partition: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.partition}/{self.strategy}/seed{self.seed}"
+
+    def dir(self, root: str | Path) -> Path:
+        return Path(root) / self.partition / self.strategy / f"seed{self.seed}"
+
+
+def plan(
+    config: str | Path,
+    strategies: Sequence[str],
+    partitions: Sequence[str],
+    seeds: Sequence[int],
+    sets: Sequence[str] = (),
+):
+    """Every cell with its validated config (any input error is raised here, before any run)."""
+    cells = []
+    for seed in seeds:
+        for part in partitions:
+            over = partition_overrides(part)
+            for strat in strategies:
+                cfg = load_config(config, [*sets, *over, f"strategy.name={strat}", f"seed={seed}"])
+                cells.append((Cell(strat, part, seed), cfg))
+    if cells:
+        check_budgets(cells[0][1])
+    return cells
+
+
+def cell_status(path: Path, cfg) -> str:
+    """``done``, ``resume`` (checkpointed, unfinished), ``new`` or ``different`` (another run)."""
+    rd = RunDir(path)
+    if not rd.has_run():
+        return "new"
+    try:
+        same = holds_config(rd, cfg)
+    except Exception:  # unreadable config.yaml
+        return "different"
+    if not same:
+        return "different"
+    return "done" if rd.file(SUMMARY).is_file() else "resume"
+
+
+def read_failures(out: Path) -> dict[str, dict]:
+    p = out / FAILURES
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def run_sweep(
+    config: str | Path,
+    strategies: Sequence[str],
+    partitions: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    sets: Sequence[str] = (),
+    target: float | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    on_round: Callable[[Cell, dict, int], None] | None = None,
+    on_cell: Callable[[int, int, Cell, int], None] | None = None,
+    after_cell: Callable[[Path], None] | None = None,
+    reporter: Callable[[Path], Reporter] | None = None,
+) -> dict[str, list[str]]:
+    """Run the grid into ``out``; returns the cell keys that ran, were skipped and failed.
+
+    Hooks: ``on_cell(i, n, cell, rounds_done)`` before each cell (``i`` of ``n``),
+    ``on_round(cell, record, rounds)`` after each round, ``after_cell(out)`` after
+    each cell and when the sweep stops (the CLI rewrites the results table there),
+    ``reporter`` as in :func:`~fedhello.run.experiment.run_experiment` for every cell.
+    """
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"--target: {target} is not an accuracy in (0, 1]")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FedHelloError(f"--out {out} exists and is not a directory")
+    cells = plan(config, strategies, partitions, seeds, sets)
+    done: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
+    if dry_run:
+        for i, (cell, cfg) in enumerate(cells, 1):
+            st = cell_status(cell.dir(out), cfg)
+            log.info(f"[{i}/{len(cells)}] {cell.key:<40} {cfg.rounds} rounds  {st}  -> {cell.dir(out)}")
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        out / SWEEP,
+        {
+            "config": str(config),
+            "strategies": list(strategies),
+            "partitions": list(partitions),
+            "seeds": list(seeds),
+            "set": list(sets),
+            "target": target,
+        },
+    )
+    failures = read_failures(out)
+    for i, (cell, cfg) in enumerate(cells, 1):
+        path = cell.dir(out)
+        st = cell_status(path, cfg)
+        if on_cell is not None:
+            on_cell(i, len(cells), cell, cfg.rounds if st == "done" else _rounds_done(path, st))
+        if st == "done":
+            done["skipped"].append(cell.key)
+            failures.pop(cell.key, None)
+            continue
+        note = {"resume": " (resuming from its checkpoint)", "different": " (replacing another run)"}.get(st, "")
+        log.info(f"[{i}/{len(cells)}] {cell.key}: {cfg.rounds} rounds{note if overwrite or st != 'different' else ''}")
+        try:
+            run_experiment(
+                cfg,
+                path,
+                overwrite=overwrite,
+                on_round=(lambda rec, c=cell, n=cfg.rounds: on_round(c, rec, n)) if on_round else None,
+                reporter=reporter,
+            )
+        except KeyboardInterrupt:
+            if after_cell is not None:
+                after_cell(out)
+            raise
+        except Exception as err:  # a failed cell is recorded and the sweep goes on
+            msg = " ".join(str(err).split()) or type(err).__name__
+            failures[cell.key] = {
+                "strategy": cell.strategy,
+                "partition": cell.partition,
+                "seed": cell.seed,
+                "error": f"{type(err).__name__}: {msg}",
+                "traceback": traceback.format_exc(limit=-3),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            done["failed"].append(cell.key)
+            log.error(f"  failed: {type(err).__name__}: {msg} (recorded in {out / FAILURES})")
+        else:
+            failures.pop(cell.key, None)
+            done["ran"].append(cell.key)
+        atomic_write_json(out / FAILURES, failures)
+        if after_cell is not None:
+            after_cell(out)
+    atomic_write_json(out / FAILURES, failures)
+    if after_cell is not None:
+        after_cell(out)
+    return done
+
+
+def _rounds_done(path: Path, status: str) -> int:
+    """Rounds a cell already holds (its metrics.jsonl), for progress; 0 for a new one."""
+    if status != "resume":
+        return 0
+    try:
+        return len(RunDir(path).read_metrics())
+    except FedHelloError:
+        return 0
