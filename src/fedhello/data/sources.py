@@ -45,9 +45,6 @@ LOCAL_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parquet": ("parquet", ("parquet",)),
 }
 
-OUTPUT_FEATURES = Features({"text": Value("string"), "label": Value("int64")})
-
-
 @dataclass
 class Splits:
     train: Dataset
@@ -253,12 +250,6 @@ def _resolve_label_column(ds: Dataset, cfg: DataConfig, where: str) -> str:
     raise DataError(f"data.label_column: none of the columns {names} found in {where} (columns: {cols})")
 
 
-def _check_text_column(ds: Dataset, cfg: DataConfig, where: str) -> None:
-    if cfg.text_column not in ds.column_names:
-        cols = ", ".join(ds.column_names)
-        raise DataError(f"data.text_column: column '{cfg.text_column}' not found in {where} (columns: {cols})")
-
-
 def _raw_labels(ds: Dataset, col: str, where: str) -> list[Any]:
     feat = ds.features[col]
     values = ds[col]
@@ -302,10 +293,6 @@ def _subset(ds: Dataset, n: int | None, rng: np.random.Generator) -> Dataset:
     return ds.select(idx, keep_in_memory=True)
 
 
-def _build(texts: list[str], labels: list[int]) -> Dataset:
-    return Dataset.from_dict({"text": texts, "label": labels}, features=OUTPUT_FEATURES)
-
-
 def _missing_text(t: Any) -> bool:
     return t is None or (isinstance(t, float) and math.isnan(t))
 
@@ -319,10 +306,6 @@ def _text_problem(t: Any) -> str | None:
     return None
 
 
-def _count(drops: dict[str, int], reason: str) -> None:
-    drops[reason] = drops.get(reason, 0) + 1
-
-
 def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
     if col not in ds.column_names:
         cols = ", ".join(ds.column_names)
@@ -331,15 +314,14 @@ def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
 
 def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[str, list[Any]]:
     """The task's input columns (canonical names) read from ``ds``; a row with any value missing is None."""
+    if task != "image-classification":
+        _check_column(ds, cfg.text_column, "text_column", where)
     if task == "text-classification":
-        _check_text_column(ds, cfg, where)
         return {"text": ds[cfg.text_column]}
     if task == "text-pair-classification":
-        _check_text_column(ds, cfg, where)
         _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
         return {"text": ds[cfg.text_column], "text_pair": ds[cfg.text_pair_column]}
     if task == "multiple-choice":
-        _check_text_column(ds, cfg, where)
         if cfg.text_pair_column:
             _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
         for c in cfg.choices_columns or []:
@@ -362,7 +344,7 @@ def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[s
     raise DataError(f"task: unknown task {task!r}")  # pragma: no cover - config validates it
 
 
-def _clean_task(
+def _clean(
     ds: Dataset, cfg: DataConfig, task: str, where: str
 ) -> tuple[dict[str, list], list[Any], dict[str, int]]:
     """(input columns, canonical labels, rows dropped by reason) keeping rows with every input and a label."""
@@ -397,7 +379,7 @@ def _clean_task(
                 if why is None and not isinstance(v, str):
                     row[k] = str(v)
         if why is not None:
-            _count(drops, why)
+            drops[why] = drops.get(why, 0) + 1
             continue
         for k, v in row.items():
             out[k].append(v)
@@ -405,7 +387,7 @@ def _clean_task(
     return out, labels, drops
 
 
-def _build_task(task: str, columns: dict[str, list], labels: list[int]) -> Dataset:
+def _build(columns: dict[str, list], labels: list[int]) -> Dataset:
     feats: dict[str, Any] = {}
     for k in columns:
         if k == "choices":
@@ -436,15 +418,16 @@ def _subsets(
         (_subset(test_ds, cfg.max_test_samples, rng), test_where)
 
 
-def _finish_task(
+def _finish(
     train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str, task: str
 ) -> Splits:
-    """:func:`_finish` for every task but text-classification (which keeps its own, unchanged path)."""
+    """The task's :class:`Splits`: both splits subsampled, cleaned and labelled with the training split's label set."""
     (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
-    tr_cols, tr_labels, tr_drops = _clean_task(train_ds, cfg, task, train_where)
-    te_cols, te_labels, te_drops = _clean_task(test_ds, cfg, task, test_where)
+    tr_cols, tr_labels, tr_drops = _clean(train_ds, cfg, task, train_where)
+    te_cols, te_labels, te_drops = _clean(test_ds, cfg, task, test_where)
     if not tr_labels:
-        raise DataError(f"{train_where}: split is empty (no row has every input and a label)")
+        what = "both a text" if task == "text-classification" else "every input"
+        raise DataError(f"{train_where}: split is empty (no row has {what} and a label)")
     if task == "multiple-choice":
         label_names = list(cfg.choices_columns or [])
         train_ids, test_ids = tr_labels, te_labels
@@ -458,34 +441,14 @@ def _finish_task(
     if not test_ids:
         raise DataError(f"{test_where}: split is empty after dropping rows whose label is not a training label")
     return Splits(
-        train=_build_task(task, tr_cols, train_ids),
-        test=_build_task(task, te_cols, test_ids),
+        train=_build(tr_cols, train_ids),
+        test=_build(te_cols, test_ids),
         label_names=label_names,
         dropped_test=sum(te_drops.values()),
         dropped_train=sum(tr_drops.values()),
         source=source,
         drops={"train": tr_drops, "test": te_drops},
     )
-
-
-def _clean(ds: Dataset, cfg: DataConfig, where: str) -> tuple[list[str], list[Any], dict[str, int]]:
-    """(texts, canonical labels, rows dropped by reason) keeping rows with a label and a non-blank text."""
-    _check_text_column(ds, cfg, where)
-    label_col = _resolve_label_column(ds, cfg, where)
-    raw = _raw_labels(ds, label_col, where)
-    texts_in = ds[cfg.text_column]
-    texts: list[str] = []
-    labels: list[Any] = []
-    drops: dict[str, int] = {}
-    for t, y in zip(texts_in, raw):
-        y = _canonical(y)
-        why = "no_label" if y is None else _text_problem(t)
-        if why is not None:
-            _count(drops, why)
-            continue
-        texts.append(t if isinstance(t, str) else str(t))
-        labels.append(y)
-    return texts, labels, drops
 
 
 def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: str):
@@ -508,40 +471,6 @@ def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: s
         )
     index = {k: i for i, k in enumerate(keys)}
     return [str(k) for k in keys], index, [index[y] for y in tr_labels], te_keys
-
-
-def _finish(
-    train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str
-) -> Splits:
-    (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
-
-    tr_texts, tr_labels, tr_drops = _clean(train_ds, cfg, train_where)
-    te_texts, te_labels, te_drops = _clean(test_ds, cfg, test_where)
-    if not tr_texts:
-        raise DataError(f"{train_where}: split is empty (no row has both a text and a label)")
-
-    label_names, index, train_ids, te_keys = _label_set(tr_labels, te_labels, cfg, train_where)
-
-    test_texts: list[str] = []
-    test_ids: list[int] = []
-    for t, k in zip(te_texts, te_keys):
-        i = index.get(k)
-        if i is None:
-            _count(te_drops, "unknown_label")
-            continue
-        test_texts.append(t)
-        test_ids.append(i)
-    if not test_texts:
-        raise DataError(f"{test_where}: split is empty after dropping rows whose label is not a training label")
-    return Splits(
-        train=_build(tr_texts, train_ids),
-        test=_build(test_texts, test_ids),
-        label_names=label_names,
-        dropped_test=sum(te_drops.values()),
-        dropped_train=sum(tr_drops.values()),
-        source=source,
-        drops={"train": tr_drops, "test": te_drops},
-    )
 
 
 # --------------------------------------------------------------------------- public
@@ -568,7 +497,7 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
     ):
         loaded, source = _load_imagefolder(cfg, wanted)
         train, test = (loaded[0], loaded[1]) if not carve_test else _carve_test(cfg, loaded[0], seed)
-        return _finish_task(train, test, _image_cfg(cfg), seed, source, task)
+        return _finish(train, test, _image_cfg(cfg), seed, source, task)
     if carve_test and fmt != "demo":
         if fmt == "auto":
             fmt = _resolve_auto(cfg)
@@ -577,9 +506,7 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
         else:
             train, source = _load_local_train(cfg, fmt)
         train, test = _carve_test(cfg, train, seed)
-        if task == "text-classification":
-            return _finish(train, test, cfg, seed, source)
-        return _finish_task(train, test, cfg, seed, source, task)
+        return _finish(train, test, cfg, seed, source, task)
     if task != "text-classification" and fmt != "demo":
         if fmt == "auto":
             fmt = _resolve_auto(cfg)
@@ -587,7 +514,7 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
             train, test, source = _load_hub(cfg)
         else:
             train, test, source = _load_local(cfg, fmt)
-        return _finish_task(train, test, cfg, seed, source, task)
+        return _finish(train, test, cfg, seed, source, task)
     if fmt == "demo":
         (tr_x, tr_y), (te_x, te_y) = make_demo_splits(cfg.demo_samples, seed)
         demo_cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label"})
@@ -597,6 +524,7 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
             demo_cfg,
             seed,
             "demo",
+            task,
         )
     if fmt == "auto":
         if cfg.path:
@@ -614,7 +542,7 @@ def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -
         train, test, source = _load_local(cfg, fmt)
     else:  # pragma: no cover - DataConfig validates the format
         raise DataError(f"data.format: unknown format {fmt!r}")
-    return _finish(train, test, cfg, seed, source)
+    return _finish(train, test, cfg, seed, source, task)
 
 
 def _column_digest(ds: Dataset, col: str) -> bytes:
