@@ -34,7 +34,7 @@ import datasets
 from datasets import ClassLabel, Dataset, Features, Value
 
 from fedhello.config import DataConfig
-from fedhello.errors import DataError
+from fedhello.errors import DataError, FedHelloError
 
 from .demo import make_demo_splits
 
@@ -148,40 +148,42 @@ def _detect_format(root: Path, split_train: str) -> str:
     raise DataError(f"data.path: no training file ({expected}) in {root}")
 
 
-def _load_local(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], tuple[Dataset, str], str]:
+def data_folder(path: str, key: str = "data.path", error: type[FedHelloError] = DataError, hint: str = "") -> Path:
+    """``path`` (``~`` expanded) when it is a folder; otherwise ``error`` naming ``key``: the path does not
+    exist or is not a directory (then followed by ``hint``)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise error(f"{key}: {root} " + (f"is not a directory{hint}" if root.exists() else "does not exist"))
+    return root
+
+
+def _data_root(cfg: DataConfig, fmt: str, hint: str = "") -> Path:
     if not cfg.path:
         raise DataError(f"data.path must be set for data.format {fmt}")
-    root = Path(cfg.path).expanduser()
-    if not root.exists():
-        raise DataError(f"data.path: {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} is not a directory (expected a folder with the split files)")
+    return data_folder(cfg.path, hint=hint)
+
+
+# each loader: ([(split, where it came from) for the wanted splits], the source for reports)
+Loaded = tuple[list[tuple[Dataset, str]], str]
+
+
+def _load_local(cfg: DataConfig, fmt: str, splits: Sequence[str]) -> Loaded:
+    # with a carved test split (only the training split wanted) the messages are the short ones:
+    # no folder hint, no alternative file names
+    both = len(splits) > 1
+    root = _data_root(cfg, fmt, " (expected a folder with the split files)" if both else "")
     builder, exts = LOCAL_FORMATS[fmt]
     out = []
-    for split in (cfg.split_train, cfg.split_test):
+    for split in splits:
         f = _split_file(root, split, exts)
         if f is None:
-            alts = "".join(f" (or {root / f'{split}.{e}'})" for e in exts[1:])
+            alts = "".join(f" (or {root / f'{split}.{e}'})" for e in exts[1:]) if both else ""
             raise DataError(f"missing split file {root / f'{split}.{exts[0]}'}{alts}")
         out.append((_read_local(f, builder), str(f)))
-    return out[0], out[1], str(root)
+    return out, str(root)
 
 
-def _load_local_train(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], str]:
-    """Only the training split file (``data.test_fraction``: the test split is carved from it)."""
-    if not cfg.path:
-        raise DataError(f"data.path must be set for data.format {fmt}")
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
-    builder, exts = LOCAL_FORMATS[fmt]
-    f = _split_file(root, cfg.split_train, exts)
-    if f is None:
-        raise DataError(f"missing split file {root / f'{cfg.split_train}.{exts[0]}'}")
-    return (_read_local(f, builder), str(f)), str(root)
-
-
-def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str], str]:
+def _load_hub(cfg: DataConfig, splits: Sequence[str]) -> Loaded:
     if not cfg.name:
         raise DataError("data.name must be set for data.format hub")
     datasets.disable_progress_bars()
@@ -191,13 +193,11 @@ def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str]
     except Exception as err:  # noqa: BLE001 - offline, missing, malformed: all data errors
         raise DataError(f"data.name: cannot load hub dataset {where}: {_one_line(err)}") from err
     out = []
-    for split in (cfg.split_train, cfg.split_test):
+    for split in splits:
         if split not in dd:
-            raise DataError(
-                f"hub dataset {where} has no split '{split}' (splits: {', '.join(dd.keys())})"
-            )
+            raise DataError(f"hub dataset {where} has no split '{split}' (splits: {', '.join(dd.keys())})")
         out.append((dd[split], f"{where}[{split}]"))
-    return out[0], out[1], where
+    return out, where
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -221,18 +221,24 @@ def _load_imagefolder_split(root: Path, split: str) -> tuple[Dataset, str]:
     return ds, str(folder)
 
 
-def _load_imagefolder(cfg: DataConfig, splits: Sequence[str]) -> tuple[list[tuple[Dataset, str]], str]:
-    if not cfg.path:
-        raise DataError("data.path must be set for data.format imagefolder")
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
+def _load_imagefolder(cfg: DataConfig, splits: Sequence[str]) -> Loaded:
+    root = _data_root(cfg, "imagefolder")
     return [_load_imagefolder_split(root, s) for s in splits], str(root)
 
 
-def _image_cfg(cfg: DataConfig) -> DataConfig:
-    """imagefolder splits carry the columns image/label whatever the config names."""
-    return cfg.model_copy(update={"image_column": "image", "label_column": "label"})
+def _resolve_format(cfg: DataConfig, task: str) -> str:
+    """``data.format`` with ``auto`` resolved: under ``data.path`` an image folder (image-classification
+    with a ``<split_train>`` folder) or the format of the training file found; else the hub's ``data.name``."""
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.path:
+        root = data_folder(cfg.path)
+        if task == "image-classification" and (root / cfg.split_train).is_dir():
+            return "imagefolder"
+        return _detect_format(root, cfg.split_train)
+    if cfg.name:
+        return "hub"
+    raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
 
 
 # --------------------------------------------------------------------------- columns
@@ -488,60 +494,23 @@ def _carve_test(cfg: DataConfig, train: tuple[Dataset, str], seed: int) -> tuple
 
 def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -> Splits:
     """Load the train/test splits of ``task`` described by ``cfg`` (see :class:`DataConfig`)."""
-    fmt = cfg.format
-    carve_test = cfg.test_fraction > 0
-    wanted = [cfg.split_train] if carve_test else [cfg.split_train, cfg.split_test]
-    if fmt == "imagefolder" or (
-        fmt == "auto" and task == "image-classification" and cfg.path
-        and (Path(cfg.path).expanduser() / cfg.split_train).is_dir()
-    ):
-        loaded, source = _load_imagefolder(cfg, wanted)
-        train, test = (loaded[0], loaded[1]) if not carve_test else _carve_test(cfg, loaded[0], seed)
-        return _finish(train, test, _image_cfg(cfg), seed, source, task)
-    if carve_test and fmt != "demo":
-        if fmt == "auto":
-            fmt = _resolve_auto(cfg)
-        if fmt == "hub":
-            train, _, source = _load_hub(cfg.model_copy(update={"split_test": cfg.split_train}))
-        else:
-            train, source = _load_local_train(cfg, fmt)
-        train, test = _carve_test(cfg, train, seed)
-        return _finish(train, test, cfg, seed, source, task)
-    if task != "text-classification" and fmt != "demo":
-        if fmt == "auto":
-            fmt = _resolve_auto(cfg)
-        if fmt == "hub":
-            train, test, source = _load_hub(cfg)
-        else:
-            train, test, source = _load_local(cfg, fmt)
-        return _finish(train, test, cfg, seed, source, task)
+    fmt = _resolve_format(cfg, task)
     if fmt == "demo":
         (tr_x, tr_y), (te_x, te_y) = make_demo_splits(cfg.demo_samples, seed)
-        demo_cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label"})
-        return _finish(
-            (Dataset.from_dict({"text": tr_x, "label": tr_y}), "demo[train]"),
-            (Dataset.from_dict({"text": te_x, "label": te_y}), "demo[test]"),
-            demo_cfg,
-            seed,
-            "demo",
-            task,
-        )
-    if fmt == "auto":
-        if cfg.path:
-            root = Path(cfg.path).expanduser()
-            if not root.is_dir():
-                raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
-            fmt = _detect_format(root, cfg.split_train)
-        elif cfg.name:
-            fmt = "hub"
-        else:
-            raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
-    if fmt == "hub":
-        train, test, source = _load_hub(cfg)
-    elif fmt in LOCAL_FORMATS:
-        train, test, source = _load_local(cfg, fmt)
-    else:  # pragma: no cover - DataConfig validates the format
-        raise DataError(f"data.format: unknown format {fmt!r}")
+        train = (Dataset.from_dict({"text": tr_x, "label": tr_y}), "demo[train]")
+        test = (Dataset.from_dict({"text": te_x, "label": te_y}), "demo[test]")
+        return _finish(train, test, cfg.model_copy(update={"text_column": "text", "label_column": "label"}),
+                       seed, "demo", task)
+    wanted = [cfg.split_train] if cfg.test_fraction > 0 else [cfg.split_train, cfg.split_test]
+    if fmt == "imagefolder":
+        loaded, source = _load_imagefolder(cfg, wanted)
+        # the folder's splits have the columns image and label whatever the config names
+        cfg = cfg.model_copy(update={"image_column": "image", "label_column": "label"})
+    elif fmt == "hub":
+        loaded, source = _load_hub(cfg, wanted)
+    else:
+        loaded, source = _load_local(cfg, fmt, wanted)
+    train, test = _carve_test(cfg, loaded[0], seed) if cfg.test_fraction > 0 else loaded
     return _finish(train, test, cfg, seed, source, task)
 
 
@@ -593,17 +562,6 @@ def drops_line(splits: Splits) -> str | None:
             why = ", ".join(f"{DROP_REASONS.get(k, k)} {v}" for k, v in sorted(d.items()))
             parts.append(f"{n} of {n + kept} {'training' if split == 'train' else 'test'} rows ({why})")
     return "data: dropped " + " and ".join(parts) if parts else None
-
-
-def _resolve_auto(cfg: DataConfig) -> str:
-    if cfg.path:
-        root = Path(cfg.path).expanduser()
-        if not root.is_dir():
-            raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
-        return _detect_format(root, cfg.split_train)
-    if cfg.name:
-        return "hub"
-    raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
 
 
 def carve(ds: Dataset, n: int, seed: int) -> tuple[Dataset, Dataset]:
