@@ -45,6 +45,7 @@ LOCAL_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
     "parquet": ("parquet", ("parquet",)),
 }
 
+
 @dataclass
 class Splits:
     train: Dataset
@@ -60,10 +61,6 @@ class Splits:
     # missing), blank_text (whitespace only), bad_label (multiple choice: no option's
     # index), unknown_label (test: not a training label)
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
 
 
 def _one_line(err: BaseException) -> str:
