@@ -12,6 +12,11 @@ counted by reason (``Splits.drops``, reported in the run directory's data.json).
 multiple choice the label is the option index and ``label_names`` are the option
 columns. ``data.format: imagefolder`` reads ``<path>/<split>/<class>/<image>``.
 
+Every task takes the same path (:func:`load_splits`): the format is resolved, the
+wanted splits are read (only the training split when ``data.test_fraction`` carves
+the test split out of it), then both are subsampled, cleaned and labelled by the
+task's columns (:func:`_finish`).
+
 Local files are read with ``datasets.load_dataset("csv" | "json" | "parquet")``
 into memory through a throw-away cache folder, so nothing is written under the
 user's home and it works with ``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1``.
