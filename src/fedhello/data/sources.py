@@ -12,6 +12,11 @@ counted by reason (``Splits.drops``, reported in the run directory's data.json).
 multiple choice the label is the option index and ``label_names`` are the option
 columns. ``data.format: imagefolder`` reads ``<path>/<split>/<class>/<image>``.
 
+Every task takes the same path (:func:`load_splits`): the format is resolved, the
+wanted splits are read (only the training split when ``data.test_fraction`` carves
+the test split out of it), then both are subsampled, cleaned and labelled by the
+task's columns (:func:`_finish`).
+
 Local files are read with ``datasets.load_dataset("csv" | "json" | "parquet")``
 into memory through a throw-away cache folder, so nothing is written under the
 user's home and it works with ``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1``.
@@ -34,7 +39,7 @@ import datasets
 from datasets import ClassLabel, Dataset, Features, Value
 
 from fedhello.config import DataConfig
-from fedhello.errors import DataError
+from fedhello.errors import DataError, FedHelloError
 
 from .demo import make_demo_splits
 
@@ -44,8 +49,6 @@ LOCAL_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jsonl": ("json", ("jsonl", "json")),
     "parquet": ("parquet", ("parquet",)),
 }
-
-OUTPUT_FEATURES = Features({"text": Value("string"), "label": Value("int64")})
 
 
 @dataclass
@@ -63,10 +66,6 @@ class Splits:
     # missing), blank_text (whitespace only), bad_label (multiple choice: no option's
     # index), unknown_label (test: not a training label)
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
 
 
 def _one_line(err: BaseException) -> str:
@@ -151,40 +150,42 @@ def _detect_format(root: Path, split_train: str) -> str:
     raise DataError(f"data.path: no training file ({expected}) in {root}")
 
 
-def _load_local(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], tuple[Dataset, str], str]:
+def data_folder(path: str, key: str = "data.path", error: type[FedHelloError] = DataError, hint: str = "") -> Path:
+    """``path`` (``~`` expanded) when it is a folder; otherwise ``error`` naming ``key``: the path does not
+    exist or is not a directory (then followed by ``hint``)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise error(f"{key}: {root} " + (f"is not a directory{hint}" if root.exists() else "does not exist"))
+    return root
+
+
+def _data_root(cfg: DataConfig, fmt: str, hint: str = "") -> Path:
     if not cfg.path:
         raise DataError(f"data.path must be set for data.format {fmt}")
-    root = Path(cfg.path).expanduser()
-    if not root.exists():
-        raise DataError(f"data.path: {root} does not exist")
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} is not a directory (expected a folder with the split files)")
+    return data_folder(cfg.path, hint=hint)
+
+
+# each loader: ([(split, where it came from) for the wanted splits], the source for reports)
+Loaded = tuple[list[tuple[Dataset, str]], str]
+
+
+def _load_local(cfg: DataConfig, fmt: str, splits: Sequence[str]) -> Loaded:
+    # with a carved test split (only the training split wanted) the messages are the short ones:
+    # no folder hint, no alternative file names
+    both = len(splits) > 1
+    root = _data_root(cfg, fmt, " (expected a folder with the split files)" if both else "")
     builder, exts = LOCAL_FORMATS[fmt]
     out = []
-    for split in (cfg.split_train, cfg.split_test):
+    for split in splits:
         f = _split_file(root, split, exts)
         if f is None:
-            alts = "".join(f" (or {root / f'{split}.{e}'})" for e in exts[1:])
+            alts = "".join(f" (or {root / f'{split}.{e}'})" for e in exts[1:]) if both else ""
             raise DataError(f"missing split file {root / f'{split}.{exts[0]}'}{alts}")
         out.append((_read_local(f, builder), str(f)))
-    return out[0], out[1], str(root)
+    return out, str(root)
 
 
-def _load_local_train(cfg: DataConfig, fmt: str) -> tuple[tuple[Dataset, str], str]:
-    """Only the training split file (``data.test_fraction``: the test split is carved from it)."""
-    if not cfg.path:
-        raise DataError(f"data.path must be set for data.format {fmt}")
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
-    builder, exts = LOCAL_FORMATS[fmt]
-    f = _split_file(root, cfg.split_train, exts)
-    if f is None:
-        raise DataError(f"missing split file {root / f'{cfg.split_train}.{exts[0]}'}")
-    return (_read_local(f, builder), str(f)), str(root)
-
-
-def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str], str]:
+def _load_hub(cfg: DataConfig, splits: Sequence[str]) -> Loaded:
     if not cfg.name:
         raise DataError("data.name must be set for data.format hub")
     datasets.disable_progress_bars()
@@ -194,13 +195,11 @@ def _load_hub(cfg: DataConfig) -> tuple[tuple[Dataset, str], tuple[Dataset, str]
     except Exception as err:  # noqa: BLE001 - offline, missing, malformed: all data errors
         raise DataError(f"data.name: cannot load hub dataset {where}: {_one_line(err)}") from err
     out = []
-    for split in (cfg.split_train, cfg.split_test):
+    for split in splits:
         if split not in dd:
-            raise DataError(
-                f"hub dataset {where} has no split '{split}' (splits: {', '.join(dd.keys())})"
-            )
+            raise DataError(f"hub dataset {where} has no split '{split}' (splits: {', '.join(dd.keys())})")
         out.append((dd[split], f"{where}[{split}]"))
-    return out[0], out[1], where
+    return out, where
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -224,18 +223,24 @@ def _load_imagefolder_split(root: Path, split: str) -> tuple[Dataset, str]:
     return ds, str(folder)
 
 
-def _load_imagefolder(cfg: DataConfig, splits: Sequence[str]) -> tuple[list[tuple[Dataset, str]], str]:
-    if not cfg.path:
-        raise DataError("data.path must be set for data.format imagefolder")
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
+def _load_imagefolder(cfg: DataConfig, splits: Sequence[str]) -> Loaded:
+    root = _data_root(cfg, "imagefolder")
     return [_load_imagefolder_split(root, s) for s in splits], str(root)
 
 
-def _image_cfg(cfg: DataConfig) -> DataConfig:
-    """imagefolder splits carry the columns image/label whatever the config names."""
-    return cfg.model_copy(update={"image_column": "image", "label_column": "label"})
+def _resolve_format(cfg: DataConfig, task: str) -> str:
+    """``data.format`` with ``auto`` resolved: under ``data.path`` an image folder (image-classification
+    with a ``<split_train>`` folder) or the format of the training file found; else the hub's ``data.name``."""
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.path:
+        root = data_folder(cfg.path)
+        if task == "image-classification" and (root / cfg.split_train).is_dir():
+            return "imagefolder"
+        return _detect_format(root, cfg.split_train)
+    if cfg.name:
+        return "hub"
+    raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
 
 
 # --------------------------------------------------------------------------- columns
@@ -251,12 +256,6 @@ def _resolve_label_column(ds: Dataset, cfg: DataConfig, where: str) -> str:
         raise DataError(f"data.label_column: column '{candidates[0]}' not found in {where} (columns: {cols})")
     names = ", ".join(f"'{c}'" for c in candidates)
     raise DataError(f"data.label_column: none of the columns {names} found in {where} (columns: {cols})")
-
-
-def _check_text_column(ds: Dataset, cfg: DataConfig, where: str) -> None:
-    if cfg.text_column not in ds.column_names:
-        cols = ", ".join(ds.column_names)
-        raise DataError(f"data.text_column: column '{cfg.text_column}' not found in {where} (columns: {cols})")
 
 
 def _raw_labels(ds: Dataset, col: str, where: str) -> list[Any]:
@@ -302,10 +301,6 @@ def _subset(ds: Dataset, n: int | None, rng: np.random.Generator) -> Dataset:
     return ds.select(idx, keep_in_memory=True)
 
 
-def _build(texts: list[str], labels: list[int]) -> Dataset:
-    return Dataset.from_dict({"text": texts, "label": labels}, features=OUTPUT_FEATURES)
-
-
 def _missing_text(t: Any) -> bool:
     return t is None or (isinstance(t, float) and math.isnan(t))
 
@@ -319,10 +314,6 @@ def _text_problem(t: Any) -> str | None:
     return None
 
 
-def _count(drops: dict[str, int], reason: str) -> None:
-    drops[reason] = drops.get(reason, 0) + 1
-
-
 def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
     if col not in ds.column_names:
         cols = ", ".join(ds.column_names)
@@ -331,15 +322,14 @@ def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
 
 def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[str, list[Any]]:
     """The task's input columns (canonical names) read from ``ds``; a row with any value missing is None."""
+    if task != "image-classification":
+        _check_column(ds, cfg.text_column, "text_column", where)
     if task == "text-classification":
-        _check_text_column(ds, cfg, where)
         return {"text": ds[cfg.text_column]}
     if task == "text-pair-classification":
-        _check_text_column(ds, cfg, where)
         _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
         return {"text": ds[cfg.text_column], "text_pair": ds[cfg.text_pair_column]}
     if task == "multiple-choice":
-        _check_text_column(ds, cfg, where)
         if cfg.text_pair_column:
             _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
         for c in cfg.choices_columns or []:
@@ -362,7 +352,7 @@ def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[s
     raise DataError(f"task: unknown task {task!r}")  # pragma: no cover - config validates it
 
 
-def _clean_task(
+def _clean(
     ds: Dataset, cfg: DataConfig, task: str, where: str
 ) -> tuple[dict[str, list], list[Any], dict[str, int]]:
     """(input columns, canonical labels, rows dropped by reason) keeping rows with every input and a label."""
@@ -397,7 +387,7 @@ def _clean_task(
                 if why is None and not isinstance(v, str):
                     row[k] = str(v)
         if why is not None:
-            _count(drops, why)
+            drops[why] = drops.get(why, 0) + 1
             continue
         for k, v in row.items():
             out[k].append(v)
@@ -405,7 +395,7 @@ def _clean_task(
     return out, labels, drops
 
 
-def _build_task(task: str, columns: dict[str, list], labels: list[int]) -> Dataset:
+def _build(columns: dict[str, list], labels: list[int]) -> Dataset:
     feats: dict[str, Any] = {}
     for k in columns:
         if k == "choices":
@@ -436,15 +426,16 @@ def _subsets(
         (_subset(test_ds, cfg.max_test_samples, rng), test_where)
 
 
-def _finish_task(
+def _finish(
     train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str, task: str
 ) -> Splits:
-    """:func:`_finish` for every task but text-classification (which keeps its own, unchanged path)."""
+    """The task's :class:`Splits`: both splits subsampled, cleaned and labelled with the training split's label set."""
     (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
-    tr_cols, tr_labels, tr_drops = _clean_task(train_ds, cfg, task, train_where)
-    te_cols, te_labels, te_drops = _clean_task(test_ds, cfg, task, test_where)
+    tr_cols, tr_labels, tr_drops = _clean(train_ds, cfg, task, train_where)
+    te_cols, te_labels, te_drops = _clean(test_ds, cfg, task, test_where)
     if not tr_labels:
-        raise DataError(f"{train_where}: split is empty (no row has every input and a label)")
+        what = "both a text" if task == "text-classification" else "every input"
+        raise DataError(f"{train_where}: split is empty (no row has {what} and a label)")
     if task == "multiple-choice":
         label_names = list(cfg.choices_columns or [])
         train_ids, test_ids = tr_labels, te_labels
@@ -458,34 +449,14 @@ def _finish_task(
     if not test_ids:
         raise DataError(f"{test_where}: split is empty after dropping rows whose label is not a training label")
     return Splits(
-        train=_build_task(task, tr_cols, train_ids),
-        test=_build_task(task, te_cols, test_ids),
+        train=_build(tr_cols, train_ids),
+        test=_build(te_cols, test_ids),
         label_names=label_names,
         dropped_test=sum(te_drops.values()),
         dropped_train=sum(tr_drops.values()),
         source=source,
         drops={"train": tr_drops, "test": te_drops},
     )
-
-
-def _clean(ds: Dataset, cfg: DataConfig, where: str) -> tuple[list[str], list[Any], dict[str, int]]:
-    """(texts, canonical labels, rows dropped by reason) keeping rows with a label and a non-blank text."""
-    _check_text_column(ds, cfg, where)
-    label_col = _resolve_label_column(ds, cfg, where)
-    raw = _raw_labels(ds, label_col, where)
-    texts_in = ds[cfg.text_column]
-    texts: list[str] = []
-    labels: list[Any] = []
-    drops: dict[str, int] = {}
-    for t, y in zip(texts_in, raw):
-        y = _canonical(y)
-        why = "no_label" if y is None else _text_problem(t)
-        if why is not None:
-            _count(drops, why)
-            continue
-        texts.append(t if isinstance(t, str) else str(t))
-        labels.append(y)
-    return texts, labels, drops
 
 
 def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: str):
@@ -510,40 +481,6 @@ def _label_set(tr_labels: list, te_labels: list, cfg: DataConfig, train_where: s
     return [str(k) for k in keys], index, [index[y] for y in tr_labels], te_keys
 
 
-def _finish(
-    train: tuple[Dataset, str], test: tuple[Dataset, str], cfg: DataConfig, seed: int, source: str
-) -> Splits:
-    (train_ds, train_where), (test_ds, test_where) = _subsets(train, test, cfg, seed)
-
-    tr_texts, tr_labels, tr_drops = _clean(train_ds, cfg, train_where)
-    te_texts, te_labels, te_drops = _clean(test_ds, cfg, test_where)
-    if not tr_texts:
-        raise DataError(f"{train_where}: split is empty (no row has both a text and a label)")
-
-    label_names, index, train_ids, te_keys = _label_set(tr_labels, te_labels, cfg, train_where)
-
-    test_texts: list[str] = []
-    test_ids: list[int] = []
-    for t, k in zip(te_texts, te_keys):
-        i = index.get(k)
-        if i is None:
-            _count(te_drops, "unknown_label")
-            continue
-        test_texts.append(t)
-        test_ids.append(i)
-    if not test_texts:
-        raise DataError(f"{test_where}: split is empty after dropping rows whose label is not a training label")
-    return Splits(
-        train=_build(tr_texts, train_ids),
-        test=_build(test_texts, test_ids),
-        label_names=label_names,
-        dropped_test=sum(te_drops.values()),
-        dropped_train=sum(tr_drops.values()),
-        source=source,
-        drops={"train": tr_drops, "test": te_drops},
-    )
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -559,62 +496,24 @@ def _carve_test(cfg: DataConfig, train: tuple[Dataset, str], seed: int) -> tuple
 
 def load_splits(cfg: DataConfig, seed: int, task: str = "text-classification") -> Splits:
     """Load the train/test splits of ``task`` described by ``cfg`` (see :class:`DataConfig`)."""
-    fmt = cfg.format
-    carve_test = cfg.test_fraction > 0
-    wanted = [cfg.split_train] if carve_test else [cfg.split_train, cfg.split_test]
-    if fmt == "imagefolder" or (
-        fmt == "auto" and task == "image-classification" and cfg.path
-        and (Path(cfg.path).expanduser() / cfg.split_train).is_dir()
-    ):
-        loaded, source = _load_imagefolder(cfg, wanted)
-        train, test = (loaded[0], loaded[1]) if not carve_test else _carve_test(cfg, loaded[0], seed)
-        return _finish_task(train, test, _image_cfg(cfg), seed, source, task)
-    if carve_test and fmt != "demo":
-        if fmt == "auto":
-            fmt = _resolve_auto(cfg)
-        if fmt == "hub":
-            train, _, source = _load_hub(cfg.model_copy(update={"split_test": cfg.split_train}))
-        else:
-            train, source = _load_local_train(cfg, fmt)
-        train, test = _carve_test(cfg, train, seed)
-        if task == "text-classification":
-            return _finish(train, test, cfg, seed, source)
-        return _finish_task(train, test, cfg, seed, source, task)
-    if task != "text-classification" and fmt != "demo":
-        if fmt == "auto":
-            fmt = _resolve_auto(cfg)
-        if fmt == "hub":
-            train, test, source = _load_hub(cfg)
-        else:
-            train, test, source = _load_local(cfg, fmt)
-        return _finish_task(train, test, cfg, seed, source, task)
+    fmt = _resolve_format(cfg, task)
     if fmt == "demo":
         (tr_x, tr_y), (te_x, te_y) = make_demo_splits(cfg.demo_samples, seed)
-        demo_cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label"})
-        return _finish(
-            (Dataset.from_dict({"text": tr_x, "label": tr_y}), "demo[train]"),
-            (Dataset.from_dict({"text": te_x, "label": te_y}), "demo[test]"),
-            demo_cfg,
-            seed,
-            "demo",
-        )
-    if fmt == "auto":
-        if cfg.path:
-            root = Path(cfg.path).expanduser()
-            if not root.is_dir():
-                raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
-            fmt = _detect_format(root, cfg.split_train)
-        elif cfg.name:
-            fmt = "hub"
-        else:
-            raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
-    if fmt == "hub":
-        train, test, source = _load_hub(cfg)
-    elif fmt in LOCAL_FORMATS:
-        train, test, source = _load_local(cfg, fmt)
-    else:  # pragma: no cover - DataConfig validates the format
-        raise DataError(f"data.format: unknown format {fmt!r}")
-    return _finish(train, test, cfg, seed, source)
+        train = (Dataset.from_dict({"text": tr_x, "label": tr_y}), "demo[train]")
+        test = (Dataset.from_dict({"text": te_x, "label": te_y}), "demo[test]")
+        return _finish(train, test, cfg.model_copy(update={"text_column": "text", "label_column": "label"}),
+                       seed, "demo", task)
+    wanted = [cfg.split_train] if cfg.test_fraction > 0 else [cfg.split_train, cfg.split_test]
+    if fmt == "imagefolder":
+        loaded, source = _load_imagefolder(cfg, wanted)
+        # the folder's splits have the columns image and label whatever the config names
+        cfg = cfg.model_copy(update={"image_column": "image", "label_column": "label"})
+    elif fmt == "hub":
+        loaded, source = _load_hub(cfg, wanted)
+    else:
+        loaded, source = _load_local(cfg, fmt, wanted)
+    train, test = _carve_test(cfg, loaded[0], seed) if cfg.test_fraction > 0 else loaded
+    return _finish(train, test, cfg, seed, source, task)
 
 
 def _column_digest(ds: Dataset, col: str) -> bytes:
@@ -665,17 +564,6 @@ def drops_line(splits: Splits) -> str | None:
             why = ", ".join(f"{DROP_REASONS.get(k, k)} {v}" for k, v in sorted(d.items()))
             parts.append(f"{n} of {n + kept} {'training' if split == 'train' else 'test'} rows ({why})")
     return "data: dropped " + " and ".join(parts) if parts else None
-
-
-def _resolve_auto(cfg: DataConfig) -> str:
-    if cfg.path:
-        root = Path(cfg.path).expanduser()
-        if not root.is_dir():
-            raise DataError(f"data.path: {root} " + ("is not a directory" if root.exists() else "does not exist"))
-        return _detect_format(root, cfg.split_train)
-    if cfg.name:
-        return "hub"
-    raise DataError("data.format auto needs data.path (local files) or data.name (hub dataset)")
 
 
 def carve(ds: Dataset, n: int, seed: int) -> tuple[Dataset, Dataset]:

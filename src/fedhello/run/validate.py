@@ -129,7 +129,7 @@ def _check_lora(cfg, mconf, n_layers: int) -> None:
 
 
 def _check_data(cfg, rep: Report) -> None:
-    from fedhello.data.sources import LOCAL_FORMATS
+    from fedhello.data.sources import LOCAL_FORMATS, data_folder
 
     d = cfg.data
     if d.format == "demo":
@@ -141,9 +141,7 @@ def _check_data(cfg, rep: Report) -> None:
         return
     if not d.path:
         raise ConfigError(f"config key 'data.path': data.format {d.format} needs data.path")
-    root = Path(d.path).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"config key 'data.path': {root} " + ("is not a directory" if root.exists() else "does not exist"))
+    root = data_folder(d.path, "config key 'data.path'", ConfigError)
     splits = [d.split_train] if d.test_fraction > 0 else [d.split_train, d.split_test]
     if d.format == "imagefolder" or (d.format == "auto" and cfg.task == "image-classification" and (root / d.split_train).is_dir()):
         for s in splits:
