@@ -316,12 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     pr.set_defaults(func=cmd_predict)
 
-    try:
-        from fedhello.flower.deploy import add_deploy_parser
-    except ImportError:  # pragma: no cover  (flwr not installed)
-        pass
-    else:
-        add_deploy_parser(sub)
+    from fedhello.flower.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
 
     add_allocate_parser(sub)
     return p

@@ -273,12 +273,11 @@ def fisher_layer_scores_loop(model: nn.Module, layermap, batches: Iterable[Mappi
 # --------------------------------------------------------------------------- tiers and weights
 
 
-def kmeans_tiers(scores, k: int = 3, seed: int | None = None) -> np.ndarray:
+def kmeans_tiers(scores, k: int = 3) -> np.ndarray:
     """Exact 1-D k-means tiers of ``scores``, numbered by centroid (0 = lowest).
 
     Optimal clustering by dynamic programming over the sorted distinct values
-    (weighted by multiplicity), so the result is deterministic and ``seed`` is
-    accepted only for interface compatibility. With fewer than ``k`` distinct
+    (weighted by multiplicity), so the result is deterministic. With fewer than ``k`` distinct
     values there are that many tiers (0..d-1). Ties between equally good splits
     go to the split with the lower boundary.
     """

@@ -43,12 +43,6 @@ class LayerMap:
     def all_names(self) -> list[str]:
         return self.lora_names + list(self.head)
 
-    def layer_of(self, name: str) -> int | None:
-        for i, names in enumerate(self.layers):
-            if name in names:
-                return i
-        return None
-
     def names_for(self, layers: Iterable[int], include_head: bool = True) -> list[str]:
         out: list[str] = []
         for layer in sorted(set(int(x) for x in layers)):

@@ -13,7 +13,6 @@ This layer reads run directories; it never runs an experiment.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 
@@ -28,7 +27,7 @@ def report(path: str | Path, adapter: bool = False) -> list[Path]:
     from fedhello.report.plots import is_run_dir, run_plots, sweep_plots
     from fedhello.report.table import RESULTS_CSV, RESULTS_MD, collect, write_results
     from fedhello.run.sweep import SWEEP
-    from fedhello.report.tensorboard import TB, missing_note, write_tensorboard
+    from fedhello.report.tensorboard import TB, write_tensorboard
     from fedhello.run.rundir import RunDir
 
     path = Path(path)
@@ -37,10 +36,8 @@ def report(path: str | Path, adapter: bool = False) -> list[Path]:
 
     def one_run(run: Path) -> list[Path]:
         files = run_plots(run)
-        if write_tensorboard(run, RunDir(run).read_metrics()):
-            files.append(run / TB)
-        else:
-            logging.getLogger("fedhello").info(missing_note())
+        write_tensorboard(run, RunDir(run).read_metrics())
+        files.append(run / TB)
         if adapter:
             files.append(export_from_checkpoint(run))
         return files

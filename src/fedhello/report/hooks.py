@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedhello.report.plots import run_plots, sweep_plots
 from fedhello.report.table import write_results
-from fedhello.report.tensorboard import TensorBoardLog, missing_note
+from fedhello.report.tensorboard import TensorBoardLog
 
 log = logging.getLogger("fedhello")
 
@@ -22,16 +22,13 @@ class RunReporter:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.tb = TensorBoardLog(self.run_dir)
-        self._tb_note = False
 
     def _warn(self, what: str, err: BaseException) -> None:
         log.warning("%s failed: %s: %s", what, type(err).__name__, err)
 
     def round(self, records: list[dict]) -> None:
         try:
-            if not self.tb.update(records) and not self._tb_note:
-                self._tb_note = True
-                log.info(missing_note())
+            self.tb.update(records)
         except Exception as err:
             self._warn("TensorBoard scalars", err)
 

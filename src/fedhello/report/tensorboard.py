@@ -16,17 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
+
 TB = "tb"
-_MISSING_NOTE = "TensorBoard scalars not written: the tensorboard package is not installed (pip install tensorboard)"
-
-
-def available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def scalars(rec: dict) -> dict[str, float]:
@@ -58,25 +50,21 @@ class TensorBoardLog:
         self.written = 0
         self.cumulative = 0.0
 
-    def update(self, records: list[dict]) -> bool:
-        """Write the records not written yet; False when tensorboard is missing."""
+    def update(self, records: list[dict]) -> None:
+        """Write the records not written yet."""
         if self.writer is None:
-            if not available():
-                return False
-            from torch.utils.tensorboard import SummaryWriter
-
             self.dir.mkdir(parents=True, exist_ok=True)
             old = sorted(self.dir.glob("events.out.tfevents.*"))
             self.writer = SummaryWriter(log_dir=str(self.dir))
             self._write(records)
             for p in old:  # the new file holds every round: older files would duplicate steps
                 p.unlink(missing_ok=True)
-            return True
+            return
         if len(records) < self.written:  # records replaced (should not happen): start over
             self.close()
-            return self.update(records)
+            self.update(records)
+            return
         self._write(records[self.written:])
-        return True
 
     def _write(self, records: list[dict]) -> None:
         for rec in records:
@@ -97,14 +85,10 @@ class TensorBoardLog:
         self.cumulative = 0.0
 
 
-def write_tensorboard(run_dir: str | Path, records: list[dict]) -> bool:
+def write_tensorboard(run_dir: str | Path, records: list[dict]) -> None:
     """Rewrite ``RUNDIR/tb/`` from all records at once."""
     log = TensorBoardLog(run_dir)
     try:
-        return log.update(records)
+        log.update(records)
     finally:
         log.close()
-
-
-def missing_note() -> str:
-    return _MISSING_NOTE

@@ -258,7 +258,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         partitions=d.partitions,
         stats=d.stats,
         groups=d.groups,
-        dropped_test=int(getattr(splits, "dropped_test", 0)),
+        dropped_test=int(splits.dropped_test),
         positive_class=d.positive_class,
         data_info=d.data_info,
         drops_note=drops_line(splits),
