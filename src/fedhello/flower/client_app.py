@@ -33,7 +33,6 @@ import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-from fedhello.flower.codec import record_to_state, state_to_record  # noqa: E402
 
 app = ClientApp()
 
@@ -81,14 +80,14 @@ def train(msg: Message, context: Context) -> Message:
     if int(c["client-id"]) != pid:
         raise ValueError(f"task for client {c['client-id']} sent to partition {pid}")
     exp, trainer = _client(str(c["experiment"]), pid, data_path)
-    state = record_to_state(msg.content.array_records["arrays"])
+    state = msg.content.array_records["arrays"].to_torch_state_dict()
     task = FitTask(client_id=pid, round=int(c["round"]), layers=[int(x) for x in c["layers"]],
                    lr=float(c["lr"]), seed=int(c["seed"]), rank=int(c["rank"]) if "rank" in c else None)
     t0 = time.perf_counter()
     upd = trainer.fit(task, state, exp.partitions[pid])
     metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
                             "train-time-s": float(time.perf_counter() - t0)})
-    return Message(content=RecordDict({"arrays": state_to_record(upd.tensors), "metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
 
 
 @app.query()
@@ -101,7 +100,7 @@ def query(msg: Message, context: Context) -> Message:
         return Message(content=RecordDict({"config": out}), reply_to=msg)
     if task == "fisher":
         exp, _ = _client(str(c["experiment"]), pid, data_path)
-        state = record_to_state(msg.content.array_records["arrays"])
+        state = msg.content.array_records["arrays"].to_torch_state_dict()
         idx = exp.partitions[pid]
         n = exp.cfg.strategy.fim_samples
         if len(idx) > n:  # the same subsample as the in-process SimulationRunner.scores
@@ -114,7 +113,7 @@ def query(msg: Message, context: Context) -> Message:
         }), reply_to=msg)
     if task == "class-stats":  # the class-means head's statistics round (before round 1)
         exp, _ = _client(str(c["experiment"]), pid, data_path)
-        state = record_to_state(msg.content.array_records["arrays"])
+        state = msg.content.array_records["arrays"].to_torch_state_dict()
         sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
         return Message(content=RecordDict({
             "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),

@@ -1,5 +1,9 @@
 """What travels in Flower messages, shared by the server app and the client app.
 
+A state (tensor name -> torch tensor) travels as Flower's own ``ArrayRecord(state)`` and
+comes back with ``ArrayRecord.to_torch_state_dict()``: dtype and shape as sent (a wrong
+dtype in a reply is rejected by the server's validation, not converted).
+
 Message contents (RecordDict keys):
 
 - train instruction (``message_type="train"``): ``arrays`` = the whole global
@@ -19,28 +23,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord
-
-from fedhello.model.state import State
-
 TRAIN = "train"
 QUERY = "query"
-
-
-def state_to_record(state: State) -> ArrayRecord:
-    """Tensors as numpy arrays, dtype and shape kept exactly."""
-    return ArrayRecord({name: Array(t.detach().cpu().contiguous().numpy()) for name, t in state.items()})
-
-
-def record_to_state(record: ArrayRecord) -> State:
-    """numpy arrays back to CPU tensors (dtype as sent: a wrong dtype is caught by validation)."""
-    out: State = {}
-    for name in record.keys():
-        arr = np.array(record[name].numpy(), copy=True)
-        out[name] = torch.from_numpy(arr)
-    return out
 
 
 def config_json(cfg) -> str:

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
-from fedhello.flower.codec import QUERY, TRAIN, record_to_state, state_to_record
+from fedhello.flower.codec import QUERY, TRAIN
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import truncate_rank
 from fedhello.model.state import State
@@ -92,7 +92,7 @@ class FedHelloStrategy(FlowerStrategy):
     # -- training ------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._global = record_to_state(arrays)
+        self._global = arrays.to_torch_state_dict()
         self._sent = {}
         messages = []
         for task in self._tasks:
@@ -106,7 +106,7 @@ class FedHelloStrategy(FlowerStrategy):
             down = arrays
             if task.rank is not None:  # rank-heterogeneous strategies: the node's first `rank` components
                 cfg["rank"] = int(task.rank)
-                down = state_to_record(truncate_rank(self._global, task.rank))
+                down = ArrayRecord(truncate_rank(self._global, task.rank))
             content = RecordDict({"arrays": down, "config": cfg})
             messages.append(Message(content=content, dst_node_id=nid, message_type=TRAIN,
                                     group_id=str(server_round), ttl=self.ttl))
@@ -137,7 +137,7 @@ class FedHelloStrategy(FlowerStrategy):
                 continue
             try:
                 content = msg.content
-                tensors = record_to_state(content.array_records["arrays"])
+                tensors = content.array_records["arrays"].to_torch_state_dict()
                 metrics = content.metric_records["metrics"]
                 claimed = metrics.get("client-id", cid)
                 if claimed != cid:
@@ -184,7 +184,7 @@ class FedHelloStrategy(FlowerStrategy):
         loss = sum(u.train_loss * u.num_samples for u in updates) / n if n else float("nan")
         metrics = MetricRecord({"num-examples": int(n), "train-loss": float(loss),
                                 "num-updates": len(updates), "num-failed": len(failed)})
-        return state_to_record(new), metrics
+        return ArrayRecord(new), metrics
 
     # -- no client-side evaluation: the server evaluates the global model ------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -219,7 +219,7 @@ class FlowerRunner:
     def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
         self.strategy.plan(tasks)
         rnd = tasks[0].round + 1 if tasks else 0
-        msgs = list(self.strategy.configure_train(rnd, state_to_record(global_state), ConfigRecord(), self.grid))
+        msgs = list(self.strategy.configure_train(rnd, ArrayRecord(global_state), ConfigRecord(), self.grid))
         replies = self.grid.send_and_receive(msgs, timeout=self.timeout) if msgs else []
         results = self.strategy.collect(replies)
         self.missed = {r.client_id for r in results if isinstance(r, ClientFailure)}
@@ -227,7 +227,7 @@ class FlowerRunner:
 
     def _query(self, task: str, client_ids: Sequence[int], global_state: State):
         """Send a query (``task``) with the global state to each client's node; yield (client id, reply)."""
-        arrays = state_to_record(global_state)
+        arrays = ArrayRecord(global_state)
         msgs, asked = [], {}
         for cid in client_ids:
             nid = self.strategy.node_of[cid]
@@ -248,7 +248,7 @@ class FlowerRunner:
                 got[cid] = ClientFailure(cid, _reason(msg))
                 continue
             try:
-                arrays = record_to_state(msg.content.array_records["arrays"])
+                arrays = msg.content.array_records["arrays"]
                 got[cid] = (arrays["sums"].numpy().astype(np.float64), arrays["counts"].numpy().astype(np.float64),
                             float(msg.content.metric_records["metrics"]["norm-sum"]))
             except Exception as err:
@@ -262,7 +262,7 @@ class FlowerRunner:
                 got[cid] = ClientFailure(cid, _reason(msg))
                 continue
             try:
-                s = record_to_state(msg.content.array_records["arrays"])["scores"].numpy().astype(np.float64)
+                s = msg.content.array_records["arrays"]["scores"].numpy().astype(np.float64)
                 n = int(msg.content.metric_records["metrics"]["num-examples"])
                 if s.shape != (self.strategy.layermap.num_layers,) or not np.all(np.isfinite(s)) or n < 1:
                     raise ValueError("bad Fisher scores")
