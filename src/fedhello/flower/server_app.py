@@ -22,6 +22,7 @@ Run config (``[tool.flwr.app.config]``, override with ``flwr run --run-config``)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -65,7 +66,6 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
     from fedhello.allocation import build_strategy
     from fedhello.federation.simulation import run_experiment
     from fedhello.federation.client import uploads_head
-    from fedhello.flower.codec import config_json
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
     from fedhello.run.rundir import RunDir
 
@@ -87,7 +87,8 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
         info.update(nodes={str(c): n for c, n in sorted(node_of.items())}, declared_groups=declared)
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
         rule = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregate
-        strategy = FedHelloStrategy(exp.layermap, config_json(cfg), node_of, cfg.aggregation.weighting,
+        experiment_json = json.dumps(cfg.to_dict(), sort_keys=True)  # sent to the nodes in every message
+        strategy = FedHelloStrategy(exp.layermap, experiment_json, node_of, cfg.aggregation.weighting,
                                     ttl=timeout + 60.0, aggregate_fn=rule, ffa=cfg.lora.ffa,
                                     sample_counts=[len(p) for p in exp.partitions],
                                     uploads_head=uploads_head(cfg.head.train))

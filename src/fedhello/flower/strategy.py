@@ -34,14 +34,13 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
-from fedhello.flower.codec import QUERY, TRAIN
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import truncate_rank
 from fedhello.model.state import State
@@ -108,7 +107,7 @@ class FedHelloStrategy(FlowerStrategy):
                 cfg["rank"] = int(task.rank)
                 down = ArrayRecord(truncate_rank(self._global, task.rank))
             content = RecordDict({"arrays": down, "config": cfg})
-            messages.append(Message(content=content, dst_node_id=nid, message_type=TRAIN,
+            messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
                                     group_id=str(server_round), ttl=self.ttl))
             self._sent[nid] = task
         return messages
@@ -234,7 +233,7 @@ class FlowerRunner:
             cfg = ConfigRecord({"task": task, "client-id": int(cid),
                                 "experiment": self.strategy.experiment_json})
             msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nid,
-                                message_type=QUERY, ttl=self.strategy.ttl))
+                                message_type=MessageType.QUERY, ttl=self.strategy.ttl))
             asked[nid] = cid
         for msg in self.grid.send_and_receive(msgs, timeout=self.timeout):
             cid = asked.pop(msg.metadata.src_node_id, None)  # one reply per asked node
@@ -300,7 +299,7 @@ def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, 
         new = [nid for nid in grid.get_node_ids() if nid not in asked]
         if new:
             msgs = [Message(content=RecordDict({"config": ConfigRecord({"task": "hello"})}), dst_node_id=nid,
-                            message_type=QUERY) for nid in new]
+                            message_type=MessageType.QUERY) for nid in new]
             asked.update(new)
             for msg in grid.send_and_receive(msgs, timeout=max(5.0, deadline - time.monotonic())):
                 nid = msg.metadata.src_node_id
