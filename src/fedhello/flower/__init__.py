@@ -11,15 +11,28 @@ Messages (``flwr.app.MessageType``; contents as ``RecordDict`` keys). A state
 comes back with ``ArrayRecord.to_torch_state_dict()``: dtype and shape as sent (a
 wrong dtype in a reply is rejected by the server's validation, not converted).
 
-- train instruction (``MessageType.TRAIN``): ``arrays`` = the whole global
-  adapter (every LoRA tensor + head), ``config`` = ``client-id``, ``round``,
-  ``layers``, ``lr``, ``seed``, ``experiment`` (the resolved config as JSON),
-  and for rank-heterogeneous strategies ``rank``: then ``arrays`` holds only
-  the first ``rank`` components of every LoRA tensor (hetlora, flexlora).
+- train instruction (``MessageType.TRAIN``, handled by ``@app.train()``):
+  ``arrays`` = the whole global adapter (every LoRA tensor + head), ``config`` =
+  ``client-id``, ``round``, ``layers``, ``lr``, ``seed``, ``experiment`` (the
+  resolved config as JSON), and for rank-heterogeneous strategies ``rank``: then
+  ``arrays`` holds only the first ``rank`` components of every LoRA tensor
+  (hetlora, flexlora).
 - train reply: ``arrays`` = only the tensors the client trained (its layers +
   head), ``metrics`` = ``num-examples``, ``train-loss``, ``train-time-s``.
-- query ``task=hello`` (``MessageType.QUERY``): reply ``config`` = ``partition-id``,
-  ``num-partitions``, ``budget`` (0: none declared).
-- query ``task=fisher``: ``arrays`` = global adapter; reply ``arrays`` =
-  ``{"scores": float64[L]}``, ``metrics`` = ``num-examples``.
+- queries, one ``@app.query("<action>")`` handler of the ClientApp each, addressed
+  with ``message_type="query.<action>"`` (Flower routes them; an action name must
+  be a Python identifier, hence ``class_stats``):
+
+  - ``query.hello`` (no content): reply ``config`` = ``partition-id``,
+    ``num-partitions``, ``budget`` (0: none declared).
+  - ``query.fisher``: ``arrays`` = global adapter, ``config`` = ``client-id``,
+    ``experiment``; reply ``arrays`` = ``{"scores": float64[L]}``, ``metrics`` =
+    ``num-examples``.
+  - ``query.class_stats`` (the class-means head's statistics round, before round
+    1): sent as ``fisher``; reply ``arrays`` = ``{"sums": float64[C, D], "counts":
+    float64[C]}``, ``metrics`` = ``norm-sum``.
+
+How a ClientApp registers named actions: the docstring of ``ClientApp.query`` in
+the installed ``flwr/clientapp/client_app.py``, or
+https://flower.ai/docs/framework/ref-api/flwr.clientapp.ClientApp.html
 """

@@ -33,7 +33,6 @@ import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-
 app = ClientApp()
 
 _CACHE: dict[tuple, object] = {}
@@ -90,34 +89,44 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    pid, nparts, data_path, budget = _node(context)
-    c = msg.content.config_records["config"]
-    task = str(c.get("task", ""))
-    if task == "hello":
-        out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget})
-        return Message(content=RecordDict({"config": out}), reply_to=msg)
-    if task == "fisher":
-        exp, _ = _client(str(c["experiment"]), pid, data_path)
-        state = msg.content.array_records["arrays"].to_torch_state_dict()
-        idx = exp.partitions[pid]
-        n = exp.cfg.strategy.fim_samples
-        if len(idx) > n:  # the same subsample as the in-process SimulationRunner.scores
-            rng = np.random.default_rng([exp.cfg.seed, pid, 5])
-            idx = np.sort(rng.choice(idx, size=n, replace=False))
-        scores = np.asarray(exp.fisher(state, exp.train, idx), dtype=np.float64)
-        return Message(content=RecordDict({
-            "arrays": ArrayRecord({"scores": Array(scores)}),
-            "metrics": MetricRecord({"num-examples": int(len(idx))}),
-        }), reply_to=msg)
-    if task == "class-stats":  # the class-means head's statistics round (before round 1)
-        exp, _ = _client(str(c["experiment"]), pid, data_path)
-        state = msg.content.array_records["arrays"].to_torch_state_dict()
-        sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
-        return Message(content=RecordDict({
-            "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),
-                                   "counts": Array(np.asarray(counts, dtype=np.float64))}),
-            "metrics": MetricRecord({"norm-sum": float(norm_sum)}),
-        }), reply_to=msg)
-    raise ValueError(f"unknown query task {task!r}")
+def _query_input(msg: Message, context: Context):
+    """(partition id, experiment, global state) of a query that carries the global adapter."""
+    pid, _, data_path, _ = _node(context)
+    exp, _ = _client(str(msg.content.config_records["config"]["experiment"]), pid, data_path)
+    return pid, exp, msg.content.array_records["arrays"].to_torch_state_dict()
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Which client this node is (``message_type="query.hello"``)."""
+    pid, nparts, _, budget = _node(context)
+    out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget})
+    return Message(content=RecordDict({"config": out}), reply_to=msg)
+
+
+@app.query("fisher")
+def fisher(msg: Message, context: Context) -> Message:
+    """Per-layer Fisher scores of the global adapter on this client's data (``query.fisher``)."""
+    pid, exp, state = _query_input(msg, context)
+    idx = exp.partitions[pid]
+    n = exp.cfg.strategy.fim_samples
+    if len(idx) > n:  # the same subsample as the in-process SimulationRunner.scores
+        rng = np.random.default_rng([exp.cfg.seed, pid, 5])
+        idx = np.sort(rng.choice(idx, size=n, replace=False))
+    scores = np.asarray(exp.fisher(state, exp.train, idx), dtype=np.float64)
+    return Message(content=RecordDict({
+        "arrays": ArrayRecord({"scores": Array(scores)}),
+        "metrics": MetricRecord({"num-examples": int(len(idx))}),
+    }), reply_to=msg)
+
+
+@app.query("class_stats")
+def class_stats(msg: Message, context: Context) -> Message:
+    """The class-means head's statistics round, before round 1 (``query.class_stats``)."""
+    pid, exp, state = _query_input(msg, context)
+    sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
+    return Message(content=RecordDict({
+        "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),
+                               "counts": Array(np.asarray(counts, dtype=np.float64))}),
+        "metrics": MetricRecord({"norm-sum": float(norm_sum)}),
+    }), reply_to=msg)

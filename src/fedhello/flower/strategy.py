@@ -224,16 +224,18 @@ class FlowerRunner:
         self.missed = {r.client_id for r in results if isinstance(r, ClientFailure)}
         return results
 
-    def _query(self, task: str, client_ids: Sequence[int], global_state: State):
-        """Send a query (``task``) with the global state to each client's node; yield (client id, reply)."""
+    def _query(self, action: str, client_ids: Sequence[int], global_state: State):
+        """Send the query ``action`` with the global state to each client's node; yield (client id, reply).
+
+        The message type ``query.<action>`` reaches the ClientApp's ``@app.query("<action>")`` handler.
+        """
         arrays = ArrayRecord(global_state)
         msgs, asked = [], {}
         for cid in client_ids:
             nid = self.strategy.node_of[cid]
-            cfg = ConfigRecord({"task": task, "client-id": int(cid),
-                                "experiment": self.strategy.experiment_json})
+            cfg = ConfigRecord({"client-id": int(cid), "experiment": self.strategy.experiment_json})
             msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nid,
-                                message_type=MessageType.QUERY, ttl=self.strategy.ttl))
+                                message_type=f"{MessageType.QUERY}.{action}", ttl=self.strategy.ttl))
             asked[nid] = cid
         for msg in self.grid.send_and_receive(msgs, timeout=self.timeout):
             cid = asked.pop(msg.metadata.src_node_id, None)  # one reply per asked node
@@ -242,7 +244,7 @@ class FlowerRunner:
 
     def class_stats(self, client_ids: Sequence[int], global_state: State):
         got: dict[int, tuple[np.ndarray, np.ndarray, float] | ClientFailure] = {}
-        for cid, msg in self._query("class-stats", client_ids, global_state):
+        for cid, msg in self._query("class_stats", client_ids, global_state):
             if msg.has_error():
                 got[cid] = ClientFailure(cid, _reason(msg))
                 continue
@@ -298,8 +300,8 @@ def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, 
     while True:
         new = [nid for nid in grid.get_node_ids() if nid not in asked]
         if new:
-            msgs = [Message(content=RecordDict({"config": ConfigRecord({"task": "hello"})}), dst_node_id=nid,
-                            message_type=MessageType.QUERY) for nid in new]
+            msgs = [Message(content=RecordDict(), dst_node_id=nid, message_type=f"{MessageType.QUERY}.hello")
+                    for nid in new]
             asked.update(new)
             for msg in grid.send_and_receive(msgs, timeout=max(5.0, deadline - time.monotonic())):
                 nid = msg.metadata.src_node_id
