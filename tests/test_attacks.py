@@ -213,8 +213,6 @@ def task_identity():
 
 def flower_round(exp, answer, asked=range(N)):
     """One aggregate_train over replies made by ``answer(client id, message, honest update)``."""
-    from flwr.app import ArrayRecord, ConfigRecord
-
     from fedhello.flower.strategy import FedHelloStrategy
 
     g = exp.global_state()
@@ -222,7 +220,7 @@ def flower_round(exp, answer, asked=range(N)):
                              sample_counts=[len(p) for p in exp.partitions])
     tasks = [FitTask(client_id=c, round=0, layers=[c % exp.layermap.num_layers], lr=0.1, seed=c) for c in asked]
     strat.plan(tasks)
-    msgs = list(strat.configure_train(1, ArrayRecord(g), ConfigRecord(), None))
+    msgs = list(strat.configure_train(1, g))
     replies = []
     for m, t in zip(msgs, tasks):
         replies += answer(t.client_id, m, honest(exp, t, g), t)

@@ -25,7 +25,7 @@ import yaml
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedhello.config import build_config, load_config  # noqa: E402
 from fedhello.federation.simulation import prepare, run_experiment  # noqa: E402
@@ -157,7 +157,7 @@ def test_malicious_replies_rejected_by_strategy(tiny_exp, task_identity):
     tasks = [FitTask(client_id=c, round=0, layers=[c % exp.layermap.num_layers], lr=0.1, seed=c) for c in range(7)]
     strat.plan(tasks)
     grid = FakeGrid(crafted(exp))
-    msgs = list(strat.configure_train(1, ArrayRecord(g), ConfigRecord(), grid))
+    msgs = list(strat.configure_train(1, g))
     # each node gets the whole global adapter and only its own layer list
     assert [m.metadata.dst_node_id for m in msgs] == [100 + c for c in range(7)]
     assert set(msgs[0].content.array_records["arrays"].to_torch_state_dict()) == set(g)
@@ -225,7 +225,7 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
         return reply(msg, {n: g[n] + 1.0 for n in sent})  # full-rank tensors: above its rank
 
     grid = FakeGrid(answer)
-    msgs = list(strat.configure_train(1, ArrayRecord(g), ConfigRecord(), grid))
+    msgs = list(strat.configure_train(1, g))
     assert [m.content.config_records["config"]["rank"] for m in msgs] == [2, 2]
     down = msgs[0].content.array_records["arrays"].to_torch_state_dict()
     expect = truncate_rank(g, 2)

@@ -1,6 +1,7 @@
 """Fed-HeLLo on Flower: a ServerApp, a ClientApp and the messages between them, over the project's round loop.
 
-- :mod:`fedhello.flower.strategy`: :class:`FedHelloStrategy` (a Flower ``Strategy``) and
+- :mod:`fedhello.flower.strategy`: :class:`FedHelloStrategy` (a round's train messages out,
+  replies in; not a Flower ``Strategy``: the project's Server loop drives the rounds) and
   :class:`FlowerRunner` (the :class:`~fedhello.federation.server.ClientRunner` over a Flower ``Grid``)
 - :mod:`fedhello.flower.server_app`: ``app`` (ServerApp); never imports the client app
 - :mod:`fedhello.flower.client_app`: ``app`` (ClientApp)
