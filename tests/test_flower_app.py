@@ -248,6 +248,24 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     assert not new[a_name][2:].any()
 
 
+def test_run_config_defaults_are_stated_once():
+    """pyproject.toml's [tool.flwr.app.config] and the app that deploy-local submits both
+    state server_app.DEFAULTS (value and type), and the submitted app is this project's app."""
+    import tomllib
+    from pathlib import Path
+
+    from fedhello.flower.deploy import app_pyproject
+    from fedhello.flower.server_app import DEFAULTS
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]
+
+    def typed(d):
+        return {k: (type(v), v) for k, v in d.items()}
+
+    assert typed(project["app"]["config"]) == typed(DEFAULTS)
+    assert tomllib.loads(app_pyproject())["tool"]["flwr"] == project
+
+
 # -- Flower simulation runtime -------------------------------------------------------------
 
 def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):

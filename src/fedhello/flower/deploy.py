@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 from fedhello.errors import FedHelloError
 
-APP_PYPROJECT = """[build-system]
+APP_PYPROJECT_HEAD = """[build-system]
 requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
@@ -42,16 +42,20 @@ fab-include = ["pyproject.toml"]
 [tool.flwr.app.components]
 serverapp = "fedhello.flower.server_app:app"
 clientapp = "fedhello.flower.client_app:app"
-
-[tool.flwr.app.config]
-config = ""
-overrides = ""
-out = "runs/flower"
-overwrite = false
-round-timeout = 600.0
-min-nodes = 0
-wait-nodes-s = 120.0
 """
+
+
+def app_pyproject() -> str:
+    """The pyproject.toml of the app that ``flwr run`` submits (the code is the installed package).
+
+    Its ``[tool.flwr.app.config]`` is :data:`fedhello.flower.server_app.DEFAULTS`, the
+    one list of run-config keys and defaults (the repository's pyproject.toml states
+    the same, which a test checks).
+    """
+    from fedhello.flower.server_app import DEFAULTS
+
+    return APP_PYPROJECT_HEAD + "\n[tool.flwr.app.config]\n" + "".join(
+        f"{key} = {_toml_value(value)}\n" for key, value in DEFAULTS.items())
 
 
 def free_port() -> int:
@@ -71,8 +75,13 @@ def _bin(name: str) -> str:
     return found
 
 
-def _toml_str(s: str) -> str:
-    return json.dumps(str(s))  # a JSON string is a valid TOML basic string
+def _toml_value(v) -> str:
+    """A run-config value (str, bool, int, float) as TOML."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
 class LocalFederation:
@@ -181,7 +190,7 @@ def deploy_local(
     wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "app").mkdir(exist_ok=True)
-    (wd / "app" / "pyproject.toml").write_text(APP_PYPROJECT)
+    (wd / "app" / "pyproject.toml").write_text(app_pyproject())
     (wd / "experiment.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
     env = dict(os.environ)
     env.update(FLWR_HOME=str(wd / "flwr-home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
@@ -215,11 +224,10 @@ def deploy_local(
         _wait_port(fed, timeout=30)
         if on_started is not None:
             on_started(fed)
-        run_config = " ".join([
-            f"config={_toml_str(wd / 'experiment.yaml')}", f"out={_toml_str(out)}",
-            f"overwrite={'true' if overwrite else 'false'}", f"round-timeout={float(round_timeout)}",
-            f"min-nodes={nodes}", "wait-nodes-s=120.0",
-        ])
+        run_config = " ".join(f"{key}={_toml_value(value)}" for key, value in {
+            "config": str(wd / "experiment.yaml"), "out": str(out), "overwrite": bool(overwrite),
+            "round-timeout": float(round_timeout), "min-nodes": int(nodes),
+        }.items())  # the other keys keep their defaults
         sub = subprocess.run(
             [_bin("flwr"), "run", str(wd / "app"), "loopback", "--run-config", run_config, "--format", "json"],
             env=env, cwd=wd, capture_output=True, text=True, timeout=120,

@@ -33,6 +33,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from flwr.app import Context  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
+# The run config's keys and defaults, once: deploy-local writes them into the app it
+# submits (fedhello.flower.deploy.app_pyproject); pyproject.toml's [tool.flwr.app.config]
+# states the same (tests/test_flower_app.py checks both).
 DEFAULTS = {
     "config": "",
     "overrides": "",
