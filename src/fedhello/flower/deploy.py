@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import psutil
+
 from fedhello.errors import FedHelloError
 
 APP_PYPROJECT_HEAD = """[build-system]
@@ -128,8 +130,8 @@ class LocalFederation:
         extra = {d for p in self.procs.values() for d in _descendants(p.pid)}
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
-        for pid in extra:
-            _signal(pid, signal.SIGTERM)
+        for proc in extra:
+            _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for name, p in self.procs.items():
             try:
@@ -141,9 +143,9 @@ class LocalFederation:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        time.sleep(0.2)
-        for pid in extra:
-            _signal(pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(extra, timeout=0.2)
+        for proc in alive:
+            _signal(proc, signal.SIGKILL)
 
     def log_tail(self, name: str, n: int = 20) -> str:
         p = self.workdir / f"{name}.log"
@@ -268,35 +270,18 @@ def deploy_local(
             shutil.rmtree(wd, ignore_errors=True)
 
 
-def _descendants(pid: int) -> set[int]:
-    """All live descendants of ``pid`` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
+def _descendants(pid: int) -> list[psutil.Process]:
+    """All live descendants of ``pid``."""
     try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return set()
-    for e in entries:
-        if not e.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{e}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(e))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(proc: psutil.Process, sig: int) -> None:
     try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
+        proc.send_signal(sig)  # psutil refuses a pid that now belongs to another process
+    except psutil.Error:  # gone already, or not ours to signal
         pass
 
 
