@@ -12,12 +12,14 @@ simulation):
   ``clients.budgets``); otherwise its resource group is the one the in-process
   engine gives client I.
 
-The experiment config comes from the server in every message. The frozen
-backbone, the tokenized data and the partition are built once per process and
-cached at module level (keyed by config, partition and data path); the
-ClientApp reuses :func:`fedhello.federation.simulation.prepare` and
-:class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the one
-the in-process engine computes for that client.
+Handlers: ``@app.train()`` and the named queries ``@app.query("hello")``,
+``@app.query("fisher")`` and ``@app.query("class_stats")`` (what each message
+carries: :mod:`fedhello.flower`). The experiment config comes from the server in
+every message. The frozen backbone, the tokenized data and the partition are
+built once per process and cached at module level (keyed by config, partition
+and data path); the ClientApp reuses :func:`fedhello.federation.simulation.prepare`
+and :class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the
+one the in-process engine computes for that client.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ class FedHelloStrategy:
         )
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+                        ) -> tuple[ArrayRecord, MetricRecord]:
         """Validate every reply against its node's allocation, aggregate the good ones layer-wise."""
         if self._global is None:
             raise FedHelloError("aggregate_train before configure_train")
