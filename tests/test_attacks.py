@@ -213,9 +213,6 @@ def task_identity():
 
 def flower_round(exp, answer, asked=range(N)):
     """One aggregate_train over replies made by ``answer(client id, message, honest update)``."""
-    from flwr.app import ConfigRecord
-
-    from fedhello.flower.codec import record_to_state, state_to_record
     from fedhello.flower.strategy import FedHelloStrategy
 
     g = exp.global_state()
@@ -223,22 +220,20 @@ def flower_round(exp, answer, asked=range(N)):
                              sample_counts=[len(p) for p in exp.partitions])
     tasks = [FitTask(client_id=c, round=0, layers=[c % exp.layermap.num_layers], lr=0.1, seed=c) for c in asked]
     strat.plan(tasks)
-    msgs = list(strat.configure_train(1, state_to_record(g), ConfigRecord(), None))
+    msgs = list(strat.configure_train(1, g))
     replies = []
     for m, t in zip(msgs, tasks):
         replies += answer(t.client_id, m, honest(exp, t, g), t)
     arrays, metrics = strat.aggregate_train(1, replies)
-    return g, tasks, {f["id"]: f["reason"] for f in strat.last_failed}, record_to_state(arrays), metrics
+    return g, tasks, {f["id"]: f["reason"] for f in strat.last_failed}, arrays.to_torch_state_dict(), metrics
 
 
 def message(msg, u: ClientUpdate, **metrics):
-    from flwr.app import Message, MetricRecord, RecordDict
-
-    from fedhello.flower.codec import state_to_record
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
     m = {"num-examples": u.num_samples, "train-loss": 1.0}
     m.update(metrics)
-    return Message(content=RecordDict({"arrays": state_to_record(u.tensors), "metrics": MetricRecord(m)}),
+    return Message(content=RecordDict({"arrays": ArrayRecord(u.tensors), "metrics": MetricRecord(m)}),
                    reply_to=msg)
 
 

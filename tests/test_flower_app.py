@@ -25,11 +25,10 @@ import yaml
 
 flwr = pytest.importorskip("flwr")
 
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedhello.config import build_config, load_config  # noqa: E402
 from fedhello.run.experiment import prepare, run_experiment  # noqa: E402
-from fedhello.flower.codec import record_to_state, state_to_record  # noqa: E402
 from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
 
@@ -97,7 +96,7 @@ class FakeGrid:
 
 
 def reply(msg: Message, tensors: dict, n: int = 10) -> Message:
-    content = RecordDict({"arrays": state_to_record(tensors),
+    content = RecordDict({"arrays": ArrayRecord(tensors),
                           "metrics": MetricRecord({"num-examples": n, "train-loss": 1.0})})
     return Message(content=content, reply_to=msg)
 
@@ -127,7 +126,7 @@ def crafted(exp):
 
     def answer(cid, msg):
         layers = [int(x) for x in msg.content.config_records["config"]["layers"]]
-        g = record_to_state(msg.content.array_records["arrays"])
+        g = msg.content.array_records["arrays"].to_torch_state_dict()
         mine = {n: g[n] + 1.0 for n in lm.names_for(layers, include_head=True)}
         other = next(i for i in range(lm.num_layers) if i not in layers)
         name = lm.layers[layers[0]][0]
@@ -158,13 +157,13 @@ def test_malicious_replies_rejected_by_strategy(tiny_exp, task_identity):
     tasks = [FitTask(client_id=c, round=0, layers=[c % exp.layermap.num_layers], lr=0.1, seed=c) for c in range(7)]
     strat.plan(tasks)
     grid = FakeGrid(crafted(exp))
-    msgs = list(strat.configure_train(1, state_to_record(g), ConfigRecord(), grid))
+    msgs = list(strat.configure_train(1, g))
     # each node gets the whole global adapter and only its own layer list
     assert [m.metadata.dst_node_id for m in msgs] == [100 + c for c in range(7)]
-    assert set(record_to_state(msgs[0].content.array_records["arrays"])) == set(g)
+    assert set(msgs[0].content.array_records["arrays"].to_torch_state_dict()) == set(g)
     assert [list(m.content.config_records["config"]["layers"]) for m in msgs] == [t.layers for t in tasks]
     arrays, metrics = strat.aggregate_train(1, grid.send_and_receive(msgs))
-    new = record_to_state(arrays)
+    new = arrays.to_torch_state_dict()
     failed = {f["id"]: f["reason"] for f in strat.last_failed}
     assert sorted(failed) == [1, 2, 3, 4, 5, 6]
     assert "outside its allocation" in failed[1] and "non-finite" in failed[2]
@@ -220,15 +219,15 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     strat.plan(tasks)
 
     def answer(cid, msg):
-        sent = record_to_state(msg.content.array_records["arrays"])
+        sent = msg.content.array_records["arrays"].to_torch_state_dict()
         if cid == 0:  # honest: its rank-2 tensors, each + 1
             return reply(msg, {n: t + 1.0 for n, t in sent.items()})
         return reply(msg, {n: g[n] + 1.0 for n in sent})  # full-rank tensors: above its rank
 
     grid = FakeGrid(answer)
-    msgs = list(strat.configure_train(1, state_to_record(g), ConfigRecord(), grid))
+    msgs = list(strat.configure_train(1, g))
     assert [m.content.config_records["config"]["rank"] for m in msgs] == [2, 2]
-    down = record_to_state(msgs[0].content.array_records["arrays"])
+    down = msgs[0].content.array_records["arrays"].to_torch_state_dict()
     expect = truncate_rank(g, 2)
     assert set(down) == set(g)
     a_name = next(n for n in g if ".lora_A." in n)
@@ -242,11 +241,29 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     assert list(failed) == [1] and "shape" in failed[1]
     assert metrics["num-updates"] == 1
     # hetlora's rule with one update: its rank-2 components, zero-padded back to full rank
-    new = record_to_state(arrays)
+    new = arrays.to_torch_state_dict()
     for n, t in g.items():
         assert new[n].shape == t.shape, n
     assert torch.equal(new[a_name][:2], expect[a_name] + 1.0)
     assert not new[a_name][2:].any()
+
+
+def test_run_config_defaults_are_stated_once():
+    """pyproject.toml's [tool.flwr.app.config] and the app that deploy-local submits both
+    state server_app.DEFAULTS (value and type), and the submitted app is this project's app."""
+    import tomllib
+    from pathlib import Path
+
+    from fedhello.flower.deploy import app_pyproject
+    from fedhello.flower.server_app import DEFAULTS
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]
+
+    def typed(d):
+        return {k: (type(v), v) for k, v in d.items()}
+
+    assert typed(project["app"]["config"]) == typed(DEFAULTS)
+    assert tomllib.loads(app_pyproject())["tool"]["flwr"] == project
 
 
 # -- Flower simulation runtime -------------------------------------------------------------

@@ -12,12 +12,14 @@ simulation):
   ``clients.budgets``); otherwise its resource group is the one the in-process
   engine gives client I.
 
-The experiment config comes from the server in every message. The frozen
-backbone, the tokenized data and the partition are built once per process and
-cached at module level (keyed by config, partition and data path); the
-ClientApp reuses :func:`fedhello.federation.simulation.prepare` and
-:class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the one
-the in-process engine computes for that client.
+Handlers: ``@app.train()`` and the named queries ``@app.query("hello")``,
+``@app.query("fisher")`` and ``@app.query("class_stats")`` (what each message
+carries: :mod:`fedhello.flower`). The experiment config comes from the server in
+every message. The frozen backbone, the tokenized data and the partition are
+built once per process and cached at module level (keyed by config, partition
+and data path); the ClientApp reuses :func:`fedhello.federation.simulation.prepare`
+and :class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the
+one the in-process engine computes for that client.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
-
-from fedhello.flower.codec import record_to_state, state_to_record  # noqa: E402
 
 app = ClientApp()
 
@@ -81,44 +81,49 @@ def train(msg: Message, context: Context) -> Message:
     if int(c["client-id"]) != pid:
         raise ValueError(f"task for client {c['client-id']} sent to partition {pid}")
     exp, trainer = _client(str(c["experiment"]), pid, data_path)
-    state = record_to_state(msg.content.array_records["arrays"])
+    state = msg.content.array_records["arrays"].to_torch_state_dict()
     task = FitTask(client_id=pid, round=int(c["round"]), layers=[int(x) for x in c["layers"]],
                    lr=float(c["lr"]), seed=int(c["seed"]), rank=int(c["rank"]) if "rank" in c else None)
     t0 = time.perf_counter()
     upd = trainer.fit(task, state, exp.partitions[pid])
     metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
                             "train-time-s": float(time.perf_counter() - t0)})
-    return Message(content=RecordDict({"arrays": state_to_record(upd.tensors), "metrics": metrics}), reply_to=msg)
+    return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    pid, nparts, data_path, budget = _node(context)
-    c = msg.content.config_records["config"]
-    task = str(c.get("task", ""))
-    if task == "hello":
-        out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget})
-        return Message(content=RecordDict({"config": out}), reply_to=msg)
-    if task == "fisher":
-        exp, _ = _client(str(c["experiment"]), pid, data_path)
-        state = record_to_state(msg.content.array_records["arrays"])
-        idx = exp.partitions[pid]
-        n = exp.cfg.strategy.fim_samples
-        if len(idx) > n:  # the same subsample as the in-process SimulationRunner.scores
-            rng = np.random.default_rng([exp.cfg.seed, pid, 5])
-            idx = np.sort(rng.choice(idx, size=n, replace=False))
-        scores = np.asarray(exp.fisher(state, exp.train, idx), dtype=np.float64)
-        return Message(content=RecordDict({
-            "arrays": ArrayRecord({"scores": Array(scores)}),
-            "metrics": MetricRecord({"num-examples": int(len(idx))}),
-        }), reply_to=msg)
-    if task == "class-stats":  # the class-means head's statistics round (before round 1)
-        exp, _ = _client(str(c["experiment"]), pid, data_path)
-        state = record_to_state(msg.content.array_records["arrays"])
-        sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
-        return Message(content=RecordDict({
-            "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),
-                                   "counts": Array(np.asarray(counts, dtype=np.float64))}),
-            "metrics": MetricRecord({"norm-sum": float(norm_sum)}),
-        }), reply_to=msg)
-    raise ValueError(f"unknown query task {task!r}")
+def _query_input(msg: Message, context: Context):
+    """(partition id, experiment, global state) of a query that carries the global adapter."""
+    pid, _, data_path, _ = _node(context)
+    exp, _ = _client(str(msg.content.config_records["config"]["experiment"]), pid, data_path)
+    return pid, exp, msg.content.array_records["arrays"].to_torch_state_dict()
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Which client this node is (``message_type="query.hello"``)."""
+    pid, nparts, _, budget = _node(context)
+    out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget})
+    return Message(content=RecordDict({"config": out}), reply_to=msg)
+
+
+@app.query("fisher")
+def fisher(msg: Message, context: Context) -> Message:
+    """Per-layer Fisher scores of the global adapter on this client's data (``query.fisher``)."""
+    pid, exp, state = _query_input(msg, context)
+    scores, n = exp.client_fisher(pid, state)  # the subsample the in-process runner scores too
+    return Message(content=RecordDict({
+        "arrays": ArrayRecord({"scores": Array(np.asarray(scores, dtype=np.float64))}),
+        "metrics": MetricRecord({"num-examples": int(n)}),
+    }), reply_to=msg)
+
+
+@app.query("class_stats")
+def class_stats(msg: Message, context: Context) -> Message:
+    """The class-means head's statistics round, before round 1 (``query.class_stats``)."""
+    pid, exp, state = _query_input(msg, context)
+    sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
+    return Message(content=RecordDict({
+        "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),
+                               "counts": Array(np.asarray(counts, dtype=np.float64))}),
+        "metrics": MetricRecord({"norm-sum": float(norm_sum)}),
+    }), reply_to=msg)

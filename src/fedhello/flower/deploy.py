@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import psutil
+
 from fedhello.errors import FedHelloError
 
-APP_PYPROJECT = """[build-system]
+APP_PYPROJECT_HEAD = """[build-system]
 requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
@@ -42,16 +44,20 @@ fab-include = ["pyproject.toml"]
 [tool.flwr.app.components]
 serverapp = "fedhello.flower.server_app:app"
 clientapp = "fedhello.flower.client_app:app"
-
-[tool.flwr.app.config]
-config = ""
-overrides = ""
-out = "runs/flower"
-overwrite = false
-round-timeout = 600.0
-min-nodes = 0
-wait-nodes-s = 120.0
 """
+
+
+def app_pyproject() -> str:
+    """The pyproject.toml of the app that ``flwr run`` submits (the code is the installed package).
+
+    Its ``[tool.flwr.app.config]`` is :data:`fedhello.flower.server_app.DEFAULTS`, the
+    one list of run-config keys and defaults (the repository's pyproject.toml states
+    the same, which a test checks).
+    """
+    from fedhello.flower.server_app import DEFAULTS
+
+    return APP_PYPROJECT_HEAD + "\n[tool.flwr.app.config]\n" + "".join(
+        f"{key} = {_toml_value(value)}\n" for key, value in DEFAULTS.items())
 
 
 def free_port() -> int:
@@ -71,8 +77,13 @@ def _bin(name: str) -> str:
     return found
 
 
-def _toml_str(s: str) -> str:
-    return json.dumps(str(s))  # a JSON string is a valid TOML basic string
+def _toml_value(v) -> str:
+    """A run-config value (str, bool, int, float) as TOML."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
 class LocalFederation:
@@ -119,8 +130,8 @@ class LocalFederation:
         extra = {d for p in self.procs.values() for d in _descendants(p.pid)}
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
-        for pid in extra:
-            _signal(pid, signal.SIGTERM)
+        for proc in extra:
+            _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for name, p in self.procs.items():
             try:
@@ -132,9 +143,9 @@ class LocalFederation:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        time.sleep(0.2)
-        for pid in extra:
-            _signal(pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(extra, timeout=0.2)
+        for proc in alive:
+            _signal(proc, signal.SIGKILL)
 
     def log_tail(self, name: str, n: int = 20) -> str:
         p = self.workdir / f"{name}.log"
@@ -181,7 +192,7 @@ def deploy_local(
     wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "app").mkdir(exist_ok=True)
-    (wd / "app" / "pyproject.toml").write_text(APP_PYPROJECT)
+    (wd / "app" / "pyproject.toml").write_text(app_pyproject())
     (wd / "experiment.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
     env = dict(os.environ)
     env.update(FLWR_HOME=str(wd / "flwr-home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
@@ -215,11 +226,10 @@ def deploy_local(
         _wait_port(fed, timeout=30)
         if on_started is not None:
             on_started(fed)
-        run_config = " ".join([
-            f"config={_toml_str(wd / 'experiment.yaml')}", f"out={_toml_str(out)}",
-            f"overwrite={'true' if overwrite else 'false'}", f"round-timeout={float(round_timeout)}",
-            f"min-nodes={nodes}", "wait-nodes-s=120.0",
-        ])
+        run_config = " ".join(f"{key}={_toml_value(value)}" for key, value in {
+            "config": str(wd / "experiment.yaml"), "out": str(out), "overwrite": bool(overwrite),
+            "round-timeout": float(round_timeout), "min-nodes": int(nodes),
+        }.items())  # the other keys keep their defaults
         sub = subprocess.run(
             [_bin("flwr"), "run", str(wd / "app"), "loopback", "--run-config", run_config, "--format", "json"],
             env=env, cwd=wd, capture_output=True, text=True, timeout=120,
@@ -260,35 +270,18 @@ def deploy_local(
             shutil.rmtree(wd, ignore_errors=True)
 
 
-def _descendants(pid: int) -> set[int]:
-    """All live descendants of ``pid`` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
+def _descendants(pid: int) -> list[psutil.Process]:
+    """All live descendants of ``pid``."""
     try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return set()
-    for e in entries:
-        if not e.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{e}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(e))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(proc: psutil.Process, sig: int) -> None:
     try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
+        proc.send_signal(sig)  # psutil refuses a pid that now belongs to another process
+    except psutil.Error:  # gone already, or not ours to signal
         pass
 
 

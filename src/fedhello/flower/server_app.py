@@ -22,6 +22,7 @@ Run config (``[tool.flwr.app.config]``, override with ``flwr run --run-config``)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -32,6 +33,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from flwr.app import Context  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
+# The run config's keys and defaults, once: deploy-local writes them into the app it
+# submits (fedhello.flower.deploy.app_pyproject); pyproject.toml's [tool.flwr.app.config]
+# states the same (tests/test_flower_app.py checks both).
 DEFAULTS = {
     "config": "",
     "overrides": "",
@@ -65,7 +69,6 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
     from fedhello.allocation import build_strategy
     from fedhello.federation.client import uploads_head
     from fedhello.federation.server import AGGREGATION_RULES
-    from fedhello.flower.codec import config_json
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
     from fedhello.report.hooks import RunReporter
     from fedhello.run.experiment import run_experiment
@@ -89,7 +92,8 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
         info.update(nodes={str(c): n for c, n in sorted(node_of.items())}, declared_groups=declared)
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
         rule = AGGREGATION_RULES[build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregation]
-        strategy = FedHelloStrategy(exp.layermap, config_json(cfg), node_of, cfg.aggregation.weighting,
+        experiment_json = json.dumps(cfg.to_dict(), sort_keys=True)  # sent to the nodes in every message
+        strategy = FedHelloStrategy(exp.layermap, experiment_json, node_of, cfg.aggregation.weighting,
                                     ttl=timeout + 60.0, aggregate_fn=rule, ffa=cfg.lora.ffa,
                                     sample_counts=[len(p) for p in exp.partitions],
                                     uploads_head=uploads_head(cfg.head.train))

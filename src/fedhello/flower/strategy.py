@@ -1,19 +1,25 @@
-"""The Flower strategy of Fed-HeLLo and the ClientRunner that drives it.
+"""Fed-HeLLo's messages to and from Flower nodes, and the ClientRunner that sends them.
 
-Why this shape (DESIGN property 1, one round logic): the round loop lives in
+Why this shape (one round logic for every runtime): the round loop lives in
 :class:`fedhello.federation.server.Server` (sample -> allocate -> fit ->
-validate -> aggregate layer-wise -> evaluate -> record) and is the same for
-every runtime. On Flower only the *fit* step changes, so the ServerApp runs that
-very loop over :class:`FlowerRunner`, a ``ClientRunner`` whose ``fit`` asks
-:class:`FedHelloStrategy` (a subclass of Flower's ``Strategy``) to build one
-message per sampled node (``configure_train``), sends them through the
-``Grid`` and turns the replies back into ``ClientUpdate`` / ``ClientFailure``.
-Validation (``validate_update``) and layer-wise aggregation (``aggregate``)
-then happen in the Server exactly as in-process, so allocation, aggregation,
-evaluation and the run directory are byte-for-byte the same code.
-:meth:`FedHelloStrategy.aggregate_train` is the same validate + aggregate for a
-driver that holds only the strategy (Flower's own ``Strategy.start``-style loops,
-and the malicious-reply tests); it never aggregates a rejected reply.
+validate -> aggregate layer-wise -> evaluate -> record). On Flower only the
+*fit* step changes, so the ServerApp runs that very loop over
+:class:`FlowerRunner`, a ``ClientRunner`` whose ``fit`` asks
+:class:`FedHelloStrategy` to build one message per sampled node
+(``configure_train``), sends them through the ``Grid`` and turns the replies
+back into ``ClientUpdate`` / ``ClientFailure`` (``collect``). Validation and
+layer-wise aggregation then happen in the Server exactly as in-process, so
+allocation, aggregation, evaluation and the run directory are the same code.
+
+:class:`FedHelloStrategy` is therefore not a Flower ``Strategy``
+(``flwr.serverapp.strategy.Strategy``): that class's ``start`` is a round loop
+of its own (configure_train -> send -> aggregate_train -> evaluate), and a
+second round loop is what this design avoids. The method names follow
+Flower's for the same roles. :meth:`FedHelloStrategy.aggregate_train`
+validates and aggregates one round of replies with the strategy alone (the
+malicious-reply tests use it); like the Server, it screens replies with
+:func:`fedhello.federation.aggregation.screen_replies` and never aggregates a
+rejected one.
 
 Downlink: each node gets the *whole* global adapter (all LoRA layers + head),
 not only its layers. A client's forward pass goes through every LoRA layer,
@@ -34,14 +40,12 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
-from fedhello.flower.codec import QUERY, TRAIN, record_to_state, state_to_record
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import truncate_rank
 from fedhello.model.state import State
@@ -52,7 +56,7 @@ def _reason(msg: Message) -> str:
     return f"node error {err.code}: {' '.join(str(err.reason).split())[:300]}"
 
 
-class FedHelloStrategy(FlowerStrategy):
+class FedHelloStrategy:
     """Per-node partial training messages out, layer-wise aggregation of partial replies in.
 
     ``configure_train`` uses the tasks of the round set by :meth:`plan` (the
@@ -89,26 +93,25 @@ class FedHelloStrategy(FlowerStrategy):
     def plan(self, tasks: Sequence[FitTask]) -> None:
         self._tasks = list(tasks)
 
-    # -- training ------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._global = record_to_state(arrays)
+    def configure_train(self, server_round: int, global_state: State) -> list[Message]:
+        """One train message per task of the round (see :mod:`fedhello.flower` for the contents)."""
+        self._global = global_state
         self._sent = {}
+        full = ArrayRecord(global_state)
         messages = []
         for task in self._tasks:
             nid = self.node_of[task.client_id]
-            cfg = ConfigRecord(dict(config))
-            cfg.update({
+            cfg = ConfigRecord({
                 "client-id": int(task.client_id), "round": int(task.round),
                 "layers": [int(x) for x in task.layers], "lr": float(task.lr), "seed": int(task.seed),
                 "experiment": self.experiment_json,
             })
-            down = arrays
+            down = full
             if task.rank is not None:  # rank-heterogeneous strategies: the node's first `rank` components
                 cfg["rank"] = int(task.rank)
-                down = state_to_record(truncate_rank(self._global, task.rank))
+                down = ArrayRecord(truncate_rank(global_state, task.rank))
             content = RecordDict({"arrays": down, "config": cfg})
-            messages.append(Message(content=content, dst_node_id=nid, message_type=TRAIN,
+            messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
                                     group_id=str(server_round), ttl=self.ttl))
             self._sent[nid] = task
         return messages
@@ -137,7 +140,7 @@ class FedHelloStrategy(FlowerStrategy):
                 continue
             try:
                 content = msg.content
-                tensors = record_to_state(content.array_records["arrays"])
+                tensors = content.array_records["arrays"].to_torch_state_dict()
                 metrics = content.metric_records["metrics"]
                 claimed = metrics.get("client-id", cid)
                 if claimed != cid:
@@ -173,7 +176,7 @@ class FedHelloStrategy(FlowerStrategy):
         )
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+                        ) -> tuple[ArrayRecord, MetricRecord]:
         """Validate every reply against its node's allocation, aggregate the good ones layer-wise."""
         if self._global is None:
             raise FedHelloError("aggregate_train before configure_train")
@@ -184,25 +187,7 @@ class FedHelloStrategy(FlowerStrategy):
         loss = sum(u.train_loss * u.num_samples for u in updates) / n if n else float("nan")
         metrics = MetricRecord({"num-examples": int(n), "train-loss": float(loss),
                                 "num-updates": len(updates), "num-failed": len(failed)})
-        return state_to_record(new), metrics
-
-    # -- no client-side evaluation: the server evaluates the global model ------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return []
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
-
-    def summary(self) -> None:
-        pass
-
-    def start(self, *args, **kwargs):
-        """Not the driver: the project's Server loop is (see the module docstring and
-        :func:`fedhello.flower.server_app.run_on_grid`), so that every runtime shares one round logic."""
-        raise NotImplementedError(
-            "FedHelloStrategy is driven by fedhello's Server loop: use fedhello.flower.server_app.run_on_grid"
-        )
+        return ArrayRecord(new), metrics
 
 
 class FlowerRunner:
@@ -219,22 +204,24 @@ class FlowerRunner:
     def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
         self.strategy.plan(tasks)
         rnd = tasks[0].round + 1 if tasks else 0
-        msgs = list(self.strategy.configure_train(rnd, state_to_record(global_state), ConfigRecord(), self.grid))
+        msgs = self.strategy.configure_train(rnd, global_state)
         replies = self.grid.send_and_receive(msgs, timeout=self.timeout) if msgs else []
         results = self.strategy.collect(replies)
         self.missed = {r.client_id for r in results if isinstance(r, ClientFailure)}
         return results
 
-    def _query(self, task: str, client_ids: Sequence[int], global_state: State):
-        """Send a query (``task``) with the global state to each client's node; yield (client id, reply)."""
-        arrays = state_to_record(global_state)
+    def _query(self, action: str, client_ids: Sequence[int], global_state: State):
+        """Send the query ``action`` with the global state to each client's node; yield (client id, reply).
+
+        The message type ``query.<action>`` reaches the ClientApp's ``@app.query("<action>")`` handler.
+        """
+        arrays = ArrayRecord(global_state)
         msgs, asked = [], {}
         for cid in client_ids:
             nid = self.strategy.node_of[cid]
-            cfg = ConfigRecord({"task": task, "client-id": int(cid),
-                                "experiment": self.strategy.experiment_json})
+            cfg = ConfigRecord({"client-id": int(cid), "experiment": self.strategy.experiment_json})
             msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nid,
-                                message_type=QUERY, ttl=self.strategy.ttl))
+                                message_type=f"{MessageType.QUERY}.{action}", ttl=self.strategy.ttl))
             asked[nid] = cid
         for msg in self.grid.send_and_receive(msgs, timeout=self.timeout):
             cid = asked.pop(msg.metadata.src_node_id, None)  # one reply per asked node
@@ -243,12 +230,12 @@ class FlowerRunner:
 
     def class_stats(self, client_ids: Sequence[int], global_state: State):
         got: dict[int, tuple[np.ndarray, np.ndarray, float] | ClientFailure] = {}
-        for cid, msg in self._query("class-stats", client_ids, global_state):
+        for cid, msg in self._query("class_stats", client_ids, global_state):
             if msg.has_error():
                 got[cid] = ClientFailure(cid, _reason(msg))
                 continue
             try:
-                arrays = record_to_state(msg.content.array_records["arrays"])
+                arrays = msg.content.array_records["arrays"]
                 got[cid] = (arrays["sums"].numpy().astype(np.float64), arrays["counts"].numpy().astype(np.float64),
                             float(msg.content.metric_records["metrics"]["norm-sum"]))
             except Exception as err:
@@ -262,7 +249,7 @@ class FlowerRunner:
                 got[cid] = ClientFailure(cid, _reason(msg))
                 continue
             try:
-                s = record_to_state(msg.content.array_records["arrays"])["scores"].numpy().astype(np.float64)
+                s = msg.content.array_records["arrays"]["scores"].numpy().astype(np.float64)
                 n = int(msg.content.metric_records["metrics"]["num-examples"])
                 if s.shape != (self.strategy.layermap.num_layers,) or not np.all(np.isfinite(s)) or n < 1:
                     raise ValueError("bad Fisher scores")
@@ -299,8 +286,8 @@ def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, 
     while True:
         new = [nid for nid in grid.get_node_ids() if nid not in asked]
         if new:
-            msgs = [Message(content=RecordDict({"config": ConfigRecord({"task": "hello"})}), dst_node_id=nid,
-                            message_type=QUERY) for nid in new]
+            msgs = [Message(content=RecordDict(), dst_node_id=nid, message_type=f"{MessageType.QUERY}.hello")
+                    for nid in new]
             asked.update(new)
             for msg in grid.send_and_receive(msgs, timeout=max(5.0, deadline - time.monotonic())):
                 nid = msg.metadata.src_node_id
