@@ -28,6 +28,7 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedhello.config import build_config, load_config  # noqa: E402
+from fedhello.federation.server import AGGREGATION_RULES  # noqa: E402
 from fedhello.run.experiment import prepare, run_experiment  # noqa: E402
 from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
@@ -213,7 +214,7 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     lm = exp.layermap
     every = list(range(lm.num_layers))
     cfg = exp.cfg.model_copy(update={"strategy": exp.cfg.strategy.model_copy(update={"name": "hetlora"})})
-    rule = build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets).aggregate
+    rule = AGGREGATION_RULES[build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets).aggregation]
     strat = FedHelloStrategy(lm, "{}", {c: 100 + c for c in range(2)}, aggregate_fn=rule)
     tasks = [FitTask(client_id=c, round=0, layers=every, lr=0.1, seed=c, rank=2) for c in range(2)]
     strat.plan(tasks)

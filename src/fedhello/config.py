@@ -147,19 +147,46 @@ class ClientsConfig(_Strict):
             raise ValueError(
                 f"clients.per_round ({self.per_round}) is larger than clients.num_clients ({self.num_clients})"
             )
-        if len(self.fractions) != len(self.budgets):
-            raise ValueError(
-                f"clients.fractions has {len(self.fractions)} entries but clients.budgets has {len(self.budgets)}"
-            )
-        if not self.fractions:
-            raise ValueError("clients.fractions must name at least one resource group")
-        if any(f <= 0 for f in self.fractions):
-            raise ValueError("clients.fractions must all be positive")
-        if abs(sum(self.fractions) - 1.0) > 1e-6:
-            raise ValueError(f"clients.fractions must sum to 1 (they sum to {sum(self.fractions):.6g})")
-        if any(b < 1 for b in self.budgets):
-            raise ValueError("clients.budgets must all be at least 1")
+        check_fractions(self.fractions, len(self.budgets))
+        check_budgets(self.budgets)
         return self
+
+
+# -- rules checked wherever their values come from (config files, the allocate command, the model) --
+
+
+def check_fractions(fractions, num_groups: int, key: str = "clients.fractions", groups_key: str = "clients.budgets") -> None:
+    """Resource-group shares: one per group, positive, summing to 1 (a ConfigError naming ``key``)."""
+    if len(fractions) != num_groups:
+        raise ConfigError(f"{key} has {len(fractions)} entries but {groups_key} has {num_groups}")
+    if not fractions:
+        raise ConfigError(f"{key} must name at least one resource group")
+    if any(f <= 0 for f in fractions):
+        raise ConfigError(f"{key} must all be positive")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"{key} must sum to 1 (they sum to {sum(fractions):.6g})")
+
+
+def check_budgets(budgets, num_layers: int | None = None, key: str = "clients.budgets", layers: str | None = None) -> None:
+    """Layer budgets: at least one, each at least 1 and, when the layer count is known, at most
+    ``num_layers`` (``layers`` names where that count comes from). ConfigError naming ``key``."""
+    if not budgets or any(b < 1 for b in budgets):
+        raise ConfigError(f"{key} must name at least one budget, all at least 1")
+    if num_layers is not None:
+        where = layers or f"the model's {num_layers} layers"
+        for b in budgets:
+            if b > num_layers:
+                raise ConfigError(f"{key}: budget {b} is larger than {where}")
+
+
+def check_ranks(ranks, num_groups: int, max_rank: int | None = None) -> None:
+    """``strategy.ranks``: one LoRA rank per resource group, each between 1 and ``lora.r``."""
+    if len(ranks) != num_groups:
+        raise ConfigError(f"strategy.ranks has {len(ranks)} entries but clients.budgets has {num_groups}")
+    for r in ranks:
+        if r < 1 or (max_rank is not None and r > max_rank):
+            bound = f"between 1 and lora.r ({max_rank})" if max_rank is not None else "at least 1"
+            raise ConfigError(f"strategy.ranks: rank {r} is not {bound}")
 
 
 # The allocation strategies by name. fedhello.allocation registers one class per
@@ -310,16 +337,8 @@ class ExperimentConfig(_Strict):
     def _check_ranks(self) -> "ExperimentConfig":
         # like the other strategy-specific keys, ranks is ignored by strategies that do
         # not use it (one config can then drive a sweep over strategies), but checked
-        ranks = self.strategy.ranks
-        if ranks is None:
-            return self
-        if len(ranks) != len(self.clients.budgets):
-            raise ValueError(
-                f"strategy.ranks has {len(ranks)} entries but clients.budgets has {len(self.clients.budgets)}"
-            )
-        for r in ranks:
-            if not 1 <= r <= self.lora.r:
-                raise ValueError(f"strategy.ranks: rank {r} is not between 1 and lora.r ({self.lora.r})")
+        if self.strategy.ranks is not None:
+            check_ranks(self.strategy.ranks, len(self.clients.budgets), self.lora.r)
         return self
 
     @model_validator(mode="after")

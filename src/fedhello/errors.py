@@ -8,8 +8,11 @@ class FedHelloError(Exception):
     """
 
 
-class ConfigError(FedHelloError):
-    """Invalid experiment configuration; the message names the dotted key."""
+class ConfigError(FedHelloError, ValueError):
+    """Invalid experiment configuration; the message names the dotted key.
+
+    A ValueError too, so that a rule raising it inside a config validator reads
+    as pydantic's own validation error (:func:`fedhello.config.format_validation_error`)."""
 
 
 class DataError(FedHelloError):

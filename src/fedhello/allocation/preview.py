@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from fedhello.allocation.base import build_strategy
 from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
-from fedhello.config import StrategyConfig, format_validation_error
+from fedhello.config import StrategyConfig, check_budgets, check_fractions, format_validation_error
 from fedhello.errors import ConfigError
 
 SCORES_REQUIRED = "--scores is required for fim-hla/fedhello beyond warmup"
@@ -62,17 +62,11 @@ def preview(
     budgets = [int(b) for b in budgets]
     if L < 1:
         raise ConfigError("--layers must be at least 1")
-    if not budgets or any(b < 1 for b in budgets):
-        raise ConfigError("--budgets must name at least one budget, all at least 1")
-    if any(b > L for b in budgets):
-        raise ConfigError(f"--budgets: budget {max(budgets)} is larger than --layers {L}")
+    check_budgets(budgets, L, key="--budgets", layers=f"--layers {L}")
     if fractions is None:
         fractions = [1.0 / len(budgets)] * len(budgets)
     fractions = [float(f) for f in fractions]
-    if len(fractions) != len(budgets):
-        raise ConfigError(f"--fractions has {len(fractions)} entries but --budgets has {len(budgets)}")
-    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"--fractions must be positive and sum to 1 (got {fractions})")
+    check_fractions(fractions, len(budgets), key="--fractions", groups_key="--budgets")
     if clients < 1 or per_round < 1 or per_round > clients:
         raise ConfigError(f"need 1 <= --per-round ({per_round}) <= --clients ({clients})")
     if rounds < 1:

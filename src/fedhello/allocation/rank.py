@@ -27,20 +27,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from fedhello.allocation.base import ClientSlot, RoundPlan, Strategy, register
-from fedhello.errors import ConfigError
+from fedhello.config import check_ranks
 
 
 def group_ranks(max_rank: int, budgets: Sequence[int], num_layers: int, ranks: Sequence[int] | None = None) -> list[int]:
     """LoRA rank of each resource group: ``ranks`` if given, else round(max_rank * b / L), at least 1."""
     if ranks is not None:
         ranks = [int(r) for r in ranks]
-        if len(ranks) != len(budgets):
-            raise ConfigError(
-                f"strategy.ranks has {len(ranks)} entries but clients.budgets has {len(budgets)}"
-            )
-        for r in ranks:
-            if not 1 <= r <= max_rank:
-                raise ConfigError(f"strategy.ranks: rank {r} is not between 1 and lora.r ({max_rank})")
+        check_ranks(ranks, len(budgets), max_rank)
         return ranks
     # round half up, exactly: (2*r*b + L) // (2*L)
     return [max(1, (2 * int(max_rank) * int(b) + int(num_layers)) // (2 * int(num_layers))) for b in budgets]
@@ -53,10 +47,8 @@ class _RankStrategy(Strategy):
 
     def __init__(self, cfg, num_layers, budgets):
         super().__init__(cfg, num_layers, budgets)
-        if cfg.ranks is not None and len(cfg.ranks) != len(self.budgets):
-            raise ConfigError(
-                f"strategy.ranks has {len(cfg.ranks)} entries but clients.budgets has {len(self.budgets)}"
-            )
+        if cfg.ranks is not None:
+            check_ranks(cfg.ranks, len(self.budgets))
 
     def allocate(self, round, clients, rng, scores=None):
         every = list(range(self.num_layers))

@@ -16,6 +16,8 @@ import torch
 
 from fedhello.errors import UpdateError
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
+from fedhello.model.layermap import LayerMap
+from fedhello.model.rank import truncate_rank
 from fedhello.model.state import State
 
 
@@ -152,3 +154,30 @@ def screen_replies(
         if task.client_id not in count:
             failed.append({"id": task.client_id, "reason": f"client {task.client_id}: no reply"})
     return updates, failed
+
+
+def screen_round(
+    tasks: Sequence[FitTask],
+    results: Iterable[ClientUpdate | ClientFailure],
+    layermap: LayerMap,
+    global_state: State,
+    *,
+    ffa: bool,
+    head: bool,
+    sample_counts: Sequence[int] | None = None,
+) -> tuple[list[ClientUpdate], list[dict]]:
+    """:func:`screen_replies` with the round's rules, for every runtime: a reply holds exactly
+    its task's tensors (its layers' LoRA tensors, the A matrices dropped under FFA, the head
+    when ``head`` is uploaded), shaped as the state it was sent (truncated to its rank), and
+    claims at most its client's partition size (``sample_counts``)."""
+
+    def max_samples(cid: int) -> int | None:
+        ok = sample_counts is not None and 0 <= cid < len(sample_counts)
+        return int(sample_counts[cid]) if ok else None
+
+    return screen_replies(
+        tasks, results,
+        expected=lambda task: expected_names(layermap, task.layers, ffa, head=head),
+        reference=lambda task: truncate_rank(global_state, task.rank),
+        max_samples=max_samples,
+    )

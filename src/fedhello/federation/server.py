@@ -27,7 +27,7 @@ import torch
 from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
 from fedhello.errors import FedHelloError
-from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
+from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
 from fedhello.federation.records import RoundRecord, Summary
 from fedhello.federation.rank_aggregation import flexlora_aggregate, hetlora_aggregate
@@ -135,11 +135,6 @@ class Server:
         # claiming more samples is rejected (README, "Bad input")
         self.sample_counts = list(sample_counts) if sample_counts is not None else None
 
-    def max_samples(self, client_id: int) -> int | None:
-        if self.sample_counts is None or not 0 <= client_id < len(self.sample_counts):
-            return None
-        return int(self.sample_counts[client_id])
-
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
         return client_slots(self.groups, self.budgets)
@@ -193,12 +188,8 @@ class Server:
         results = self.runner.fit(tasks, state)
         task_of = {task.client_id: task for task in tasks}
         # shapes are checked against what each client was sent (its rank), counts against its partition
-        updates, failed = screen_replies(
-            tasks, results,
-            expected=lambda task: expected_names(self.layermap, task.layers, self.cfg.lora.ffa, head=self.uploads_head),
-            reference=lambda task: truncate_rank(state, task.rank),
-            max_samples=self.max_samples,
-        )
+        updates, failed = screen_round(tasks, results, self.layermap, state, ffa=self.cfg.lora.ffa,
+                                       head=self.uploads_head, sample_counts=self.sample_counts)
         gave_up = {r.client_id for r in results if isinstance(r, ClientFailure)}
         for f in failed:
             if f["id"] not in gave_up:

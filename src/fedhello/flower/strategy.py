@@ -44,7 +44,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedhello.errors import FedHelloError
-from fedhello.federation.aggregation import aggregate, expected_names, screen_replies
+from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import truncate_rank
@@ -72,7 +72,7 @@ class FedHelloStrategy:
         self.uploads_head = uploads_head  # head.train federated: replies carry the head
         # client id -> its partition size as the server knows it: a larger claimed count is rejected
         self.sample_counts = list(sample_counts) if sample_counts is not None else None
-        # the allocation strategy's rule (Strategy.aggregate: layer-wise averaging, or
+        # the allocation strategy's rule (AGGREGATION_RULES[Strategy.aggregation]: layer-wise averaging, or
         # the rank-heterogeneous rules of hetlora/flexlora); default layer-wise
         self.aggregate_fn = aggregate_fn or (lambda g, ups, w: (aggregate(g, ups, w), {}))
         self.experiment_json = experiment_json
@@ -163,17 +163,8 @@ class FedHelloStrategy:
     def screen(self, results: Sequence[ClientUpdate | ClientFailure], global_state: State
                ) -> tuple[list[ClientUpdate], list[dict]]:
         """Updates to aggregate and ``failed_clients`` records: the Server loop's own rules."""
-        counts = self.sample_counts
-
-        def max_samples(cid: int) -> int | None:
-            return int(counts[cid]) if counts is not None and 0 <= cid < len(counts) else None
-
-        return screen_replies(
-            self._tasks, results,
-            expected=lambda task: expected_names(self.layermap, task.layers, self.ffa, head=self.uploads_head),
-            reference=lambda task: truncate_rank(global_state, task.rank),
-            max_samples=max_samples,
-        )
+        return screen_round(self._tasks, results, self.layermap, global_state, ffa=self.ffa,
+                            head=self.uploads_head, sample_counts=self.sample_counts)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord, MetricRecord]:

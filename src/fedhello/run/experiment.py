@@ -23,6 +23,7 @@ import torch
 from fedhello.allocation import build_strategy, strategy_class
 from fedhello.allocation.clients import assign_groups
 from fedhello.config import ExperimentConfig, build_config
+from fedhello.config import check_budgets
 from fedhello.data import carve, load_splits, partition_dataset, partition_stats
 from fedhello.data.sources import drops_line, fingerprint
 from fedhello.data.batching import Encoded, collate, eval_batches
@@ -74,17 +75,13 @@ def pick_device(name: str, what: str = "config key 'device'") -> torch.device:
     return torch.device(name)
 
 
-def check_budgets(cfg: ExperimentConfig) -> int:
+def check_model_fit(cfg: ExperimentConfig) -> int:
     """The model's layer count, read from its config file; budgets must fit in it (and
     ``model.max_length`` in its positions)."""
     mconf = load_model_config(cfg.model.name)
     check_max_length(cfg, mconf)
     n_layers = num_hidden_layers(mconf)
-    for b in cfg.clients.budgets:
-        if b > n_layers:
-            raise ConfigError(
-                f"config key 'clients.budgets': budget {b} is larger than the model's {n_layers} layers"
-            )
+    check_budgets(cfg.clients.budgets, n_layers, key="config key 'clients.budgets'")
     return n_layers
 
 
@@ -238,7 +235,7 @@ class PreparedData:
 
 def prepare(cfg: ExperimentConfig) -> Experiment:
     """Load and check everything a run needs; raises FedHelloError before any training."""
-    check_budgets(cfg)
+    check_model_fit(cfg)
     device = pick_device(cfg.device)
     d = prepare_data(cfg)
     splits, train_ds, val_ds, calib_ds = d.splits, d.train, d.val, d.calib

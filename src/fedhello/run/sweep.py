@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from fedhello.config import load_config
 from fedhello.errors import ConfigError, FedHelloError
-from fedhello.run.experiment import Reporter, check_budgets, holds_config, run_experiment
+from fedhello.run.experiment import Reporter, check_model_fit, holds_config, run_experiment
 from fedhello.run.rundir import SUMMARY, RunDir, atomic_write_json
 
 SWEEP = "sweep.json"
@@ -108,7 +108,7 @@ def plan(
                 cfg = load_config(config, [*sets, *over, f"strategy.name={strat}", f"seed={seed}"])
                 cells.append((Cell(strat, part, seed), cfg))
     if cells:
-        check_budgets(cells[0][1])
+        check_model_fit(cells[0][1])
     return cells
 
 

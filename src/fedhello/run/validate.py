@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedhello.config import check_budgets
 from fedhello.errors import ConfigError
 
 # hub name -> (model_type, num_hidden_layers): the models of the shipped configs and
@@ -177,9 +178,7 @@ def validate_config(cfg) -> Report:
     else:
         n = num_hidden_layers(mconf)
         rep.num_layers = n
-        for b in cfg.clients.budgets:
-            if b > n:
-                raise ConfigError(f"config key 'clients.budgets': budget {b} is larger than the model's {n} layers")
+        check_budgets(cfg.clients.budgets, n, key="config key 'clients.budgets'")
         vision = _is_vision(mconf)
         if cfg.task == "image-classification" and not vision:
             raise ConfigError(f"config key 'task': image-classification needs a vision model, {cfg.model.name} is {mconf.model_type}")
