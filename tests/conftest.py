@@ -14,6 +14,18 @@ import pytest  # noqa: E402
 BANKING77 = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "banking77").resolve()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: tiny models on a shared CPU run faster without thread
+    contention, and float reductions (so pinned numbers) do not depend on the thread count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def banking77() -> Path:
     if not (BANKING77 / "train.csv").is_file():

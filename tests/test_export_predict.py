@@ -14,12 +14,7 @@ from fedhello.run.rundir import RunDir
 TEXTS = ["my card was declined at the shop", "how do I top up my account", "the exchange rate looks wrong"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import make_tiny_bert
 from fedhello.config import build_config
@@ -62,16 +61,10 @@ def assert_same(got, want, where="record"):
         assert got == want, f"{where}: {got!r} != {want!r}"
 
 
-@pytest.fixture
-def one_thread():
-    # float reductions are ordered by the thread count; the pin holds for one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the pin holds for one thread
 
 
-def test_a_fixed_seed_run_reproduces_its_pinned_metrics(tmp_path, one_thread):
+def test_a_fixed_seed_run_reproduces_its_pinned_metrics(tmp_path):
     model = make_tiny_bert(tmp_path / "tiny", 3)
     run_experiment(build_config(raw_config(model)), tmp_path / "run")
     got = strip(RunDir(tmp_path / "run").read_metrics())

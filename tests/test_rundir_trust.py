@@ -27,12 +27,7 @@ from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir, atomic_torch_save
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def raw_cfg(tiny_bert, data=None, **kw) -> dict:

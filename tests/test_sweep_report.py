@@ -22,15 +22,7 @@ SEEDS = [0, 1]
 RUN_PNGS = {"accuracy.png", "layers_heatmap.png", "layer_distribution.png", "group_costs.png"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared, loaded CPU: one thread avoids thread contention (10x faster here)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def base_config(tiny_bert, path):
