@@ -238,7 +238,7 @@ class HeadConfig(_Strict):
 
 
 class AggregationConfig(_Strict):
-    # samples: weighted by client sample counts (SPEC); uniform: the reference's plain mean
+    # samples: weighted by client sample counts (Fed-HeLLo's rule); uniform: the reference's plain mean
     weighting: Literal["samples", "uniform"] = "samples"
 
 

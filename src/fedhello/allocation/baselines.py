@@ -1,4 +1,8 @@
-"""Baselines that only change who trains what (SPEC section 3)."""
+"""Baselines that only change who trains what: FedIT (arXiv:2305.05644) and FedRA (arXiv:2311.11227).
+
+Both run on the same engine, data and budgets as the HLA strategies; they differ
+only in each round's layer allocation.
+"""
 
 from __future__ import annotations
 

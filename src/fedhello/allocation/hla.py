@@ -1,4 +1,4 @@
-"""The HLA family (SPEC 2.1-2.4) and the budget baselines Exclusive and Straggler (SPEC 3).
+"""The HLA family of Fed-HeLLo (arXiv:2506.12213) and the budget baselines Exclusive and Straggler.
 
 Strategies (``strategy.name``):
 
@@ -11,7 +11,8 @@ Strategies (``strategy.name``):
   0, E, 2E, ... (E = ``strategy.fim_every``); tiers by exact 1-D k-means
   (``strategy.fim_tiers``), weights by tier (1:2:3) or proportional to the scores
   (``strategy.fim_weights``); the cached weights are used until the next
-  recomputation (never overwritten the round after, SPEC 8.5).
+  recomputation (the authors' reference implementation overwrote them the
+  round after they were computed).
 - ``fedhello``: rounds [0, W) (W = ``strategy.warmup_rounds``) are RGD-HLA with
   ``strategy.pattern``; FIM is recomputed at rounds W, W+E, W+2E, ...; the
   weights combine prior and FIM by ``strategy.combine``:

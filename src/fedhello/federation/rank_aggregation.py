@@ -1,4 +1,4 @@
-"""Aggregation rules of the rank-heterogeneous baselines (SPEC section 3).
+"""Aggregation rules of the rank-heterogeneous baselines HetLoRA and FlexLoRA.
 
 Both work per LoRA module (one adapted weight matrix, e.g. the query
 projection of block l: the pair A of shape (r, in), B of shape (out, r)); the

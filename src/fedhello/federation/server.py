@@ -10,7 +10,8 @@ Rank-heterogeneous strategies also give each client a LoRA rank
 (``Strategy.client_rank`` -> ``FitTask.rank``): the client is sent the global
 state truncated to that rank (``fedhello.model.rank.truncate_rank``; a runtime
 that transmits state sends exactly that) and replies with tensors of that rank;
-``Strategy.aggregate`` replaces layer-wise averaging where the strategy needs to.
+the rule that ``Strategy.aggregation`` names in :data:`AGGREGATION_RULES`
+replaces layer-wise averaging where the strategy needs to.
 """
 
 from __future__ import annotations

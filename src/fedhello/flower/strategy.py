@@ -1,6 +1,6 @@
 """The Flower strategy of Fed-HeLLo and the ClientRunner that drives it.
 
-Why this shape (DESIGN property 1, one round logic): the round loop lives in
+Why this shape (one round logic for every runtime): the round loop lives in
 :class:`fedhello.federation.server.Server` (sample -> allocate -> fit ->
 validate -> aggregate layer-wise -> evaluate -> record) and is the same for
 every runtime. On Flower only the *fit* step changes, so the ServerApp runs that
