@@ -68,7 +68,7 @@ class _Sampling(Strategy):
 
 @register
 class GDHLA(Strategy):
-    """Deterministic GD-HLA: the pattern's top-b layers, the same every round."""
+    """GD-HLA (arXiv:2506.12213): each client trains the pattern's top-b layers, the same every round."""
 
     name = "gd-hla"
 
@@ -80,7 +80,7 @@ class GDHLA(Strategy):
 
 @register
 class RGDHLA(_Sampling):
-    """Randomised GD-HLA: per-round draws with the pattern's probabilities."""
+    """RGD-HLA (arXiv:2506.12213): each round each client draws b layers with the pattern's probabilities."""
 
     name = "rgd-hla"
 
@@ -152,7 +152,7 @@ class _FisherCache(_Sampling):
 
 @register
 class FIMHLA(_FisherCache):
-    """FIM-HLA: Fisher tiers of the current global model, recomputed every E rounds from round 0."""
+    """FIM-HLA (arXiv:2506.12213): draws weighted by the global model's Fisher tiers, recomputed every E rounds."""
 
     name = "fim-hla"
 
@@ -167,7 +167,7 @@ class FIMHLA(_FisherCache):
 
 @register
 class FedHeLLo(_FisherCache):
-    """Fed-HeLLo: RGD-HLA warm-up, then the geometric prior combined with FIM tiers."""
+    """Fed-HeLLo (arXiv:2506.12213): RGD-HLA warm-up, then the geometric prior combined with Fisher tiers."""
 
     name = "fedhello"
 
@@ -201,7 +201,7 @@ class FedHeLLo(_FisherCache):
 
 @register
 class Exclusive(Strategy):
-    """Only clients that can train every layer take part; they train all layers."""
+    """Exclusive (a baseline in arXiv:2506.12213): only clients able to train every layer take part, on all layers."""
 
     name = "exclusive"
 
@@ -226,7 +226,7 @@ class Exclusive(Strategy):
 
 @register
 class Straggler(Strategy):
-    """Every client trains the weakest group's budget, layers spread evenly, every round."""
+    """Straggler, a budget baseline: every client trains the weakest group's budget, layers spread evenly."""
 
     name = "straggler"
 

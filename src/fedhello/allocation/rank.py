@@ -73,7 +73,7 @@ class _RankStrategy(Strategy):
 
 @register
 class HetLoRA(_RankStrategy):
-    """HetLoRA: rank r_g per group, zero-padded aggregation weighted by ||B_k A_k||_F, truncation down."""
+    """HetLoRA (arXiv:2401.06432): rank r_g per group, zero-padded aggregation weighted by ||B_k A_k||_F."""
 
     name = "hetlora"
     aggregation = "hetlora"
@@ -81,7 +81,7 @@ class HetLoRA(_RankStrategy):
 
 @register
 class FlexLoRA(_RankStrategy):
-    """FlexLoRA: sample-weighted average of full-size B@A, truncated SVD at each client's rank down."""
+    """FlexLoRA (arXiv:2402.11505): average of full-size B@A, sent down as a truncated SVD at each rank."""
 
     name = "flexlora"
     aggregation = "flexlora"
