@@ -291,8 +291,9 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
     calib_ds = None
     # The server calibration set is carved for every strategy, used only by the FIM ones: all
     # strategies of a seed then get the same client data (baselines and HLA strategies are
-    # compared on the same data) and compare seed by seed. A non-FIM strategy skips it only where no FIM strategy could run at all
-    # (the set would leave fewer training samples than clients).
+    # compared on the same data) and compare seed by seed. A non-FIM strategy skips it only
+    # where no FIM strategy could run at all (the set would leave fewer training samples
+    # than clients).
     if cfg.strategy.fim_source == "server":
         uses_fisher = strategy_class(cfg.strategy.name).uses_fisher
         if uses_fisher and cfg.strategy.fim_samples >= len(train_ds):
