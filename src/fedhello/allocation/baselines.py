@@ -1,4 +1,8 @@
-"""Baselines that only change who trains what (SPEC section 3)."""
+"""Baselines that only change who trains what: FedIT (arXiv:2305.05644) and FedRA (arXiv:2311.11227).
+
+Both run on the same engine, data and budgets as the HLA strategies; they differ
+only in each round's layer allocation.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from fedhello.allocation.base import ClientSlot, RoundPlan, ScoreProvider, Strat
 
 @register
 class FedIT(Strategy):
-    """Homogeneous LoRA-FedAvg: every client trains every layer (ignores budgets)."""
+    """FedIT (arXiv:2305.05644): homogeneous LoRA-FedAvg, every client trains every layer (ignores budgets)."""
 
     name = "fedit"
 
@@ -25,7 +29,7 @@ class FedIT(Strategy):
 
 @register
 class FedRA(Strategy):
-    """FedRA: each round each client gets ``b`` layers uniformly at random."""
+    """FedRA (arXiv:2311.11227): each round each client gets ``b`` layers uniformly at random."""
 
     name = "fedra"
 

@@ -1,10 +1,11 @@
-"""Per-layer Fisher information scores and their tiers (SPEC 2.3, 8.3, 8.4).
+"""Per-layer Fisher information scores and their tiers, for FIM-HLA (Fed-HeLLo, arXiv:2506.12213).
 
 Score of LoRA layer l: the empirical diagonal Fisher of the log-likelihood,
 ``s_l = (1/N) sum_i sum_{theta in layer l} (d log p(y_i|x_i) / d theta)^2``
 over the N calibration samples (a sample count, never a batch count), with
 ``log p(y|x)`` the log-softmax of the logits at the true label (never a raw
-logit).
+logit). The authors' reference implementation (arXiv:2506.12213) divided by a
+batch count, so its Fisher came from one sample, and scored a raw logit.
 
 Per-sample gradients are computed in one backward pass per batch, Opacus-style:
 a forward hook on each PEFT ``lora_A``/``lora_B`` ``nn.Linear`` keeps its input
@@ -23,7 +24,9 @@ sample, so that short queries are not padded to the longest one of a large batch
 
 Tiers: exact 1-D k-means by dynamic programming over the sorted distinct scores
 (deterministic, no seed needed; equal scores always share a tier), tiers
-numbered by centroid: tier 0 = lowest scores.
+numbered by centroid: tier 0 = lowest scores. (The reference's k-means was
+unseeded and its tiers not ordered by centroid, so which tier counted as
+important was random.)
 """
 
 from __future__ import annotations

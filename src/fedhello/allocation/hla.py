@@ -1,4 +1,4 @@
-"""The HLA family (SPEC 2.1-2.4) and the budget baselines Exclusive and Straggler (SPEC 3).
+"""The HLA family of Fed-HeLLo (arXiv:2506.12213) and the budget baselines Exclusive and Straggler.
 
 Strategies (``strategy.name``):
 
@@ -11,7 +11,8 @@ Strategies (``strategy.name``):
   0, E, 2E, ... (E = ``strategy.fim_every``); tiers by exact 1-D k-means
   (``strategy.fim_tiers``), weights by tier (1:2:3) or proportional to the scores
   (``strategy.fim_weights``); the cached weights are used until the next
-  recomputation (never overwritten the round after, SPEC 8.5).
+  recomputation (the authors' reference implementation overwrote them the
+  round after they were computed).
 - ``fedhello``: rounds [0, W) (W = ``strategy.warmup_rounds``) are RGD-HLA with
   ``strategy.pattern``; FIM is recomputed at rounds W, W+E, W+2E, ...; the
   weights combine prior and FIM by ``strategy.combine``:
@@ -67,7 +68,7 @@ class _Sampling(Strategy):
 
 @register
 class GDHLA(Strategy):
-    """Deterministic GD-HLA: the pattern's top-b layers, the same every round."""
+    """GD-HLA (arXiv:2506.12213): each client trains the pattern's top-b layers, the same every round."""
 
     name = "gd-hla"
 
@@ -79,7 +80,7 @@ class GDHLA(Strategy):
 
 @register
 class RGDHLA(_Sampling):
-    """Randomised GD-HLA: per-round draws with the pattern's probabilities."""
+    """RGD-HLA (arXiv:2506.12213): each round each client draws b layers with the pattern's probabilities."""
 
     name = "rgd-hla"
 
@@ -151,7 +152,7 @@ class _FisherCache(_Sampling):
 
 @register
 class FIMHLA(_FisherCache):
-    """FIM-HLA: Fisher tiers of the current global model, recomputed every E rounds from round 0."""
+    """FIM-HLA (arXiv:2506.12213): draws weighted by the global model's Fisher tiers, recomputed every E rounds."""
 
     name = "fim-hla"
 
@@ -166,7 +167,7 @@ class FIMHLA(_FisherCache):
 
 @register
 class FedHeLLo(_FisherCache):
-    """Fed-HeLLo: RGD-HLA warm-up, then the geometric prior combined with FIM tiers."""
+    """Fed-HeLLo (arXiv:2506.12213): RGD-HLA warm-up, then the geometric prior combined with Fisher tiers."""
 
     name = "fedhello"
 
@@ -200,7 +201,7 @@ class FedHeLLo(_FisherCache):
 
 @register
 class Exclusive(Strategy):
-    """Only clients that can train every layer take part; they train all layers."""
+    """Exclusive (a baseline in arXiv:2506.12213): only clients able to train every layer take part, on all layers."""
 
     name = "exclusive"
 
@@ -225,7 +226,7 @@ class Exclusive(Strategy):
 
 @register
 class Straggler(Strategy):
-    """Every client trains the weakest group's budget, layers spread evenly, every round."""
+    """Straggler, a budget baseline: every client trains the weakest group's budget, layers spread evenly."""
 
     name = "straggler"
 

@@ -1,4 +1,4 @@
-"""Geometric patterns of GD-HLA / RGD-HLA (SPEC 2.1, 2.2) for any layer count and budgets.
+"""Geometric patterns of GD-HLA / RGD-HLA (Fed-HeLLo, arXiv:2506.12213) for any layer count and budgets.
 
 A pattern is an importance profile over depth (layer 0 nearest the input). A
 client of budget ``b`` trains, deterministically, the ``b`` layers ranked first

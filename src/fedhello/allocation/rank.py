@@ -1,12 +1,13 @@
-"""Rank-heterogeneity baselines (SPEC section 3): HetLoRA and FlexLoRA.
+"""Rank-heterogeneity baselines: HetLoRA (arXiv:2401.06432) and FlexLoRA (arXiv:2402.11505).
 
 Every client trains every LoRA layer; what varies with the resource group is
 the LoRA rank: ``strategy.ranks`` (one per group) or, when null,
 ``round(lora.r * budget / L)`` (at least 1), e.g. 8/12/16 for budgets 6/9/12 of
 12 layers and r=16. The global adapter keeps rank ``r_max = lora.r``; a client
 of rank r_g is sent its first r_g components, trains them and uploads them
-(:mod:`fedhello.model.rank`), and the strategy's :meth:`aggregate` merges the
-rank-heterogeneous updates (:mod:`fedhello.federation.rank_aggregation`).
+(:mod:`fedhello.model.rank`), and the rule that the strategy's ``aggregation``
+names merges the rank-heterogeneous updates
+(:mod:`fedhello.federation.rank_aggregation`).
 
 LoRA scaling: all clients use PEFT's ``alpha / r_max``. A client holding the
 first r_g components of the global adapter then applies exactly those
@@ -16,7 +17,8 @@ rank-r_g LoRA with PEFT defaults would scale by ``alpha / r_g``; the padded
 client is equivalent to that with ``alpha_g = alpha * r_g / r_max``, which the
 tests check.) HetLoRA's optional local rank self-pruning (a regulariser on the
 tail components and a per-client rank that shrinks over rounds) is left out:
-the SPEC's definition does not include it, and ranks stay fixed per group.
+the baseline compared here is HetLoRA's zero-padded, norm-weighted aggregation
+of fixed per-group ranks, so ranks stay fixed per group.
 In simulation the shared model keeps rank r_max, so the local compute and
 optimizer memory measured are those of r_max; uploaded and downloaded bytes
 are those of rank r_g.
@@ -63,7 +65,7 @@ class _RankStrategy(Strategy):
 
 @register
 class HetLoRA(_RankStrategy):
-    """HetLoRA: rank r_g per group, zero-padded aggregation weighted by ||B_k A_k||_F, truncation down."""
+    """HetLoRA (arXiv:2401.06432): rank r_g per group, zero-padded aggregation weighted by ||B_k A_k||_F."""
 
     name = "hetlora"
     aggregation = "hetlora"
@@ -71,7 +73,7 @@ class HetLoRA(_RankStrategy):
 
 @register
 class FlexLoRA(_RankStrategy):
-    """FlexLoRA: sample-weighted average of full-size B@A, truncated SVD at each client's rank down."""
+    """FlexLoRA (arXiv:2402.11505): average of full-size B@A, sent down as a truncated SVD at each rank."""
 
     name = "flexlora"
     aggregation = "flexlora"

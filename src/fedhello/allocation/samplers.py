@@ -1,4 +1,4 @@
-"""Drawing ``b`` distinct layers from per-layer weights (SPEC 2.2).
+"""Drawing ``b`` distinct layers from per-layer weights (RGD-HLA and FIM-HLA, arXiv:2506.12213).
 
 :func:`systematic_sample` gives every layer the inclusion probability
 ``pi_l = b * p_l`` exactly (capped at 1, the excess redistributed

@@ -1,4 +1,4 @@
-"""Splitting the training data over the simulated clients (SPEC section 4).
+"""Splitting the training data over the simulated clients: IID, pat-k and Dirichlet label skew.
 
 All partitioners follow Flower Datasets' :class:`flwr_datasets.partitioner.Partitioner`
 interface (assign ``.dataset``, then ``load_partition(i)``):

@@ -1,10 +1,12 @@
-"""Layer-wise aggregation of partial client updates (SPEC section 1).
+"""Layer-wise aggregation of partial client updates, the rule of Fed-HeLLo (arXiv:2506.12213).
 
 Each tensor of the global state is replaced by the weighted mean over exactly
 the clients whose update carries it this round; a tensor nobody trained keeps
-its value. The head is in every update, so it is averaged over all clients
-(SPEC 8.6). Weights are sample counts (``samples``) or equal (``uniform``, the
-reference implementation's plain mean).
+its value. A federated head (``head.train: federated``) is in every update, so
+it is averaged over all the round's clients; with ``frozen`` or ``local`` no
+update carries it and it keeps its value (the Fed-HeLLo authors never
+aggregate the head). Weights are sample counts (``samples``) or equal
+(``uniform``, the reference implementation's plain mean).
 """
 
 from __future__ import annotations

@@ -1,46 +1,24 @@
-"""Aggregation rules of the rank-heterogeneous baselines (SPEC section 3).
+"""Aggregation rules of the rank-heterogeneous baselines HetLoRA and FlexLoRA.
 
-Both work per LoRA module (one adapted weight matrix, e.g. the query
-projection of block l: the pair A of shape (r, in), B of shape (out, r)); the
-global state holds every module at rank ``r_max`` and a client of rank ``r_k``
-uploads its first ``r_k`` components (:mod:`fedhello.model.rank`). The task head
-is averaged layer-wise as for every strategy (:func:`~fedhello.federation.aggregation.aggregate`).
+Both work per LoRA module (A of shape (r, in), B of shape (out, r)); the global
+state holds every module at rank ``r_max`` and a client of rank ``r_k`` uploads
+its first ``r_k`` components (:mod:`fedhello.model.rank`). A federated head is
+averaged layer-wise as for every strategy (:func:`~fedhello.federation.aggregation.aggregate`).
 
-HetLoRA (Cho et al., 2024), zero-padded sparsity-weighted aggregation: every
-client's A and B are zero-padded to ``r_max`` and averaged with weights
+- HetLoRA (Cho et al., 2024, arXiv:2401.06432): every client's A and B zero-padded
+  to ``r_max`` and averaged with weights ``p_k = ||B_k A_k||_F / sum_j ||B_j A_j||_F``
+  per module (``aggregation.weighting`` if all norms are zero).
+- FlexLoRA (Bai et al., 2024, arXiv:2402.11505): ``dW = sum_k w_k B_k A_k`` (weights of
+  ``aggregation.weighting``, normalised) redistributed as its truncated SVD, ``B = U_r diag(S_r)``, ``A = V_r^T``,
+  computed from QR factorisations without forming dW; the share of dW lost at
+  ``r_max`` is reported as ``flexlora_residual``.
+- With FFA-LoRA (``lora.ffa``, arXiv:2403.12313) A is frozen and shared, so only B
+  is averaged (HetLoRA) or set to the exact product average ``sum_k w_k pad(B_k)``
+  (FlexLoRA, no SVD).
 
-    p_k = ||B_k A_k||_F / sum_j ||B_j A_j||_F
-
-computed per module from the client's uploaded adapter (its product, i.e. the
-weight update the client's LoRA applies; the paper's "sparsity" weight). If all
-norms are zero the weights fall back to ``aggregation.weighting``. Component j of
-the result is sum over the clients with r_k > j of p_k times theirs: a component
-trained only by high-rank clients is shrunk by their share, as zero padding does.
-
-FlexLoRA (Bai et al., 2024): the server forms the full-size product
-``dW = sum_k w_k B_k A_k`` (w_k: sample weights, normalised) and redistributes
-its truncated SVD: ``B = U_r diag(S_r)``, ``A = V_r^T``. The singular values go
-into B (FlexLoRA's redistribution) rather than being split as sqrt(S) over both:
-with a split, a component whose singular value is zero (dW of rank below r_max,
-e.g. after round 0 with few clients) would get A row = 0 and B column = 0 and
-never receive a gradient again; with S in B it restarts like a fresh LoRA
-component (A orthonormal, B zero). The global state holds the SVD at ``r_max``
-with components in decreasing singular value, so truncating it to a client's
-``r_k`` is exactly the rank-``r_k`` SVD truncation of dW that FlexLoRA sends.
-The global model the evaluator scores is that rank-``r_max`` truncation (what a
-client of the largest rank receives); the share of dW it loses is reported per
-round as ``flexlora_residual`` (largest relative Frobenius residual over modules).
-The SVD is computed without forming dW: with P = [B_1 .. B_K] (out x R) and
-Q = [w_1 A_1; ..; w_K A_K] (R x in), dW = P Q; QR factorisations P = Q_p R_p and
-Q^T = Q_q R_q reduce it to the SVD of the small R x R matrix R_p R_q^T
-(R = sum of client ranks), exact and cheap even for LLM-sized modules.
-
-With FFA-LoRA (``lora.ffa``: A frozen, not uploaded), every client's A is the
-first r_k rows of the same global A, so ``B_k A_k = pad(B_k) A``: HetLoRA's norms
-use that A, and only B is averaged (A keeps its value); FlexLoRA's product
-average is then exactly ``(sum_k w_k pad(B_k)) A``, so B is set to that and A
-stays frozen (an SVD would change A). Clients are then sent the first r_k
-components of the frozen basis, not an SVD truncation.
+The derivations (why the singular values go into B, why truncating the global
+SVD is exact, the QR reduction, the FFA-LoRA case) are in
+``docs/rank-aggregation.md``.
 """
 
 from __future__ import annotations

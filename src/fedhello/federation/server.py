@@ -10,7 +10,8 @@ Rank-heterogeneous strategies also give each client a LoRA rank
 (``Strategy.client_rank`` -> ``FitTask.rank``): the client is sent the global
 state truncated to that rank (``fedhello.model.rank.truncate_rank``; a runtime
 that transmits state sends exactly that) and replies with tensors of that rank;
-``Strategy.aggregate`` replaces layer-wise averaging where the strategy needs to.
+the rule that ``Strategy.aggregation`` names in :data:`AGGREGATION_RULES`
+replaces layer-wise averaging where the strategy needs to.
 """
 
 from __future__ import annotations
@@ -73,22 +74,45 @@ AGGREGATION_RULES = {"layerwise": _layerwise, "hetlora": hetlora_aggregate, "fle
 
 
 class ClientRunner(Protocol):
-    """How a runtime reaches clients."""
+    """How a runtime reaches clients: the one thing :class:`Server` does not know.
+
+    Implementations: :class:`fedhello.federation.simulation.SimulationRunner`
+    (every client in this process) and :class:`fedhello.flower.strategy.FlowerRunner`
+    (one Flower node per client). A runner moves data and reports failures; it
+    never validates or aggregates (the Server does, identically for every runtime).
+    A client that fails, times out or cannot be reached is reported as a
+    :class:`~fedhello.federation.client.ClientFailure` (with a reason) in its
+    place, so that the round goes on with the others.
+    """
 
     def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
-        """Train each task's client from ``global_state``; one result per task."""
+        """Train each task's client from ``global_state``; one result per task.
+
+        A task's client starts from ``global_state`` truncated to ``task.rank``
+        (when set), trains ``task.layers`` with ``task.lr`` and ``task.seed``, and
+        replies with only the tensors it trained. Results are matched to tasks by
+        ``client_id``; the Server rejects extra, duplicate or malformed replies.
+        """
 
     def scores(self, client_ids: Sequence[int], global_state: State) -> list[tuple[np.ndarray, int] | ClientFailure]:
-        """Per-layer Fisher scores and sample counts computed by clients on their own data."""
+        """Per-layer Fisher scores and sample counts computed by clients on their own data.
+
+        One entry per id: ``(scores of length L, number of samples)`` or a failure.
+        Used when ``strategy.fim_source`` is ``clients``; the Server averages the
+        scores weighted by the sample counts.
+        """
 
     def class_stats(
         self, client_ids: Sequence[int], global_state: State
     ) -> list[tuple[np.ndarray, np.ndarray, float] | ClientFailure]:
         """Per-class feature sums (C, D), counts (C,) and the sum of feature norms, computed
-        forward-only by each client on its own data (the class-means head, fedhello.model.head)."""
+        forward-only by each client on its own data (the class-means head, fedhello.model.head).
+
+        One entry per id, in the order of ``client_ids``.
+        """
 
     def available(self) -> set[int] | None:
-        """Ids of clients that can be reached now (None: all of them)."""
+        """Ids of clients that can be reached now (None: all of them); sampling draws only from these."""
 
 
 @dataclass
@@ -99,7 +123,47 @@ class ServerState:
 
 
 class Server:
-    """Runs rounds of federated LoRA fine-tuning over a :class:`ClientRunner`."""
+    """Runs rounds of federated LoRA fine-tuning over a :class:`ClientRunner`.
+
+    Each round (:meth:`run_round`): sample up to ``clients.per_round`` of the eligible,
+    available clients; ask the strategy for their layers (and ranks); have the
+    runner train them; screen the replies (exact tensor names, shapes, dtypes,
+    finite values, plausible sample counts); merge the accepted updates with the
+    rule named by ``strategy.aggregation`` (:data:`AGGREGATION_RULES`); evaluate
+    on the rounds ``eval.every`` asks for and the last one; return the round's
+    record. With ``head_init`` set, :meth:`run` first sets the class-means head
+    from the clients' class statistics (:meth:`initialise_head`).
+    :meth:`checkpoint` returns the state after the last finished round and
+    :meth:`restore` resumes from it.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment config (its rounds, seed, clients, strategy, train,
+        aggregation, eval, head and lora keys are read).
+    strategy : Strategy
+        Decides each round's layer allocation; its state is checkpointed.
+    groups : Sequence[int]
+        The resource group of every client, by client id.
+    layermap : LayerMap
+        LoRA parameter names per layer: which tensors a reply must hold.
+    global_state : State
+        The initial global adapter (LoRA tensors, and the head).
+    runner : ClientRunner
+        How clients are reached.
+    evaluator : Evaluator
+        Scores a global state on the validation and test splits.
+    server_scorer : callable, optional
+        Fisher scores of a global state on the server's calibration set
+        (``strategy.fim_source: server``).
+    head_init : callable, optional
+        The class-means head from summed class statistics (``head.init:
+        class-means``), set before round 0 by :meth:`initialise_head`.
+    num_classes : int, optional
+        Checks the shape of the clients' class statistics.
+    sample_counts : Sequence[int], optional
+        Each client's partition size: a reply claiming more samples is rejected.
+    """
 
     def __init__(
         self,
@@ -115,9 +179,7 @@ class Server:
         num_classes: int | None = None,
         sample_counts: Sequence[int] | None = None,
     ):
-        """``head_init``: the class-means head from summed class statistics (``head.init:
-        class-means``), set before round 0 by :meth:`initialise_head`; ``num_classes`` checks
-        the statistics' shape."""
+        """See the class docstring for the parameters."""
         self.cfg = cfg
         self.strategy = strategy
         self.groups = list(groups)

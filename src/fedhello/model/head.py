@@ -1,14 +1,18 @@
 """The classification head: pooling, class statistics, the class-means head, local losses.
 
 How the head is treated decides whether anything learns under label skew. The
-Fed-HeLLo authors (arXiv 2506.12213) never federate it: their text path keeps it
-frozen at its random initialisation (FedBABU, arXiv 2106.06042), their ViT path
-trains it locally and discards it. Averaging a trained head under pathological
-skew biases it towards each round's classes (CCVR arXiv 2106.05001, FedRS
-KDD 2021, FedLC arXiv 2209.00189). ``head.train`` names the three treatments
+Fed-HeLLo authors (arXiv:2506.12213) never federate it: their text path keeps it
+frozen at its random initialisation (as FedBABU does, arXiv:2106.06042), their ViT
+path trains it locally and discards it. Averaging a trained head under pathological
+skew biases it towards each round's classes (CCVR, arXiv:2106.05001; FedRS, "FedRS:
+Federated Learning with Restricted Softmax for Label Distribution Non-IID Data",
+KDD 2021; FedLC, arXiv:2209.00189). ``head.train`` names the three treatments
 (``frozen``, ``local``, ``federated``); ``head.init: class-means`` sets the head
 before round 0 from per-class feature sums and counts, which add up exactly
-across clients whatever the skew (FedNCM arXiv 2305.10584, Fed3R arXiv 2410.07476).
+across clients whatever the skew (FedNCM, "Guiding The Last Layer in Federated
+Learning with Pre-Trained Models", NeurIPS 2023, arXiv:2306.03937; Fed3R,
+"Accelerating Heterogeneous Federated Learning with Closed-form Classifiers",
+ICML 2024, arXiv:2406.01116).
 
 The class-means head: with ``mu_c`` the mean feature of class c over all
 clients and ``rbar`` the mean feature norm, ``W_c = scale * mu_c / (|mu_c| rbar)``
@@ -204,13 +208,13 @@ def local_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce",
                counts: torch.Tensor | None = None, fedrs_alpha: float = 0.5, fedlc_tau: float = 1.0) -> torch.Tensor:
     """Cross-entropy, or a label-skew correction of it computed from the client's class counts.
 
-    - ``fedrs`` (restricted softmax, FedRS, Li & Zhan, KDD 2021): the logits of
+    - ``fedrs`` (restricted softmax; FedRS, Li & Zhan, KDD 2021): the logits of
       classes the client does not hold are scaled by ``alpha`` before the softmax,
       so their gradient is scaled by ``alpha`` too.
-    - ``fedlc`` (logit calibration, FedLC, arXiv 2209.00189): ``logit_c - tau *
-      n_c^(-1/4)`` with n_c the client's count of class c; a class the client does
-      not hold has n_c = 0, so its calibrated logit is -inf: it leaves the softmax
-      and gets no gradient.
+    - ``fedlc`` (logit calibration; FedLC, Zhang et al., ICML 2022, arXiv:2209.00189):
+      ``logit_c - tau * n_c^(-1/4)`` with n_c the client's count of class c; a class
+      the client does not hold has n_c = 0, so its calibrated logit is -inf: it
+      leaves the softmax and gets no gradient.
     """
     if kind == "ce":
         return F.cross_entropy(logits, labels)

@@ -2,7 +2,9 @@
 
 Layers are discovered from parameter names, never hard-coded, and matched by
 the exact block index parsed from the module path (``...layer.1.`` is block 1,
-never block 10 or 11: the reference implementation's substring defect, SPEC 8.2).
+never block 10 or 11). The Fed-HeLLo authors' reference implementation
+(arXiv:2506.12213) matched layers by substring, so freezing layer 1 also froze
+layers 10 and 11.
 
 Recognised block containers (the index follows the container name):
 BERT/MiniLM/RoBERTa/DeBERTa/ViT ``encoder.layer.N``, DistilBERT

@@ -287,9 +287,10 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
         train_ds, val_ds = carve(train_ds, n_val, cfg.seed)
     calib_ds = None
     # The server calibration set is carved for every strategy, used only by the FIM ones: all
-    # strategies of a seed then get the same client data (SPEC 3: same data) and compare seed
-    # by seed. A non-FIM strategy skips it only where no FIM strategy could run at all
-    # (the set would leave fewer training samples than clients).
+    # strategies of a seed then get the same client data (baselines and HLA strategies are
+    # compared on the same data) and compare seed by seed. A non-FIM strategy skips it only
+    # where no FIM strategy could run at all (the set would leave fewer training samples
+    # than clients).
     if cfg.strategy.fim_source == "server":
         uses_fisher = strategy_class(cfg.strategy.name).uses_fisher
         if uses_fisher and cfg.strategy.fim_samples >= len(train_ds):
