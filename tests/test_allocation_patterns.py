@@ -1,4 +1,4 @@
-"""Geometric patterns of GD-HLA / RGD-HLA (SPEC 2.1, 2.2)."""
+"""Geometric patterns of GD-HLA / RGD-HLA (Fed-HeLLo, arXiv:2506.12213)."""
 
 import os
 

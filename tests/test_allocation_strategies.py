@@ -1,4 +1,4 @@
-"""HLA strategies, Exclusive/Straggler, client groups and sampling, and the preview (SPEC 2, 3)."""
+"""HLA strategies, Exclusive/Straggler, client groups and sampling, and the preview (Fed-HeLLo, arXiv:2506.12213)."""
 
 import os
 

@@ -87,7 +87,7 @@ def test_shuffled_iid_partitioner_interface():
 
 
 def _manual_dirichlet(labels, n_clients, alpha, seed):
-    """SPEC semantics: per class, proportions ~ Dir(alpha) over clients."""
+    """Dirichlet label skew: per class, proportions ~ Dir(alpha) over clients."""
     rng = np.random.default_rng(seed)
     parts = [[] for _ in range(n_clients)]
     for c in sorted(set(labels.tolist())):

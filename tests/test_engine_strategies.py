@@ -64,7 +64,7 @@ def test_fedhello_records_fisher_scores_on_recomputation_rounds(tiny_bert, tmp_p
 
 
 def test_every_strategy_of_a_seed_gets_the_same_client_data(tiny_bert):
-    """The server calibration set is carved for FIM and non-FIM strategies alike (SPEC 3: same data)."""
+    """The server calibration set is carved for FIM and non-FIM strategies alike (every strategy of a seed sees the same data)."""
     exps = {n: experiment.prepare(cfg_for(tiny_bert, strategy={"name": n})) for n in ("fedhello", "fedit", "fedra")}
     ref = exps["fedhello"]
     assert len(ref.calib) == 20

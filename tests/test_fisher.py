@@ -1,4 +1,4 @@
-"""Fisher layer scores (vectorised vs. per-sample loop) and k-means tiers (SPEC 2.3, 8.3, 8.4)."""
+"""Fisher layer scores (vectorised vs. per-sample loop) and k-means tiers (Fed-HeLLo, arXiv:2506.12213)."""
 
 import os
 

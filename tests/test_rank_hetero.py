@@ -35,7 +35,7 @@ def upd(cid, n, tensors):
 
 
 def test_group_ranks_proportional_to_budget_or_configured():
-    assert group_ranks(16, [6, 9, 12], 12) == [8, 12, 16]  # the SPEC's example
+    assert group_ranks(16, [6, 9, 12], 12) == [8, 12, 16]  # round(r * b / L) for budgets 6/9/12 of 12 layers
     assert group_ranks(16, [2, 4, 6], 6) == [5, 11, 16]  # 5.33, 10.67, 16 rounded
     assert group_ranks(4, [1], 12) == [1]  # 0.33 -> at least 1
     assert group_ranks(16, [2, 4, 6], 6, [4, 8, 16]) == [4, 8, 16]
