@@ -209,10 +209,12 @@ def test_pathological_k_equals_c_and_k_one():
     assert_disjoint_complete(parts, 120)
 
 
-def test_pathological_fewer_slots_than_classes_warns():
+def test_pathological_fewer_slots_than_classes_warns(caplog):
     ds = make_ds([10] * 6)
-    with pytest.warns(UserWarning, match="2 class slots for 6 classes: 40 training samples of undealt classes are left out"):
+    with caplog.at_level("WARNING", logger="fedhello"):  # diagnostics go through the fedhello logger
         parts = partition_dataset(ds, PartitionConfig(name="pathological", classes_per_client=1), 2, seed=0)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "2 class slots for 6 classes: 40 training samples of undealt classes are left out" in caplog.text
     assert sum(len(p) for p in parts) == 20
     assert_disjoint_complete(parts, 60, complete=False)
 

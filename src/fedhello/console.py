@@ -48,7 +48,6 @@ def setup_logging(console: Console, level: int = logging.INFO) -> logging.Handle
     handler = ConsoleHandler(console)
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
     return handler
 
 

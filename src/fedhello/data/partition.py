@@ -24,6 +24,7 @@ and returns index arrays into the training split.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Sequence
 
@@ -34,6 +35,8 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Part
 
 from fedhello.config import PartitionConfig
 from fedhello.errors import ConfigError, DataError
+
+log = logging.getLogger("fedhello")
 
 _INDEX_COLUMN = "__fedhello_row__"
 
@@ -292,11 +295,10 @@ def partition_dataset(
             f"(client {empty[0]} is empty)"
         )
     if isinstance(partitioner, PathologicalDirichletPartitioner) and partitioner.num_unassigned:
-        warnings.warn(
+        log.warning(
             f"partition.classes_per_client={cfg.classes_per_client} with {num_clients} clients covers "
             f"{num_clients * cfg.classes_per_client} class slots for {len(np.unique(labels))} classes: "
-            f"{partitioner.num_unassigned} training samples of undealt classes are left out",
-            stacklevel=2,
+            f"{partitioner.num_unassigned} training samples of undealt classes are left out"
         )
     return parts
 
