@@ -2,18 +2,15 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import Settings, SavedActivations, base_raw  # noqa: E402
-from benchmarks.run import check_targets, main, run_suite, table  # noqa: E402
-from benchmarks.suite import freeze_configs  # noqa: E402
+from fedhello.bench.common import SavedActivations, base_raw
+from fedhello.bench.report import check_targets, table
+from fedhello.bench.run import run_suite, write_results
+from fedhello.bench.settings import Settings
+from fedhello.bench.suite import freeze_configs
+from fedhello.cli import main
 
 FREEZE_KEYS = {"top_half", "bottom_half", "bottleneck", "lr0_all"}
 
@@ -114,8 +111,18 @@ def test_saved_activations_counts_bytes():
 
 
 def test_cli_rejects_bad_input(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "o"), "--only", "nope"]) == 2
+    assert main(["bench", "--out", str(tmp_path / "o"), "--only", "nope"]) == 2
     assert "unknown part 'nope'" in capsys.readouterr().err
-    assert main(["--out", str(tmp_path / "o"), "--data", str(tmp_path), "--only", "scale"]) == 2
+    assert main(["bench", "--out", str(tmp_path / "o"), "--data", str(tmp_path), "--only", "scale"]) == 2
     assert "no train.csv" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_result_files_and_bench_report(result, tmp_path, capsys):
+    text = write_results(result, tmp_path / "o")
+    assert (tmp_path / "o" / "bench.txt").read_text() == text + "\n"
+    assert main(["bench-report", str(tmp_path / "o" / "bench.json")]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| figure | value | target | met |") and "`fim_max_rel_error`" in md
+    assert main(["bench-report", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

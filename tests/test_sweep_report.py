@@ -205,6 +205,52 @@ def test_fisher_plot_where_scores_are_recorded(tiny_bert, tmp_path):
     assert names == RUN_PNGS | {"fim_scores.png"}
 
 
+def _client(group, samples, seconds, upload, **extra):
+    return {"id": 0, "group": group, "layers": [0], "num_samples": samples, "train_time_s": seconds,
+            "upload_bytes": upload, **extra}
+
+
+def test_group_costs_are_per_sample_so_more_data_does_not_look_slower():
+    from fedhello.report.plots import group_costs
+
+    # group 0: weak (1 layer) clients with much data, slower per client-round but cheaper per sample;
+    # group 1: strong (3 layers) clients with little data
+    records = [
+        {"round": 0, "clients": [_client(0, 200, 4.0, 100), _client(1, 20, 1.0, 300)]},
+        {"round": 1, "clients": [_client(0, 100, 3.0, 100), _client(1, 20, 1.2, 300)]},
+    ]
+    g0, g1 = group_costs(records, 2)
+    assert g0["client_rounds"] == g1["client_rounds"] == 2
+    # each record's 1000 * train_time_s / num_samples, then the group's mean
+    assert g0["ms_per_sample"] == pytest.approx((20.0 + 30.0) / 2)
+    assert g1["ms_per_sample"] == pytest.approx((50.0 + 60.0) / 2)
+    assert g0["ms_per_sample"] < g1["ms_per_sample"]  # per client-round it would be the other way round
+    assert (g0["upload_bytes"], g1["upload_bytes"]) == (100.0, 300.0)
+    assert g0["peak_memory_bytes"] is None and g1["peak_memory_bytes"] is None  # CPU records: not recorded
+    # GPU records carry peak_memory_bytes; a group never sampled has no figures at all
+    gpu = [{"round": 0, "clients": [_client(1, 10, 0.5, 300, peak_memory_bytes=2_000_000),
+                                    _client(1, 10, 0.5, 300, peak_memory_bytes=4_000_000)]}]
+    g0, g1 = group_costs(gpu, 2)
+    assert g0 == {"client_rounds": 0, "ms_per_sample": None, "upload_bytes": None, "peak_memory_bytes": None}
+    assert g1["peak_memory_bytes"] == 3_000_000.0 and g1["ms_per_sample"] == pytest.approx(50.0)
+
+
+def test_group_costs_plot_with_recorded_memory(sweep, tmp_path):
+    from fedhello.report.plots import run_plots
+
+    run = tmp_path / "r"
+    shutil.copytree(sweep["out"] / "iid" / "fedra" / "seed0", run, ignore=shutil.ignore_patterns("plots"))
+    lines = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        for c in rec.get("clients", []):
+            if c["group"] == 1:  # one group with memory, the other without
+                c["peak_memory_bytes"] = 5_000_000
+        lines.append(json.dumps(rec))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert {p.name for p in run_plots(run)} == RUN_PNGS
+
+
 def _scalars(tb_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

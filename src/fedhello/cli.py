@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 from fractions import Fraction
+from pathlib import Path
 from typing import Sequence
 
+from fedhello.bench.settings import PARTS, SIZES, Settings, parse_parts
 from fedhello.console import LOGGER, make_console, round_line, setup_logging
 from fedhello.errors import ConfigError, FedHelloError
 
@@ -172,6 +174,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    parts = parse_parts(args.only)  # before loading torch: a typo fails at once
+    # the suite's default model ships with the package; a hub --model needs HF_HUB_OFFLINE=0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fedhello.bench.run import run_suite, write_results
+
+    s = Settings(model=args.model, data=args.data, size=args.size or ("quick" if args.quick else "full"),
+                 device=args.device, bf16=args.bf16, threads=args.threads, seed=args.seed)
+    result = run_suite(s, parts, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(write_results(result, args.out))
+    return 0
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from fedhello.bench.report import load_result, markdown
+
+    print(markdown(load_result(args.result), Path(args.result).as_posix()))
+    return 0
+
+
 def _ints(flag: str, text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -315,6 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--text", action="append", required=True, help="a text to classify (repeatable)")
     pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     pr.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench", help="the benchmark suite (BENCHMARKS.md): engine overhead, freezing, Fisher, "
+                       "length grouping, scale", description="Run the benchmark suite; writes OUT/bench.json and "
+                       "OUT/bench.txt (the table, also printed). Without --data the built-in demo data is used.")
+    b.add_argument("--out", required=True, help="output folder (bench.json, bench.txt)")
+    b.add_argument("--quick", action="store_true", help="reduced sizes: the whole suite in minutes")
+    b.add_argument("--size", choices=sorted(SIZES), help="explicit size (overrides --quick)")
+    b.add_argument("--data", help="folder with train.csv and test.csv (Banking77 layout); default: demo data")
+    b.add_argument("--model", default="minilm", help="backbone (default: minilm, offline)")
+    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    b.add_argument("--bf16", action="store_true", help="bfloat16 autocast for training and scoring")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--only", help=f"comma-separated subset of {','.join(PARTS)}")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench)
+
+    br = sub.add_parser("bench-report", help="a bench.json's figures as a Markdown table (BENCHMARKS.md's tables)")
+    br.add_argument("result", metavar="RESULT.json", help="bench.json written by fedhello bench")
+    br.set_defaults(func=cmd_bench_report)
 
     from fedhello.flower.deploy import add_deploy_parser
 

@@ -159,7 +159,7 @@ class LocalTrainer:
             layers=sorted(int(x) for x in task.layers),
             train_loss=total_loss / max(seen, 1),
             train_time_s=time.perf_counter() - t0,
-            # GPU only (CPU peaks are process-wide; see benchmarks/ for CPU memory)
+            # GPU only (CPU peaks are process-wide; fedhello bench measures CPU memory in fresh processes)
             metrics={"peak_memory_bytes": int(torch.cuda.max_memory_allocated(self.device) - mem0)} if cuda else {},
         )
 

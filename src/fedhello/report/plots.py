@@ -10,8 +10,13 @@ Run directory (``RUNDIR/plots/``):
   strategy's mean sampling probabilities where it records them;
 - ``fim_scores.png``: per-layer Fisher scores (share of the round's total) on the
   rounds they were computed, when the strategy uses them;
-- ``group_costs.png``: per resource group, mean client train time, upload and
-  (when recorded) memory per client-round.
+- ``group_costs.png``: per resource group (:func:`group_costs`), training time
+  per sample (ms; each client record's ``train_time_s / num_samples``, averaged
+  over the group's client-rounds, so that a client with more data does not look
+  slower for it), upload per client-round (MB), and peak accelerator memory per
+  client-round (MB) where the records have ``peak_memory_bytes`` (GPU runs
+  only; the panel says "not recorded" otherwise). The fields are those of
+  ``ClientRecord`` in ``fedhello/federation/records.py``.
 
 Sweep directory (``DIR/plots/``): ``accuracy_<partition>.png``, mean test
 accuracy per round over seeds for each strategy (band: ± one standard deviation).
@@ -33,7 +38,6 @@ from fedhello.report.table import collect, manifest, order_by
 from fedhello.run.rundir import METRICS, RunDir, atomic_write_bytes
 
 PLOTS = "plots"
-MEMORY_KEYS = ("peak_memory_mb", "peak_memory_bytes", "memory_mb", "memory_bytes")
 
 
 def _figure(**kw):
@@ -168,25 +172,58 @@ def run_plots(run_dir: str | Path) -> list[Path]:
 
     # per-group costs
     n_groups = len(budgets) or 1 + max((c.get("group", 0) for r in records for c in r.get("clients", [])), default=0)
-    per = [[c for r in records for c in r.get("clients", []) if c.get("group") == g] for g in range(n_groups)]
-    mem_key = next((k for k in MEMORY_KEYS if any(k in c for cs in per for c in cs)), None)
-    panels = [("train_time_s", "train time per client-round (s)", 1.0),
-              ("upload_bytes", "upload per client-round (MB)", 1e-6)]
-    if mem_key:
-        scale = 1e-6 if mem_key.endswith("bytes") else 1.0
-        panels.append((mem_key, "peak memory per client-round (MB)", scale))
+    costs = group_costs(records, n_groups)
+    panels = [("ms_per_sample", "training time per sample (ms)", 1.0),
+              ("upload_bytes", "upload per client-round (MB)", 1e-6),
+              ("peak_memory_bytes", "peak memory per client-round (MB)", 1e-6)]
     fig = _figure(figsize=(3.3 * len(panels), 3.4))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     labels = [f"g{g}" + (f" ({budgets[g]} layers)" if g < len(budgets) else "") for g in range(n_groups)]
     for ax, (key, label, scale) in zip(axes, panels):
-        vals = [scale * float(np.mean([c[key] for c in cs if c.get(key) is not None]))
-                if any(c.get(key) is not None for c in cs) else 0.0 for cs in per]
-        ax.bar(labels, vals, color=[f"C{g}" for g in range(n_groups)])
         ax.set_title(label, fontsize=9)
+        vals = [c[key] for c in costs]
+        if all(v is None for v in vals):
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "not recorded" + ("\n(GPU runs only)" if key == "peak_memory_bytes" else ""),
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4")
+            continue
+        ax.bar(labels, [0.0 if v is None else scale * v for v in vals], color=[f"C{g}" for g in range(n_groups)])
+        for i, (v, c) in enumerate(zip(vals, costs)):
+            if v is None:
+                ax.text(i, 0, "not recorded" if c["client_rounds"] else "no client-rounds", ha="center",
+                        va="bottom", rotation=90, fontsize=7, color="0.4")
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"cost per resource group: {title}")
     written.append(_save(fig, out / "group_costs.png"))
     return written
+
+
+def group_costs(records: list[dict], n_groups: int) -> list[dict[str, Any]]:
+    """What a client-round of each resource group costs, from the client records of ``records``.
+
+    One dict per group (index = group): ``client_rounds`` (its client records),
+    ``ms_per_sample`` (the mean over its client records of ``1000 * train_time_s /
+    num_samples``: time per sample, which does not grow with a client's data size
+    as time per client-round does), ``upload_bytes`` (mean per client-round) and
+    ``peak_memory_bytes`` (mean per client-round). A figure is None where no record
+    of the group has it (``peak_memory_bytes``: GPU runs only).
+    """
+    out = []
+    for g in range(n_groups):
+        cs = [c for r in records for c in r.get("clients", []) if c.get("group") == g]
+        per_sample = [1000.0 * float(c["train_time_s"]) / c["num_samples"] for c in cs
+                      if c.get("train_time_s") is not None and c.get("num_samples")]
+        out.append({
+            "client_rounds": len(cs),
+            "ms_per_sample": _mean(per_sample),
+            "upload_bytes": _mean([c["upload_bytes"] for c in cs if c.get("upload_bytes") is not None]),
+            "peak_memory_bytes": _mean([c["peak_memory_bytes"] for c in cs if c.get("peak_memory_bytes") is not None]),
+        })
+    return out
+
+
+def _mean(xs: list) -> float | None:
+    return float(np.mean([float(x) for x in xs])) if xs else None
 
 
 def sweep_plots(sweep_dir: str | Path) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -16,29 +17,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (
+import fedhello
+from fedhello.allocation import build_strategy
+from fedhello.allocation.fisher import _length_buckets, _split_batch, fisher_layer_scores, fisher_layer_scores_loop
+from fedhello.allocation.patterns import deterministic_layers
+from fedhello.bench.common import (
     SavedActivations,
-    Settings,
     autocast,
     base_raw,
     median,
     model_layers,
+    peak_rss_bytes,
+    reset_peak_rss,
     rotate,
+    rss_bytes,
     sync,
     timed,
 )
-from fedhello.allocation import build_strategy
-from fedhello.allocation.patterns import deterministic_layers
+from fedhello.bench.settings import Settings
 from fedhello.config import build_config
 from fedhello.data.batching import collate, eval_batches, train_batches
 from fedhello.federation.client import FitTask, LocalTrainer, make_optimizer
 from fedhello.federation.server import Server
-from fedhello.run.experiment import Experiment, prepare
 from fedhello.federation.simulation import SimulationRunner
-from fedhello.model.state import freeze_all, get_state, set_state, set_trainable, state_nbytes
+from fedhello.model import build_backbone
+from fedhello.model.state import freeze_all, set_state, set_trainable, state_nbytes
+from fedhello.run.experiment import Experiment, pick_device, prepare
 
 Log = Callable[[str], None]
-REPO = Path(__file__).resolve().parents[1]
+# the folder that holds the fedhello package: the probe processes import it from there
+PACKAGE_ROOT = Path(fedhello.__file__).resolve().parents[1]
 
 
 def no_eval(state) -> dict:
@@ -320,16 +328,14 @@ def bench_freezing(exp: Experiment, s: Settings, log: Log, memory: bool = True) 
 
 
 def _probe(kind: str, payload: dict[str, Any], s: Settings) -> dict[str, Any]:
-    """Run ``python -m benchmarks.probe`` in a fresh process; its last stdout line is JSON."""
+    """Run ``python -m fedhello.bench.probe`` in a fresh process; its last stdout line is JSON."""
     env = dict(os.environ)
-    src = str(REPO / "src")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # this fedhello, installed or not (a relative PYTHONPATH keeps working: same working directory)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     arg = json.dumps({"kind": kind, "settings": s.to_dict(), **payload})
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.probe", arg], capture_output=True, text=True, env=env, cwd=str(REPO)
-    )
+    proc = subprocess.run([sys.executable, "-m", "fedhello.bench.probe", arg], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"probe {kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -347,20 +353,58 @@ def freeze_memory(exp, s, batches, gstate, configs, log) -> dict[str, dict]:
             if s.sizes.memory_fresh_process:
                 res = _probe("freeze", arg, s)
             else:  # the tests: same code, this process (figures then mean little)
-                from benchmarks.probe import probe_freeze
-
                 res = probe_freeze({"kind": "freeze", "settings": s.to_dict(), **arg})
             out[name] = res
             log(f"  memory {name}: peak +{res['peak_delta_bytes'] / 2**20:.1f} MiB ({res['source']})")
     return out
 
 
+def _threads(s: Settings) -> None:
+    if s.threads:
+        torch.set_num_threads(s.threads)
+
+
+def probe_freeze(arg: dict) -> dict:
+    """Peak memory of one freezing configuration's training steps (run in a fresh process by
+    :func:`freeze_memory`, through :mod:`fedhello.bench.probe`)."""
+    s = Settings.from_dict(arg["settings"])
+    _threads(s)
+    cfg = build_config(arg["config"])
+    dev = pick_device(cfg.device)
+    bb = build_backbone(cfg, arg["num_labels"], dev)
+    blob = torch.load(arg["blob"], weights_only=True)
+    batches = [{k: v.to(dev) for k, v in b.items()} for b in blob["batches"]]
+    set_state(bb.model, blob["state"])
+    model, lm = bb.model, bb.layermap
+    model.train()
+    with torch.no_grad():  # first-call workspaces are not training memory
+        b = max(batches, key=lambda x: x["input_ids"].numel())
+        model(**{k: v for k, v in b.items() if k != "labels"})
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        source = "torch.cuda.max_memory_allocated"
+    else:
+        base = rss_bytes()
+        source = "peak RSS (VmHWM reset)" if reset_peak_rss() else "peak RSS (ru_maxrss, not reset)"
+    opt = freeze_setup(model, lm, arg["name"], arg["layers"], s.lr)
+    with autocast(s, dev):
+        bare_steps(model, opt, batches)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        peak = peak_rss_bytes()
+    return {"name": arg["name"], "baseline_bytes": base, "peak_bytes": peak,
+            "peak_delta_bytes": max(peak - base, 1), "source": source}
+
+
 # --------------------------------------------------------------------------- 3: Fisher
 
 
 def bench_fisher(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
-    from fedhello.allocation.fisher import _length_buckets, _split_batch, fisher_layer_scores, fisher_layer_scores_loop
-
     model, lm, dev, data = exp.model, exp.layermap, exp.device, exp.train
     n = min(s.sizes.fim_samples, len(data))
     idx = np.sort(np.random.default_rng(s.seed + 3).choice(len(data), size=n, replace=False))
@@ -516,3 +560,36 @@ def scale_raw(s: Settings, clients: int) -> dict[str, Any]:
         strategy={"name": "fedra"},
         train={"batch_size": 2, "max_steps": 1},
     )
+
+
+def probe_scale(arg: dict) -> dict:
+    """Memory and round time of one client count (run in a fresh process by :func:`bench_scale`,
+    through :mod:`fedhello.bench.probe`)."""
+    s = Settings.from_dict(arg["settings"])
+    _threads(s)
+    cfg = build_config(scale_raw(s, arg["clients"]))
+    t0 = time.perf_counter()
+    exp = prepare(cfg)
+    prepare_s = time.perf_counter() - t0
+    rss_after_setup = rss_bytes()
+    strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
+    server = Server(cfg, strategy, exp.groups, exp.layermap, exp.global_state(), SimulationRunner(exp), no_eval)
+    times = []
+    for t in range(s.sizes.scale_rounds + 1):
+        with autocast(s, exp.device):
+            dt, _ = timed(lambda: server.run(until=t + 1), exp.device)
+        if t > 0:
+            times.append(dt)
+    gc.collect()
+    return {
+        "clients": arg["clients"],
+        "rss_mb": peak_rss_bytes() / 2**20,
+        "rss_after_setup_mb": rss_after_setup / 2**20,
+        "rss_end_mb": rss_bytes() / 2**20,
+        "round_time_s": float(np.median(times)),
+        "round_times_s": times,
+        "prepare_s": prepare_s,
+        "train_samples": len(exp.train),
+        "partition_index_bytes": int(sum(p.nbytes for p in exp.partitions)),
+        "per_round": cfg.clients.per_round,
+    }
