@@ -8,11 +8,11 @@ class FedHelloError(Exception):
     """
 
 
-class ConfigError(FedHelloError, ValueError):
+class ConfigError(FedHelloError):
     """Invalid experiment configuration; the message names the dotted key.
 
-    A ValueError too, so that a rule raising it inside a config validator reads
-    as pydantic's own validation error (:func:`fedhello.config.format_validation_error`)."""
+    Raised inside a config validator it passes through pydantic unchanged (it is not
+    a ValueError), so the rules of :mod:`fedhello.config` word their own messages."""
 
 
 class DataError(FedHelloError):
