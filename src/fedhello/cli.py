@@ -34,6 +34,13 @@ def _console():
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``fedhello run``: one experiment into ``--out``, or continue the run in ``--resume DIR``.
+
+    A new run reads ``--config`` with its ``--set`` overrides; a resumed run takes the
+    directory's own config.yaml (``--config``/``--set`` are refused then). Prints the
+    final test accuracy and the test accuracy at the best validation round (and the
+    same for ``eval.select_metric`` when it is not accuracy). Returns the exit status.
+    """
     from fedhello.config import load_config
     from fedhello.report.hooks import RunReporter
     from fedhello.run.experiment import resume_config, run_experiment
@@ -86,12 +93,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``fedhello demo``: see :func:`fedhello.demo.run_demo`."""
     from fedhello.demo import run_demo
 
     return run_demo(args.out, strategies=args.strategies, rounds=args.rounds)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """``fedhello validate``: every offline check of a config and its local data.
+
+    Runs :func:`fedhello.run.validate.validate_config` (no model weights are loaded)
+    and prints one ``ok`` line with the layer count, then the validation notes.
+    """
     from fedhello.config import load_config
     from fedhello.run.validate import validate_config
 
@@ -105,6 +118,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """``fedhello sweep``: the grid strategies x partitions x seeds, run resumably.
+
+    Runs :func:`fedhello.run.sweep.run_sweep` under one progress bar over every round
+    of every cell (rounds already done count as done) and rewrites the sweep's
+    results table and plots after each cell. Returns 1 when a cell failed (see
+    ``failures.json``) and 130 when interrupted; finished cells are kept, and the same
+    command continues the sweep.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from fedhello.report.hooks import RunReporter, write_sweep_reports
@@ -157,6 +178,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``fedhello report``: regenerate a run's or a sweep's reports.
+
+    See :func:`fedhello.report.report`; prints the number of plots and the other files.
+    """
     from fedhello.report import report
 
     files = report(args.dir, adapter=args.adapter)
@@ -166,6 +191,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``fedhello predict``: classify each ``--text`` with a finished run's exported adapter.
+
+    Prints one tab-separated line per text: label, probability, text.
+    """
     from fedhello.report.export import predict
     from fedhello.run.experiment import pick_device
 
@@ -175,6 +204,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``fedhello bench``: run the benchmark suite (:func:`fedhello.bench.run.run_suite`).
+
+    ``--only`` is checked before torch is loaded; ``HF_HUB_OFFLINE`` defaults to 1
+    (the default model ships with the package). Writes ``bench.json`` and
+    ``bench.txt`` into ``--out`` and prints the table.
+    """
     parts = parse_parts(args.only)  # before loading torch: a typo fails at once
     # the suite's default model ships with the package; a hub --model needs HF_HUB_OFFLINE=0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -188,6 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_report(args: argparse.Namespace) -> int:
+    """``fedhello bench-report``: print a bench.json's figures as a Markdown table."""
     from fedhello.bench.report import load_result, markdown
 
     print(markdown(load_result(args.result), Path(args.result).as_posix()))
@@ -255,6 +291,12 @@ def _choices(key: str) -> list[str]:
 
 
 def run_allocate(args: argparse.Namespace) -> int:
+    """``fedhello allocate``: preview a strategy's layer allocations (no model, no data).
+
+    Runs :func:`fedhello.allocation.preview.preview` with the command's options and
+    prints the result as JSON (``--json``) or as the collective distribution over
+    all rounds, preceded by every round's clients with ``--show-rounds``.
+    """
     import json
 
     from fedhello.allocation.preview import preview, render_distribution, render_rounds
@@ -290,6 +332,7 @@ def run_allocate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fedhello`` argument parser; each subcommand sets ``func`` to its handler."""
     p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -366,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedhello`` command; returns the exit status.
+
+    Parses ``argv`` (default ``sys.argv[1:]``), sends the library's log to the console
+    for this command only and runs the subcommand. A :class:`~fedhello.errors.FedHelloError`,
+    or a file that cannot be written (no space, read-only, no permission), prints one
+    ``error: ...`` line and gives 2; an interrupt gives 130.
+    """
     _quiet_env()
     parser = build_parser()
     args = parser.parse_args(argv)

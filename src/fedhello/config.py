@@ -457,6 +457,7 @@ class ExperimentConfig(_Strict):
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-compatible data (what config.yaml holds)."""
         return self.model_dump(mode="json")
 
 
@@ -514,6 +515,13 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a config mapping after applying ``key=value`` overrides.
+
+    ``raw`` is not modified. Each override's value is parsed as YAML (see
+    :func:`parse_override`) and set at its dotted key, creating sections as needed.
+    Raises :class:`~fedhello.errors.ConfigError` with one line naming the first
+    offending key.
+    """
     data = copy.deepcopy(raw) if raw else {}
     for item in overrides or []:
         key, value = parse_override(item)
@@ -525,6 +533,12 @@ def build_config(raw: dict[str, Any] | None, overrides: list[str] | None = None)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config file (or none: every default) and validate it with ``overrides``.
+
+    Raises :class:`~fedhello.errors.ConfigError` when the file is missing, is not
+    valid YAML (naming the line) or does not hold a mapping, and as
+    :func:`build_config` does.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -543,4 +557,5 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
+    """The config as YAML, keys in schema order (the run directory's config.yaml)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

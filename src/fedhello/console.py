@@ -32,6 +32,7 @@ class ConsoleHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Print one record on the console; a failure goes to ``handleError``, never raises."""
         try:
             self.console.print(self.format(record), style=self.STYLES.get(record.levelno), markup=False,
                                highlight=False, soft_wrap=True)

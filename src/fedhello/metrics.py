@@ -43,6 +43,7 @@ def _f1(tp, fp, fn) -> np.ndarray:
 
 
 def accuracy(preds, labels) -> float:
+    """Share of correct predictions; NaN when there are no labels."""
     preds, labels = np.asarray(preds).reshape(-1), np.asarray(labels).reshape(-1)
     if len(labels) == 0:
         return float("nan")
@@ -50,6 +51,10 @@ def accuracy(preds, labels) -> float:
 
 
 def per_class_f1(preds, labels, num_classes: int | None = None) -> np.ndarray:
+    """F1 of every class index ``0 .. n-1`` (0 for a class neither true nor predicted).
+
+    ``n`` is the largest index seen plus one, at least ``num_classes``.
+    """
     preds, labels = np.asarray(preds, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     n = int(max(preds.max(initial=-1), labels.max(initial=-1)) + 1)
     n = max(n, num_classes or 0)
@@ -57,6 +62,7 @@ def per_class_f1(preds, labels, num_classes: int | None = None) -> np.ndarray:
 
 
 def macro_f1(preds, labels) -> float:
+    """Mean F1 over the classes that occur among the labels or predictions; NaN without labels."""
     preds, labels = np.asarray(preds, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return float("nan")
@@ -65,6 +71,7 @@ def macro_f1(preds, labels) -> float:
 
 
 def micro_f1(preds, labels) -> float:
+    """F1 of the pooled counts (equal to the accuracy for single-label data); NaN without labels."""
     preds, labels = np.asarray(preds, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return float("nan")
@@ -74,6 +81,7 @@ def micro_f1(preds, labels) -> float:
 
 
 def f1_of_class(preds, labels, positive: int = 1) -> float:
+    """F1 of class ``positive`` (``f1_positive`` of binary tasks); NaN without labels."""
     preds, labels = np.asarray(preds, dtype=np.int64), np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return float("nan")
