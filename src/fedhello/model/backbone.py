@@ -59,6 +59,10 @@ def resolve_model_path(name: str) -> str:
 
 
 def num_hidden_layers(config) -> int:
+    """The number of transformer blocks of a model config, whatever the family calls it.
+
+    Raises :class:`~fedhello.errors.ConfigError` when the config states none.
+    """
     for key in ("num_hidden_layers", "n_layers", "n_layer", "num_layers"):
         n = getattr(config, key, None)
         if isinstance(n, int):
@@ -107,6 +111,12 @@ def load_model_config(name: str):
 
 @dataclass
 class Backbone:
+    """What :func:`build_backbone` returns: the PEFT model and what goes with it.
+
+    Its tokenizer (text tasks) or image processor (image-classification), its
+    :class:`~fedhello.model.layermap.LayerMap`, the model family (``model_type``)
+    and the pooling its head reads.
+    """
     model: torch.nn.Module  # the PEFT model
     tokenizer: object
     layermap: LayerMap

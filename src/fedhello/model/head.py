@@ -201,6 +201,7 @@ def class_means_head(
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """How many of ``labels`` fall in each of ``num_classes`` classes, as float32."""
     return torch.as_tensor(np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes), dtype=torch.float32)
 
 

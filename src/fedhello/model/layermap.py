@@ -35,17 +35,24 @@ class LayerMap:
 
     @property
     def num_layers(self) -> int:
+        """L, the number of transformer blocks that carry LoRA adapters."""
         return len(self.layers)
 
     @property
     def lora_names(self) -> list[str]:
+        """Every LoRA parameter name, layer 0 first."""
         return [n for names in self.layers for n in names]
 
     @property
     def all_names(self) -> list[str]:
+        """Every federated parameter name: the LoRA tensors, then the head."""
         return self.lora_names + list(self.head)
 
     def names_for(self, layers: Iterable[int], include_head: bool = True) -> list[str]:
+        """The LoRA parameter names of ``layers`` (layer order, each layer once), then the head's.
+
+        ``include_head=False`` leaves the head out.
+        """
         out: list[str] = []
         for layer in sorted(set(int(x) for x in layers)):
             out.extend(self.layers[layer])
@@ -55,6 +62,15 @@ class LayerMap:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, num_hidden_layers: int | None = None) -> "LayerMap":
+        """The layer map of a PEFT model, from its parameter names.
+
+        LoRA tensors (``.lora_A.``/``.lora_B.``) are grouped by the block index in
+        their module path; ``modules_to_save`` parameters form the head. Raises
+        :class:`~fedhello.errors.ConfigError` when a LoRA tensor has no recognised block
+        index, when there is no LoRA tensor at all, or when the blocks carrying LoRA are
+        not exactly ``0 .. n-1`` (``n``: ``num_hidden_layers``, default the number of
+        blocks found).
+        """
         by_layer: dict[int, list[str]] = {}
         head: list[str] = []
         unmatched: list[str] = []

@@ -22,10 +22,12 @@ from fedhello.model.state import State
 
 
 def is_lora_a(name: str) -> bool:
+    """Whether ``name`` is a LoRA A tensor (shape (r, in))."""
     return ".lora_A." in name
 
 
 def is_lora_b(name: str) -> bool:
+    """Whether ``name`` is a LoRA B tensor (shape (out, r))."""
     return ".lora_B." in name
 
 

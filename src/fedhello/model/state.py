@@ -60,6 +60,7 @@ def freeze_all(model: torch.nn.Module, layermap: LayerMap) -> None:
 
 
 def state_nbytes(state: State) -> int:
+    """Total size in bytes of the tensors of ``state`` (what sending it costs)."""
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
