@@ -53,11 +53,13 @@ class ClientUpdate:
 
     @property
     def upload_bytes(self) -> int:
+        """Size in bytes of the tensors the client sends."""
         return state_nbytes(self.tensors)
 
 
 @dataclass
 class ClientFailure:
+    """A client that gave no usable update this round, in its update's place, with the reason."""
     client_id: int
     reason: str
 
@@ -75,6 +77,7 @@ def _forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tup
 
 
 def make_optimizer(params: Sequence[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
+    """The optimizer ``name`` (``adamw`` or ``sgd``) over ``params``; ValueError for others."""
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
@@ -108,6 +111,16 @@ class LocalTrainer:
         self.head_train = head_train
 
     def fit(self, task: FitTask, global_state: State, indices: np.ndarray) -> ClientUpdate:
+        """Train ``task``'s client on its ``indices`` from ``global_state``; returns its update.
+
+        Loads ``global_state`` truncated to ``task.rank`` (zeros beyond), makes exactly
+        ``task.layers`` (and the head unless frozen) trainable and trains
+        ``train.epochs`` epochs (at most ``train.max_steps`` steps) seeded by
+        ``task.seed``. The update holds only the trained LoRA tensors (no A matrices
+        under FFA; the head only when federated), cut to ``task.rank``; its
+        ``num_samples`` is ``len(indices)`` and its ``train_loss`` the sample-weighted
+        mean loss. Afterwards nothing of the shared model stays trainable.
+        """
         t0 = time.perf_counter()
         model = self.model
         cuda = self.device.type == "cuda"

@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 
 
 class ClientRecord(TypedDict, total=False):
+    """One client's entry in a round record's ``clients`` list (see the field comments)."""
     id: int  # the client (0 .. num_clients - 1)
     group: int  # its resource group (index into clients.budgets)
     layers: list[int]  # the LoRA layers it trained this round (0: nearest the input)
@@ -35,6 +36,10 @@ class ClientRecord(TypedDict, total=False):
 
 
 class HeadInitRecord(TypedDict):
+    """The class-statistics round before round 0 (``head.init: class-means``).
+
+    Kept in round 0's record under ``head_init``.
+    """
     clients: int  # clients that sent statistics
     failed_clients: list[dict]  # {id, reason} of those that did not
     upload_bytes: int
@@ -44,6 +49,7 @@ class HeadInitRecord(TypedDict):
 
 
 class RoundRecord(TypedDict, total=False):
+    """One line of ``metrics.jsonl``: a finished round (see the field comments)."""
     round: int  # 0-based (the console counts from 1)
     train_loss: float  # sample-weighted mean of the clients' losses
     val_accuracy: float | None  # None on rounds that are not evaluated (eval.every)
@@ -62,6 +68,7 @@ class RoundRecord(TypedDict, total=False):
 
 
 class Summary(TypedDict, total=False):
+    """``summary.json``: the run's result, written after its last round (module docstring)."""
     strategy: str
     seed: int
     rounds: int  # rounds finished

@@ -117,6 +117,7 @@ class ClientRunner(Protocol):
 
 @dataclass
 class ServerState:
+    """Where the server loop stands: rounds finished, the global state and their records."""
     round: int  # rounds finished
     global_state: State
     records: list[dict] = field(default_factory=list)
@@ -199,9 +200,15 @@ class Server:
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
+        """Every client as a :class:`ClientSlot` (id, resource group, budget)."""
         return client_slots(self.groups, self.budgets)
 
     def sample(self, t: int) -> list[ClientSlot]:
+        """The clients of round ``t``: up to ``clients.per_round`` eligible, available ones.
+
+        The draw depends on the seed, the round and the pool only. Raises
+        :class:`~fedhello.errors.FedHelloError` when no eligible client is available.
+        """
         pool = [s for s in self.slots() if self.strategy.eligible(s)]
         up = self.runner.available()
         if up is not None:
@@ -228,12 +235,21 @@ class Server:
         return provide
 
     def lr(self, t: int) -> float:
+        """The learning rate of round ``t``: ``train.lr * train.lr_decay ** t``."""
         return self.cfg.train.lr * (self.cfg.train.lr_decay**t)
 
     def should_evaluate(self, t: int) -> bool:
+        """Whether round ``t`` is evaluated: every ``eval.every`` rounds, and the last one."""
         return (t + 1) % self.cfg.eval.every == 0 or t == self.cfg.rounds - 1
 
     def run_round(self, t: int) -> dict:
+        """Run round ``t`` (see the class docstring) and return its record.
+
+        The global state is replaced by the aggregate of the accepted updates; the
+        record holds the round's loss, evaluation (None when not evaluated), time,
+        learning rate, per-client costs, rejected or failed clients and the strategy's
+        and aggregation rule's info (:class:`~fedhello.federation.records.RoundRecord`).
+        """
         t0 = time.perf_counter()
         slots = self.sample(t)
         rng = allocation_rng(self.cfg.seed, t)
@@ -346,6 +362,11 @@ class Server:
 
     # -- the loop ------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """The state after the last finished round, as :meth:`restore` takes it back.
+
+        Keys: ``round``, ``global_state``, ``strategy_state`` and ``records`` (see
+        :func:`check_checkpoint`). The tensors are the server's own, not copies.
+        """
         return {
             "round": self.state.round,
             "global_state": self.state.global_state,
