@@ -27,6 +27,7 @@ class RunReporter:
         log.warning("%s failed: %s: %s", what, type(err).__name__, err)
 
     def round(self, records: list[dict]) -> None:
+        """After a round: append the new records' TensorBoard scalars (a failure is logged)."""
         try:
             self.tb.update(records)
         except Exception as err:
@@ -41,6 +42,7 @@ class RunReporter:
             self._warn("plots", err)
 
     def close(self) -> None:
+        """Close the TensorBoard event file."""
         self.tb.close()
 
     def __del__(self) -> None:  # a run that raised: release the event file when the reporter goes

@@ -269,4 +269,5 @@ def sweep_plots(sweep_dir: str | Path) -> list[Path]:
 
 
 def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a run: its metrics.jsonl and config.yaml."""
     return (path / METRICS).is_file() and (path / "config.yaml").is_file()

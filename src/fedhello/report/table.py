@@ -66,6 +66,7 @@ CSV_COLUMNS = [
 
 @dataclass
 class CellResult:
+    """One cell run directory of a sweep: its cell, path, summary (None: unfinished) and records."""
     cell: Cell
     path: Path
     summary: Summary | None  # None: unfinished
@@ -73,6 +74,7 @@ class CellResult:
 
 
 def manifest(out: Path) -> dict:
+    """The sweep's ``sweep.json`` (the grid as asked); ``{}`` when missing or not valid JSON."""
     p = out / SWEEP
     if p.is_file():
         try:
@@ -99,6 +101,7 @@ def collect(out: str | Path) -> list[CellResult]:
 
 
 def order_by(values: list[str], preferred: Sequence[str] | None) -> list[str]:
+    """``values`` with those in ``preferred`` first (in its order), the rest sorted."""
     pref = [v for v in (preferred or []) if v in values]
     return pref + sorted(v for v in values if v not in pref)
 
@@ -189,6 +192,7 @@ def _csv_value(v: Any) -> Any:
 
 
 def results_csv(rows: list[dict]) -> str:
+    """The rows as CSV with :data:`CSV_COLUMNS` (None and NaN empty, floats to 6 digits)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -205,6 +209,10 @@ def _pm(mean: float | None, std: float | None, scale: float = 100.0, digits: int
 
 
 def results_markdown(rows: list[dict], title: str = "Results") -> str:
+    """The rows as Markdown: an explanation of the columns, then one table per partition.
+
+    Accuracies are shown in % as mean ± sample standard deviation.
+    """
     lines = [f"# {title}", ""]
     lines.append(
         "Test accuracy in %, mean ± sample standard deviation over the finished seeds. "

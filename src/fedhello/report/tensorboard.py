@@ -78,6 +78,7 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
+        """Close the event file; the next :meth:`update` writes every record into a fresh one."""
         if self.writer is not None:
             self.writer.close()
         self.writer = None
