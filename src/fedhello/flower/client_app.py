@@ -74,6 +74,12 @@ def _client(experiment_json: str, pid: int, data_path: str | None):
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """One client's round (``@app.train()``): train the task's layers, reply with the update.
+
+    Refuses a task for another client than this node's partition. The reply
+    carries only the trained tensors and the metrics ``num-examples``,
+    ``train-loss`` and ``train-time-s``.
+    """
     from fedhello.federation.client import FitTask
 
     pid, _, data_path, _ = _node(context)

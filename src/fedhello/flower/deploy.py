@@ -61,6 +61,7 @@ def app_pyproject() -> str:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -104,6 +105,7 @@ class LocalFederation:
         return p
 
     def start_superlink(self) -> None:
+        """Start the SuperLink (insecure, loopback) on a free port, kept in :attr:`port`."""
         self.port = free_port()
         self._start("superlink", [
             _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
@@ -111,12 +113,14 @@ class LocalFederation:
         ])
 
     def start_supernode(self, i: int, node_config: str) -> None:
+        """Start SuperNode ``i`` with ``node_config`` (``partition-id=I num-partitions=N ...``)."""
         self._start(f"supernode-{i}", [
             _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
             "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config,
         ])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the process group of ``name`` if its leader still runs."""
         p = self.procs.get(name)
         if p is not None and p.poll() is None:
             try:
@@ -125,6 +129,11 @@ class LocalFederation:
                 pass
 
     def stop(self) -> None:
+        """End every process started here and their descendants.
+
+        SIGTERM first (to the process groups and to every descendant found beforehand),
+        then SIGKILL after about 5 seconds to whatever is left.
+        """
         # Flower starts helpers in sessions of their own (SuperExec, ServerApp, ClientApp
         # processes): find every descendant first, while the parents still live.
         extra = {d for p in self.procs.values() for d in _descendants(p.pid)}
@@ -148,6 +157,7 @@ class LocalFederation:
             _signal(proc, signal.SIGKILL)
 
     def log_tail(self, name: str, n: int = 20) -> str:
+        """The last ``n`` lines of process ``name``'s log ("" when it has none)."""
         p = self.workdir / f"{name}.log"
         if not p.exists():
             return ""
@@ -335,6 +345,10 @@ def add_deploy_parser(sub) -> None:
 
 
 def cmd_deploy_local(args) -> int:
+    """``fedhello deploy-local``: :func:`deploy_local` with the command's options.
+
+    Prints each round's line and the final test accuracy; returns the exit status.
+    """
     from fedhello.console import make_console, round_line
 
     console = make_console()

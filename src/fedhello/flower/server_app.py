@@ -50,6 +50,11 @@ _log = logging.getLogger("flwr")
 
 
 def load_experiment(run_config: dict):
+    """The experiment config of a run config: its ``config`` YAML, or the built-in demo config.
+
+    ``overrides`` holds ``key=value`` items separated by ``;``, applied as ``--set``
+    does.
+    """
     from importlib import resources
 
     import yaml

@@ -85,12 +85,14 @@ class FedHelloStrategy:
         self.last_failed: list[dict] = []
 
     def client_of(self, node_id: int) -> int | None:
+        """The client id of Flower node ``node_id`` (None: no client of this run)."""
         for cid, nid in self.node_of.items():
             if nid == node_id:
                 return cid
         return None
 
     def plan(self, tasks: Sequence[FitTask]) -> None:
+        """Set the round's tasks, which :meth:`configure_train` and :meth:`collect` then use."""
         self._tasks = list(tasks)
 
     def configure_train(self, server_round: int, global_state: State) -> list[Message]:
@@ -193,6 +195,12 @@ class FlowerRunner:
         self.missed: set[int] = set()  # clients that did not answer last time: skipped once
 
     def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
+        """See :meth:`~fedhello.federation.server.ClientRunner.fit`.
+
+        One train message per task through the Grid, waiting at most ``timeout``
+        seconds; a client without a usable reply is a failure, and is skipped at the
+        next sampling (see :meth:`available`).
+        """
         self.strategy.plan(tasks)
         rnd = tasks[0].round + 1 if tasks else 0
         msgs = self.strategy.configure_train(rnd, global_state)
@@ -220,6 +228,10 @@ class FlowerRunner:
                 yield cid, msg
 
     def class_stats(self, client_ids: Sequence[int], global_state: State):
+        """See :meth:`~fedhello.federation.server.ClientRunner.class_stats` (query ``class_stats``).
+
+        The Server checks the statistics' shapes and values.
+        """
         got: dict[int, tuple[np.ndarray, np.ndarray, float] | ClientFailure] = {}
         for cid, msg in self._query("class_stats", client_ids, global_state):
             if msg.has_error():
@@ -234,6 +246,11 @@ class FlowerRunner:
         return [got.get(cid) or ClientFailure(cid, "no class statistics before the timeout") for cid in client_ids]
 
     def scores(self, client_ids: Sequence[int], global_state: State):
+        """See :meth:`~fedhello.federation.server.ClientRunner.scores` (a ``fisher`` query).
+
+        A reply that is not one finite score per layer with a positive sample count is a
+        failure; failures are logged.
+        """
         got: dict[int, tuple[np.ndarray, int] | ClientFailure] = {}
         for cid, msg in self._query("fisher", client_ids, global_state):
             if msg.has_error():
@@ -254,6 +271,11 @@ class FlowerRunner:
         return out
 
     def available(self) -> set[int] | None:
+        """See :meth:`~fedhello.federation.server.ClientRunner.available`.
+
+        The clients whose node is connected, less those that missed the last round
+        (skipped once, unless that leaves none).
+        """
         up = set(self.grid.get_node_ids())
         ids = {cid for cid, nid in self.strategy.node_of.items() if nid in up}
         # a client that missed the last round is skipped once (unless that leaves nobody)
