@@ -31,6 +31,7 @@ class Encoded:
 
     @property
     def lengths(self) -> np.ndarray:
+        """Tokens per sample (multiple choice: of its longest option), what batches group by."""
         rows = self.features["input_ids"]
         if self.num_choices:
             return np.fromiter((max(len(c) for c in x) for x in rows), dtype=np.int64, count=len(self))
@@ -51,6 +52,7 @@ def _encode(tokenizer, labels: Sequence[int], max_length: int, *texts: Sequence[
 
 
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> Encoded:
+    """Tokenize one text per sample, unpadded, truncated to ``max_length`` tokens."""
     return _encode(tokenizer, labels, max_length, texts)
 
 
@@ -159,6 +161,7 @@ def train_batches(
 
 
 def eval_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches of ``indices`` sorted by length (stable: deterministic), ``batch_size`` each."""
     idx = np.asarray(indices, dtype=np.int64)
     idx = idx[np.argsort(lengths[idx], kind="stable")]
     for i in range(0, len(idx), batch_size):

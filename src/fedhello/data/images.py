@@ -39,6 +39,7 @@ def _size_get(size, key):
 
 @dataclass(frozen=True)
 class ImageTransform:
+    """The training and evaluation image pipelines of a model (see the module docstring)."""
     size: tuple[int, int]  # (height, width) of the model input
     shortest_edge: int | None = None  # eval: resize the short side to this, then centre-crop to size
     rescale: float = 1 / 255
@@ -49,6 +50,12 @@ class ImageTransform:
 
     @classmethod
     def from_processor(cls, proc) -> "ImageTransform":
+        """The transform a Hugging Face image processor describes.
+
+        Input size from ``size`` (``height``/``width``, or ``shortest_edge`` with
+        ``crop_size``), rescale factor and mean/std normalisation where the processor
+        applies them. Raises ValueError when the input size cannot be read.
+        """
         size = getattr(proc, "size", None)
         h, w = _size_get(size, "height"), _size_get(size, "width")
         short = _size_get(size, "shortest_edge")
@@ -112,6 +119,11 @@ class ImageTransform:
         return self._normalize(x)
 
     def eval(self, x: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) float in [0, 255] -> the normalised model input, without randomness.
+
+        Resize to ``size``; with ``shortest_edge``, resize the short side to it and
+        centre-crop to ``size`` (resizing up what is smaller than the crop).
+        """
         if self.shortest_edge is None:
             x = self._resize(x, self.size)
         else:
@@ -151,15 +163,22 @@ class ImageData:
 
     @property
     def lengths(self) -> np.ndarray:
+        """All zeros: images have no length to group by."""
         # no length to group by: length-grouped batching degenerates to plain random batches
         return np.zeros(len(self), dtype=np.int64)
 
     def without_augmentation(self) -> "ImageData":
+        """A view of the same split that collates with the evaluation transform."""
         out = object.__new__(ImageData)
         out.__dict__.update(self.__dict__, augment=False)
         return out
 
     def collate(self, idx: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Decode and transform the images ``idx``: ``pixel_values`` (B, C, H, W) and ``labels``.
+
+        Training augmentation when the split was built with ``augment``, else the
+        evaluation transform.
+        """
         idx = [int(i) for i in idx]
         images = self.ds[idx]["image"]
         fn = self.transform.train if self.augment else self.transform.eval

@@ -53,6 +53,7 @@ class ShuffledIidPartitioner(IidPartitioner):
         self._shuffled: Dataset | None = None
 
     def load_partition(self, partition_id: int) -> Dataset:
+        """Shard ``partition_id`` of the seeded shuffle (the shuffle is done once and kept)."""
         if self._shuffled is None:
             self._shuffled = self.dataset.shuffle(seed=self._seed, keep_in_memory=True)
         return self._shuffled.shard(
@@ -117,9 +118,11 @@ class PathologicalDirichletPartitioner(Partitioner):
     # -- Partitioner interface
     @property
     def num_partitions(self) -> int:
+        """N, the number of partitions (clients)."""
         return self._num_partitions
 
     def load_partition(self, partition_id: int) -> Dataset:
+        """The rows of partition ``partition_id`` (see :meth:`partition_indices`)."""
         return self.dataset.select(self.partition_indices(partition_id), keep_in_memory=True)
 
     # -- extras

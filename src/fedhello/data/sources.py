@@ -53,6 +53,7 @@ LOCAL_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @dataclass
 class Splits:
+    """A task's data, loaded and cleaned: train and test splits, label names, what was dropped."""
     train: Dataset
     test: Dataset
     label_names: list[str]
