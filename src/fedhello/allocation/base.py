@@ -188,9 +188,14 @@ class Strategy:
 
     # Strategies with state across rounds (cached Fisher scores, ...) override these.
     def state_dict(self) -> dict[str, Any]:
+        """What the strategy keeps across rounds, as plain data saved in the checkpoint.
+
+        The base strategy keeps nothing (``{}``).
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume); the base strategy ignores it."""
         pass
 
 
@@ -198,6 +203,11 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: register a :class:`Strategy` subclass under its ``name``.
+
+    The name also becomes a valid ``strategy.name`` of the config. Raises ValueError
+    for a class without a name or a second class under a taken name.
+    """
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
@@ -208,10 +218,16 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def available_strategies() -> list[str]:
+    """The registered strategy names, sorted."""
     return sorted(_REGISTRY)
 
 
 def strategy_class(name: str) -> type[Strategy]:
+    """The strategy class registered as ``name``.
+
+    Raises :class:`~fedhello.errors.ConfigError` for an unknown name, suggesting the
+    closest one and listing the known names.
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -222,6 +238,7 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def build_strategy(cfg: StrategyConfig, num_layers: int, budgets: Sequence[int]) -> Strategy:
+    """The strategy ``cfg.name`` for a model of ``num_layers`` LoRA layers and these budgets."""
     return strategy_class(cfg.name)(cfg, num_layers, budgets)
 
 

@@ -20,10 +20,12 @@ class FedIT(Strategy):
     name = "fedit"
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`: every client gets every layer."""
         every = list(range(self.num_layers))
         return RoundPlan({c.id: list(every) for c in clients})
 
     def trained_layers(self, budget: int) -> int:
+        """L: every client trains every layer, whatever its budget."""
         return self.num_layers
 
 
@@ -34,6 +36,7 @@ class FedRA(Strategy):
     name = "fedra"
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`: ``budget`` distinct layers per client, drawn uniformly."""
         out = {}
         for c in clients:
             out[c.id] = sorted(int(x) for x in rng.choice(self.num_layers, size=c.budget, replace=False))

@@ -73,6 +73,7 @@ class GDHLA(Strategy):
     name = "gd-hla"
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`: the pattern's deterministic layers for each budget."""
         return RoundPlan(
             {c.id: deterministic_layers(self.cfg.pattern, self.num_layers, c.budget) for c in clients}
         )
@@ -85,6 +86,7 @@ class RGDHLA(_Sampling):
     name = "rgd-hla"
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`: draws from the pattern's prior; info ``layer_probs``."""
         probs = self._prior()
         return RoundPlan(self._draw(clients, probs, rng), {"layer_probs": [float(x) for x in probs]})
 
@@ -157,6 +159,12 @@ class FIMHLA(_FisherCache):
     name = "fim-hla"
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`.
+
+        Recomputes the Fisher tiers at rounds 0, E, 2E, ... (or when nothing is cached),
+        then draws from the floored FIM weights. Raises ValueError when scores are due
+        and ``scores`` is None or returns unusable values.
+        """
         info: dict[str, Any] = {}
         if round % self.cfg.fim_every == 0 or self.fim_weights is None:
             info.update(self._recompute(round, scores))
@@ -188,6 +196,12 @@ class FedHeLLo(_FisherCache):
         return self.floored(w / total)
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`.
+
+        Recomputes the Fisher tiers at rounds W, W+E, ... (or after the warm-up when
+        nothing is cached) and draws from :meth:`probabilities`. Raises ValueError when
+        scores are due and ``scores`` is None or returns unusable values.
+        """
         info: dict[str, Any] = {}
         recomputed = False
         W, E = self.cfg.warmup_rounds, self.cfg.fim_every
@@ -214,9 +228,11 @@ class Exclusive(Strategy):
             )
 
     def eligible(self, client: ClientSlot) -> bool:
+        """Only clients whose budget covers every layer."""
         return client.budget >= self.num_layers
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`: every layer; ValueError for an ineligible client."""
         bad = [c.id for c in clients if not self.eligible(c)]
         if bad:
             raise ValueError(f"strategy exclusive got ineligible clients {bad} (budget < {self.num_layers})")
@@ -231,8 +247,10 @@ class Straggler(Strategy):
     name = "straggler"
 
     def allocate(self, round, clients, rng, scores=None):
+        """See :meth:`Strategy.allocate`: the smallest budget's layers, spread evenly over depth."""
         layers = spread_evenly(self.num_layers, min(self.budgets))
         return RoundPlan({c.id: list(layers) for c in clients})
 
     def trained_layers(self, budget: int) -> int:
+        """The smallest budget, whatever the client's own."""
         return min(self.budgets)

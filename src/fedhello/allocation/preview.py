@@ -152,6 +152,7 @@ def render_distribution(preview_dict: dict[str, Any], width: int = 40) -> str:
 
 
 def render_rounds(preview_dict: dict[str, Any]) -> str:
+    """Every previewed round as text: each client's group, budget (and rank) and layers."""
     lines = []
     for r in preview_dict["rounds"]:
         lines.append(f"round {r['round']}:")
