@@ -87,6 +87,13 @@ def check_model_fit(cfg: ExperimentConfig) -> int:
 
 @dataclass
 class Experiment:
+    """A prepared experiment (:func:`prepare`): everything a run needs, checked, before training.
+
+    One backbone with LoRA shared by every client of the process, the encoded
+    splits (clients' training data, validation, test, the server's calibration
+    set), each client's partition indices and statistics, and each client's
+    resource group. Its methods compute what the runners ask of clients and server.
+    """
     cfg: ExperimentConfig
     device: torch.device
     backbone: Backbone
@@ -108,16 +115,20 @@ class Experiment:
 
     @property
     def layermap(self):
+        """The backbone's :class:`~fedhello.model.layermap.LayerMap`."""
         return self.backbone.layermap
 
     @property
     def model(self):
+        """The shared PEFT model."""
         return self.backbone.model
 
     def global_state(self) -> State:
+        """The model's current federated tensors (LoRA and head), as CPU copies."""
         return get_state(self.model, self.layermap.all_names)
 
     def evaluator(self) -> Callable[[State], dict]:
+        """The Server's evaluator: load a global state, score it on validation and test."""
         bs = self.cfg.eval.batch_size
 
         def run(state: State) -> dict:
@@ -131,6 +142,7 @@ class Experiment:
         return run
 
     def fisher(self, state: State, data: Encoded, indices: np.ndarray) -> np.ndarray:
+        """Per-layer empirical Fisher scores (length L) of ``state`` on ``indices`` of ``data``."""
         from fedhello.allocation.fisher import fisher_layer_scores
 
         return fisher_layer_scores(self.model, self.layermap, self.forward_batches(state, data, indices))
@@ -161,6 +173,7 @@ class Experiment:
                             ffa=cfg.lora.ffa, head_train=cfg.head.train)
 
     def num_classes(self) -> int:
+        """The number of labels of the data."""
         return len(self.label_names)
 
     def class_stats(self, state: State, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -184,6 +197,7 @@ class Experiment:
         return out
 
     def server_scorer(self) -> Callable[[State], np.ndarray] | None:
+        """Fisher scores of a global state on the calibration set (None without one)."""
         if self.calib is None:
             return None
         return lambda state: self.fisher(state, self.calib, np.arange(len(self.calib)))
@@ -418,6 +432,11 @@ def check_data(rundir: RunDir, exp: Experiment) -> None:
 
 
 def resume_config(out: str | Path) -> ExperimentConfig:
+    """The config of the run in ``out`` (its config.yaml, validated again), for ``--resume``.
+
+    Raises :class:`~fedhello.errors.FedHelloError` when ``out`` is no directory or
+    holds no readable run config.
+    """
     rundir = RunDir(out)
     if not rundir.path.is_dir():
         raise FedHelloError(f"--resume {rundir.path}: no such run directory")

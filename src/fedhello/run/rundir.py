@@ -56,6 +56,12 @@ def write_error(path: str | Path, err: OSError) -> FedHelloError:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsynced, renamed.
+
+    Creates the parent folders. A file that cannot be written raises a one-line
+    :class:`~fedhello.errors.FedHelloError` (:func:`write_error`); the temporary
+    file never stays behind.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -76,10 +82,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """``text`` as UTF-8, written atomically (:func:`atomic_write_bytes`)."""
     atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """``obj`` as strict, indented JSON (:func:`~fedhello.federation.records.to_json`).
+
+    Written atomically (:func:`atomic_write_bytes`).
+    """
     atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
@@ -121,11 +132,13 @@ def _is_leftover(p: Path) -> bool:
 
 
 class RunDir:
+    """A run directory (see the module docstring): its files, its lock, its checkpoint."""
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock_fd: int | None = None
 
     def file(self, name: str) -> Path:
+        """The path of ``name`` in the directory."""
         return self.path / name
 
     # -- the directory itself ---------------------------------------------------
@@ -205,9 +218,15 @@ class RunDir:
 
     # -- config -------------------------------------------------------------
     def has_run(self) -> bool:
+        """Whether the directory holds a run (its config.yaml)."""
         return self.file(CONFIG).is_file()
 
     def read_config_dict(self) -> dict:
+        """The saved config.yaml as a mapping (not validated).
+
+        Raises :class:`~fedhello.errors.FedHelloError` when it is missing, not valid
+        YAML or not a mapping.
+        """
         p = self.file(CONFIG)
         if not p.is_file():
             raise FedHelloError(f"{p}: no run to resume here (config.yaml missing)")
@@ -222,10 +241,12 @@ class RunDir:
         return raw or {}
 
     def write_config(self, cfg_dict: dict) -> None:
+        """Write config.yaml (atomically)."""
         atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg_dict, sort_keys=False))
 
     # -- metrics / summary ----------------------------------------------------
     def write_metrics(self, records: list[dict]) -> None:
+        """Rewrite metrics.jsonl (atomically) with one line per record."""
         text = "".join(to_json(r) + "\n" for r in records)
         atomic_write_text(self.file(METRICS), text)
 
@@ -252,9 +273,11 @@ class RunDir:
         return out
 
     def write_json(self, name: str, obj: Any) -> None:
+        """Write ``name`` as strict, indented JSON (atomically)."""
         atomic_write_json(self.file(name), obj)
 
     def read_json(self, name: str) -> Any:
+        """The parsed JSON of ``name``; FedHelloError when it is missing or unreadable."""
         p = self.file(name)
         try:
             return json.loads(p.read_text())
@@ -265,6 +288,7 @@ class RunDir:
 
     # -- checkpoint ------------------------------------------------------------
     def save_checkpoint(self, ckpt: dict) -> None:
+        """Write checkpoint.pt (atomically; plain data and tensors only, see :func:`plain`)."""
         atomic_torch_save(self.file(CHECKPOINT), ckpt)
 
     def load_checkpoint(self) -> dict | None:

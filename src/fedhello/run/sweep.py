@@ -61,6 +61,11 @@ def partition_overrides(spec: str) -> list[str]:
 
 
 def split_list(text: str | Sequence[str], option: str) -> list[str]:
+    """The items of a comma-separated option (or a sequence), stripped.
+
+    Raises :class:`~fedhello.errors.ConfigError`, naming ``option``, when the list is
+    empty or names an item twice.
+    """
     items = text.split(",") if isinstance(text, str) else list(text)
     items = [s.strip() for s in items if s.strip()]
     if not items:
@@ -71,6 +76,7 @@ def split_list(text: str | Sequence[str], option: str) -> list[str]:
 
 
 def parse_seeds(text: str | Sequence[Any]) -> list[int]:
+    """``--seeds`` as integers (see :func:`split_list`); ConfigError for a non-integer."""
     items = split_list([str(s) for s in text] if not isinstance(text, str) else text, "--seeds")
     try:
         return [int(s) for s in items]
@@ -80,15 +86,18 @@ def parse_seeds(text: str | Sequence[Any]) -> list[int]:
 
 @dataclass(frozen=True)
 class Cell:
+    """One (strategy, partition, seed) of a sweep's grid."""
     strategy: str
     partition: str
     seed: int
 
     @property
     def key(self) -> str:
+        """``<partition>/<strategy>/seed<S>``: the cell's name in logs and failures.json."""
         return f"{self.partition}/{self.strategy}/seed{self.seed}"
 
     def dir(self, root: str | Path) -> Path:
+        """The cell's run directory under the sweep directory ``root``."""
         return Path(root) / self.partition / self.strategy / f"seed{self.seed}"
 
 
@@ -127,6 +136,7 @@ def cell_status(path: Path, cfg) -> str:
 
 
 def read_failures(out: Path) -> dict[str, dict]:
+    """The sweep's failures.json (cell key -> error record); ``{}`` if missing or not JSON."""
     p = out / FAILURES
     if not p.is_file():
         return {}

@@ -71,6 +71,7 @@ VISION_TYPES = {"vit", "deit", "beit", "swin", "convnext", "dinov2", "clip_visio
 
 @dataclass
 class Report:
+    """What :func:`validate_config` found: the layer count, where it was read and notes."""
     num_layers: int | None = None
     model_source: str = ""  # "local", "cache", "built-in table" or "" (unchecked)
     notes: list[str] = field(default_factory=list)
