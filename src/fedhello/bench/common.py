@@ -17,6 +17,10 @@ from fedhello.model import load_model_config, num_hidden_layers
 
 
 def data_raw(s: Settings, demo_samples: int | None = None, **over: Any) -> dict[str, Any]:
+    """The ``data`` section of a benchmark config: ``--data`` (Banking77-layout CSV) or demo data.
+
+    ``demo_samples`` overrides the size's demo data size; ``over`` adds or replaces keys.
+    """
     if s.data:
         raw = {"format": "csv", "path": s.data, "label_column": ["category", "label"], "val_fraction": 0.1}
     else:
@@ -56,6 +60,7 @@ def base_raw(s: Settings, num_layers: int, **over: Any) -> dict[str, Any]:
 
 
 def model_layers(name: str) -> int:
+    """The number of transformer blocks of model ``name`` (read from its config only)."""
     return num_hidden_layers(load_model_config(name))
 
 
@@ -63,11 +68,13 @@ def model_layers(name: str) -> int:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only), so that timings are complete."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Run ``fn`` between device synchronisations; returns (seconds, its result)."""
     sync(device)
     t0 = time.perf_counter()
     out = fn()
@@ -76,12 +83,14 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 
 def autocast(s: Settings, device: torch.device):
+    """bfloat16 autocast on ``device`` with ``--bf16``, else a context that does nothing."""
     if not s.bf16:
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def median(xs: Sequence[float]) -> float:
+    """The median of ``xs`` as a float."""
     return float(statistics.median(xs))
 
 
@@ -106,6 +115,10 @@ def _status_kb(key: str) -> int | None:
 
 
 def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``VmRSS``).
+
+    Elsewhere a best effort: ``ru_maxrss``, which is the peak, not the current size.
+    """
     kb = _status_kb("VmRSS")
     if kb is not None:
         return kb * 1024
@@ -125,6 +138,7 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux ``VmHWM``; elsewhere ``ru_maxrss``)."""
     kb = _status_kb("VmHWM")
     if kb is not None:
         return kb * 1024
@@ -159,6 +173,7 @@ class SavedActivations:
 
     @property
     def nbytes(self) -> int:
+        """Bytes saved for backward since the context was entered."""
         return sum(self.seen.values())
 
 
@@ -166,6 +181,7 @@ class SavedActivations:
 
 
 def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what :mod:`platform` says)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -177,6 +193,7 @@ def cpu_name() -> str:
 
 
 def machine_info(s: Settings, device: torch.device) -> dict[str, Any]:
+    """What a bench.json records of the machine: device, CPU, threads, versions, load."""
     info: dict[str, Any] = {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),

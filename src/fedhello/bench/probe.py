@@ -13,6 +13,7 @@ from fedhello.bench.suite import probe_freeze, probe_scale
 
 
 def main() -> None:
+    """Run the probe named by the JSON argument's ``kind`` and print its result as JSON."""
     arg = json.loads(sys.argv[1])
     fn = {"freeze": probe_freeze, "scale": probe_scale}[arg["kind"]]
     print(json.dumps(fn(arg)))

@@ -25,6 +25,12 @@ from fedhello.run.experiment import pick_device
 
 
 def run_suite(s: Settings, parts: Sequence[str] = PARTS, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark ``parts`` (in :data:`PARTS` order) with settings ``s``.
+
+    Returns the bench.json contents: machine and settings, each part's figures,
+    the time each part took and which targets are met. ``log`` gets the progress
+    lines. Raises :class:`~fedhello.errors.DataError` when ``s.data`` has no train.csv.
+    """
     if s.threads:
         torch.set_num_threads(s.threads)
     if s.data and not (Path(s.data) / "train.csv").is_file():

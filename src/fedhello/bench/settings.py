@@ -64,6 +64,7 @@ SIZES: dict[str, Sizes] = {
 
 @dataclass
 class Settings:
+    """The options of one ``fedhello bench`` run (model, data, size, device, ...)."""
     model: str = "minilm"
     data: str | None = None  # folder with train.csv/test.csv (Banking77 layout); None: built-in demo data
     size: str = "full"
@@ -78,15 +79,18 @@ class Settings:
 
     @property
     def sizes(self) -> Sizes:
+        """The :class:`Sizes` of :attr:`size`."""
         return SIZES[self.size]
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a dict for bench.json and the probe processes (``extra`` left out)."""
         d = asdict(self)
         d.pop("extra")
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Settings":
+        """The settings :meth:`to_dict` gave."""
         return cls(**d)
 
 

@@ -50,11 +50,13 @@ PACKAGE_ROOT = Path(fedhello.__file__).resolve().parents[1]
 
 
 def no_eval(state) -> dict:
+    """An evaluator that evaluates nothing (NaN): the benchmarks time rounds without it."""
     nan = float("nan")
     return {"val": {"accuracy": nan, "loss": nan}, "test": {"accuracy": nan, "loss": nan}}
 
 
 def setup_experiment(s: Settings) -> Experiment:
+    """The prepared experiment the engine, freezing, Fisher and grouping parts share."""
     return prepare(build_config(base_raw(s, model_layers(s.model))))
 
 
@@ -206,6 +208,7 @@ def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
 
 
 def freeze_configs(num_layers: int) -> dict[str, list[int]]:
+    """The freezing configurations compared: layer lists by name (see :func:`freeze_setup`)."""
     half = num_layers // 2
     return {
         "all": list(range(num_layers)),
@@ -232,12 +235,20 @@ def freeze_setup(model, lm, name: str, layers: list[int], lr: float, optimizer: 
 
 
 def fixed_batches(exp: Experiment, n_batches: int, bs: int, seed: int) -> list[dict]:
+    """``n_batches`` length-grouped training batches of ``bs`` samples, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(exp.train), size=min(len(exp.train), n_batches * bs), replace=False)
     return [collate(exp.train, b, exp.device) for b in train_batches(exp.train.lengths, idx, bs, rng, True)]
 
 
 def bench_freezing(exp: Experiment, s: Settings, log: Log, memory: bool = True) -> dict[str, Any]:
+    """Step time and memory of each freezing configuration vs. training every layer.
+
+    Every configuration trains on the same fixed batches, interleaved step by step;
+    the figures are the median per-repetition time ratios to ``all``, the bytes
+    saved for backward, and with ``memory`` the peak memory of each configuration
+    (:func:`freeze_memory`).
+    """
     model, lm, dev = exp.model, exp.layermap, exp.device
     configs = freeze_configs(lm.num_layers)
     names = list(configs)
@@ -405,6 +416,11 @@ def probe_freeze(arg: dict) -> dict:
 
 
 def bench_fisher(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
+    """The vectorised Fisher scores vs. the per-sample loop: speed-up and agreement.
+
+    Also times the vectorised path on random-order batches without length
+    buckets, and reports how much padding each path computes.
+    """
     model, lm, dev, data = exp.model, exp.layermap, exp.device, exp.train
     n = min(s.sizes.fim_samples, len(data))
     idx = np.sort(np.random.default_rng(s.seed + 3).choice(len(data), size=n, replace=False))
@@ -462,6 +478,10 @@ def bench_fisher(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
 
 
 def bench_length_grouping(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
+    """Training throughput of one client with and without length-grouped batches.
+
+    Also reports the padded tokens per real token of each batching.
+    """
     model, lm, dev = exp.model, exp.layermap, exp.device
     n = min(s.sizes.pad_samples, len(exp.train))
     indices = np.sort(np.random.default_rng(s.seed + 5).choice(len(exp.train), size=n, replace=False))
@@ -539,6 +559,7 @@ def bench_grouping_accuracy(s: Settings, log: Log) -> dict[str, Any]:
 
 
 def bench_scale(s: Settings, log: Log) -> dict[str, Any]:
+    """Peak memory and round time for each client count of the size, each in a fresh process."""
     rows = []
     for c in s.sizes.scale_clients:
         res = _probe("scale", {"clients": c}, s)
