@@ -396,3 +396,25 @@ def test_report_adapter_refuses_a_nan_checkpoint(finished, tmp_path, capsys):
         from fedhello.report import export_from_checkpoint
 
         export_from_checkpoint(out)
+
+
+def test_run_files_get_the_usual_file_mode(tmp_path, monkeypatch):
+    # written through a temporary file (owner-only as created), then renamed: the
+    # result must have the mode any new file gets under the umask
+    from fedhello.run import rundir
+
+    monkeypatch.setattr(rundir, "_UMASK", 0o022)
+    rundir.atomic_write_bytes(tmp_path / "results.md", b"x")
+    assert (tmp_path / "results.md").stat().st_mode & 0o777 == 0o644
+    monkeypatch.setattr(rundir, "_UMASK", 0o027)
+    rundir.atomic_write_bytes(tmp_path / "results.md", b"y")
+    assert (tmp_path / "results.md").stat().st_mode & 0o777 == 0o640
+
+
+def test_deploy_local_refuses_a_bad_budget_list_in_one_line(tmp_path, capsys):
+    code = main(["deploy-local", "--nodes", "2", "--config", str(tmp_path / "c.yaml"),
+                 "--out", str(tmp_path / "out"), "--budgets", "4,x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["error: --budgets: expected comma-separated integers, got '4,x'"]
+    assert not (tmp_path / "out").exists()

@@ -11,13 +11,12 @@ import errno
 import logging
 import os
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
 from fedhello.bench.settings import PARTS, SIZES, Settings, parse_parts
 from fedhello.console import LOGGER, make_console, round_line, setup_logging
-from fedhello.errors import ConfigError, FedHelloError
+from fedhello.errors import FedHelloError
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -230,22 +229,6 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(flag: str, text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-
-
-def _floats(flag: str, text: str, allow_fraction: bool = False) -> list[float]:
-    try:
-        if allow_fraction:
-            return [float(Fraction(s.strip())) for s in text.split(",") if s.strip()]
-        return [float(s) for s in text.split(",") if s.strip()]
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-
-
 def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``allocate`` (:mod:`fedhello.allocation.preview`): options with a fixed set of
     values list them, taken from the config schema."""
@@ -300,18 +283,19 @@ def run_allocate(args: argparse.Namespace) -> int:
     import json
 
     from fedhello.allocation.preview import preview, render_distribution, render_rounds
+    from fedhello.config import parse_ints, parse_numbers
 
     result = preview(
         strategy=args.strategy,
         pattern=args.pattern,
         layers=args.layers,
-        budgets=_ints("--budgets", args.budgets),
-        fractions=_floats("--fractions", args.fractions, allow_fraction=True) if args.fractions else None,
+        budgets=parse_ints("--budgets", args.budgets),
+        fractions=parse_numbers("--fractions", args.fractions, allow_fraction=True) if args.fractions else None,
         clients=args.clients,
         per_round=args.per_round,
         rounds=args.rounds,
         seed=args.seed,
-        scores=_floats("--scores", args.scores) if args.scores else None,
+        scores=parse_numbers("--scores", args.scores) if args.scores else None,
         fim_every=args.fim_every,
         warmup_rounds=args.warmup_rounds,
         combine=args.combine,
@@ -319,7 +303,7 @@ def run_allocate(args: argparse.Namespace) -> int:
         fim_weights=args.fim_weights,
         fim_tiers=args.fim_tiers,
         lora_r=args.lora_r,
-        ranks=_ints("--ranks", args.ranks) if args.ranks else None,
+        ranks=parse_ints("--ranks", args.ranks) if args.ranks else None,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -3,7 +3,7 @@
 Every key is declared here (unknown keys are errors), validated before anything
 runs, and written back resolved into the run directory as ``config.yaml``.
 Checks that need the model (budgets vs. layer count) or the data (classes vs.
-pat-k) run in :func:`fedhello.federation.simulation.prepare` before training.
+pat-k) run in :func:`fedhello.run.experiment.prepare` before training.
 """
 
 from __future__ import annotations
@@ -497,6 +497,24 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"cannot set '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
         cur = nxt
     cur[parts[-1]] = value
+
+
+def parse_ints(flag: str, text: str) -> list[int]:
+    """A command-line list such as ``6,9,12``; anything else is a :class:`ConfigError` naming ``flag``."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def parse_numbers(flag: str, text: str, allow_fraction: bool = False) -> list[float]:
+    """A command-line list of numbers (``0.5,1e-3``; with ``allow_fraction`` also ``1/3``)."""
+    try:
+        if allow_fraction:
+            return [float(Fraction(s.strip())) for s in text.split(",") if s.strip()]
+        return [float(s) for s in text.split(",") if s.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:

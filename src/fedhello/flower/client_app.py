@@ -17,7 +17,7 @@ Handlers: ``@app.train()`` and the named queries ``@app.query("hello")``,
 carries: :mod:`fedhello.flower`). The experiment config comes from the server in
 every message. The frozen backbone, the tokenized data and the partition are
 built once per process and cached at module level (keyed by config, partition
-and data path); the ClientApp reuses :func:`fedhello.federation.simulation.prepare`
+and data path); the ClientApp reuses :func:`fedhello.run.experiment.prepare`
 and :class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the
 one the in-process engine computes for that client.
 """

@@ -147,7 +147,8 @@ class LocalFederation:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            self.kill(name, signal.SIGKILL)  # the group too: app processes the node or link spawned
+            # the group too, even when its leader is gone: app processes the node or link spawned
+            _killpg(p.pid, signal.SIGKILL)
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -280,6 +281,13 @@ def deploy_local(
             shutil.rmtree(wd, ignore_errors=True)
 
 
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):  # the group is empty (or its id reused)
+        pass
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     """All live descendants of ``pid``."""
     try:
@@ -349,10 +357,11 @@ def cmd_deploy_local(args) -> int:
 
     Prints each round's line and the final test accuracy; returns the exit status.
     """
+    from fedhello.config import parse_ints
     from fedhello.console import make_console, round_line
 
     console = make_console()
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
+    budgets = parse_ints("--budgets", args.budgets) if args.budgets else None
     state = {"rounds": None}
 
     def on_round(rec: dict) -> None:

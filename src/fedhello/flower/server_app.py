@@ -1,8 +1,8 @@
 """The Fed-HeLLo ServerApp: the project's round loop over a Flower Grid.
 
-``main`` prepares the experiment (:func:`~fedhello.federation.simulation.prepare`:
+``main`` prepares the experiment (:func:`~fedhello.run.experiment.prepare`:
 model for server-side evaluation, data, partitions, groups), asks every node who
-it is (``hello``), then runs :func:`~fedhello.federation.simulation.run_experiment`
+it is (``hello``), then runs :func:`~fedhello.run.experiment.run_experiment`
 with a :class:`~fedhello.flower.strategy.FlowerRunner`: the same Server loop,
 allocation, validation, layer-wise aggregation, evaluation and run directory
 (config.yaml, metrics.jsonl, summary.json, checkpoint.pt) as ``fedhello run``.

@@ -8,8 +8,8 @@ Tags (step = round, counted from 1): ``accuracy/test``, ``accuracy/val``,
 Resumable without duplicate steps: the first write of a process writes *all*
 records so far into a fresh event file and deletes the event files of earlier
 processes; later writes append only the new rounds. ``fedhello report``
-rewrites the whole file the same way. Needs the ``tensorboard`` package; when
-it is missing, :func:`available` is False and nothing is written.
+rewrites the whole file the same way. Needs the ``tensorboard`` package (a
+dependency of fedhello).
 """
 
 from __future__ import annotations

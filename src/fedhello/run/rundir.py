@@ -55,6 +55,15 @@ def write_error(path: str | Path, err: OSError) -> FedHelloError:
     return FedHelloError(f"cannot write {path}: {why}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: setting the umask to read it is not thread-safe
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file beside it, fsynced, renamed.
 
@@ -68,6 +77,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as err:
         raise write_error(path, err) from None
     try:
+        # mkstemp makes the file owner-only; give it the mode any other new file gets
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
