@@ -50,11 +50,15 @@ class Reporter(Protocol):
     every round and the plots at the end; a failure there must not stop the run.
     """
 
-    def round(self, records: list[dict]) -> None: ...
+    def round(self, records: list[dict]) -> None:
+        """After every round, with all round records so far (the run's whole history)."""
 
-    def finish(self, records: list[dict]) -> None: ...
+    def finish(self, records: list[dict]) -> None:
+        """Once, after the last round and the summary, with all round records."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Always, last (also when the run raised): release what the reporter holds open."""
+
 
 def pick_device(name: str, what: str = "config key 'device'") -> torch.device:
     """The torch device for ``name`` (auto, cpu, cuda, cuda:N, mps), which must exist on this machine."""
