@@ -1,6 +1,7 @@
 """HLA strategies, Exclusive/Straggler, client groups and sampling, and the preview (Fed-HeLLo, arXiv:2506.12213)."""
 
 import os
+import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -361,3 +362,23 @@ def test_log_tiers_separate_scores_over_orders_of_magnitude():
     logt = kmeans_tiers(log_scores(scores), 3)
     assert sorted(set(raw[scores < 0.5].tolist())) == [0]  # raw: every small score in one tier
     assert sorted(set(logt[scores < 0.5].tolist())) == [0, 1]
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"fim_scores": [1.0, 2.0]}, "fim_scores has shape (2,)"),
+    ({"fim_tiers": [0] * (L + 1)}, f"fim_tiers has shape ({L + 1},)"),
+    ({"fim_scores": [float("nan")] * L}, "non-finite Fisher scores"),
+    ({"fim_round": -3}, "negative Fisher round"),
+    ({"fim_tiers": [7] * L}, "fim_tiers outside 0..2"),
+    ({"fim_weights": [-1.0] * L}, "not finite non-negative weights"),
+    ({"fim_weights": [0.0] * L}, "with a positive sum"),
+])
+def test_a_tampered_fisher_state_is_refused(change, needle):
+    # the strategy state comes from checkpoint.pt, a file a user may hand over
+    s = make("fedhello", fim_every=4, warmup_rounds=2)
+    run_rounds(s, range(4), Provider())
+    state = {**json.loads(json.dumps(s.state_dict())), **change}
+    fresh = make("fedhello", fim_every=4, warmup_rounds=2)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        fresh.load_state_dict(state)
+    assert fresh.fim_weights is None  # nothing half-loaded

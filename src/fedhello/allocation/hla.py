@@ -142,14 +142,21 @@ class _FisherCache(_Sampling):
         if not state or state.get("fim_round") is None:
             self.fim_round = self.fim_scores = self.fim_tiers = self.fim_weights = None
             return
-        self.fim_round = int(state["fim_round"])
-        self.fim_scores = np.asarray(state["fim_scores"], dtype=float)
-        self.fim_tiers = np.asarray(state["fim_tiers"], dtype=int)
-        self.fim_weights = np.asarray(state["fim_weights"], dtype=float)
-        if self.fim_scores.size != self.num_layers:
-            raise ConfigError(
-                f"strategy state holds Fisher scores for {self.fim_scores.size} layers, the model has {self.num_layers}"
-            )
+        # a checkpoint is a file a user hands over: check what the draws will read
+        fim_round = int(state["fim_round"])
+        scores = np.asarray(state["fim_scores"], dtype=float)
+        tiers = np.asarray(state["fim_tiers"], dtype=int)
+        weights = np.asarray(state["fim_weights"], dtype=float)
+        for name, a in (("fim_scores", scores), ("fim_tiers", tiers), ("fim_weights", weights)):
+            if a.shape != (self.num_layers,):
+                raise ValueError(f"strategy state {name} has shape {a.shape}, the model has {self.num_layers} layers")
+        if fim_round < 0 or not np.isfinite(scores).all():
+            raise ValueError("strategy state holds a negative Fisher round or non-finite Fisher scores")
+        if ((tiers < 0) | (tiers >= self.cfg.fim_tiers)).any():
+            raise ValueError(f"strategy state fim_tiers outside 0..{self.cfg.fim_tiers - 1}")
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError("strategy state fim_weights are not finite non-negative weights with a positive sum")
+        self.fim_round, self.fim_scores, self.fim_tiers, self.fim_weights = fim_round, scores, tiers, weights
 
 
 @register
