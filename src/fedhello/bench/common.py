@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
@@ -115,16 +116,13 @@ def _status_kb(key: str) -> int | None:
 
 
 def rss_bytes() -> int:
-    """This process's resident memory now (Linux ``VmRSS``).
-
-    Elsewhere a best effort: ``ru_maxrss``, which is the peak, not the current size.
-    """
+    """This process's resident memory now (Linux ``VmRSS``; elsewhere psutil's ``rss``)."""
     kb = _status_kb("VmRSS")
     if kb is not None:
         return kb * 1024
-    import resource
+    import psutil
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # best effort off Linux
+    return int(psutil.Process().memory_info().rss)
 
 
 def reset_peak_rss() -> bool:
@@ -144,7 +142,9 @@ def peak_rss_bytes() -> int:
         return kb * 1024
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # ru_maxrss is in bytes on macOS, in KiB on Linux and the BSDs
+    unit = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
 class SavedActivations:
