@@ -94,7 +94,8 @@ class LocalTrainer:
     """Trains allocated LoRA layers of the shared model on a client's indices.
 
     ``head_train`` (``head.train``): ``federated`` trains and uploads the head,
-    ``local`` trains it from the global head and keeps it (never uploaded),
+    ``local`` trains it from the global head for this round only (never uploaded:
+    the next round starts again from the global head),
     ``frozen`` never trains it. ``train_cfg.loss`` picks the local loss
     (:func:`fedhello.model.head.local_loss`).
     """

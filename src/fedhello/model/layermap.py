@@ -7,7 +7,8 @@ never block 10 or 11). The Fed-HeLLo authors' reference implementation
 layers 10 and 11.
 
 Recognised block containers (the index follows the container name):
-BERT/MiniLM/RoBERTa/DeBERTa/ViT ``encoder.layer.N``, DistilBERT
+BERT/MiniLM/RoBERTa/DeBERTa ``encoder.layer.N``, ViT ``vit.layers.N`` (transformers 5),
+DistilBERT
 ``transformer.layer.N``, decoder LMs ``model.layers.N``, GPT-2 style ``h.N``,
 and ``blocks.N``.
 """
