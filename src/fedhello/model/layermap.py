@@ -8,9 +8,8 @@ layers 10 and 11.
 
 Recognised block containers (the index follows the container name):
 BERT/MiniLM/RoBERTa/DeBERTa ``encoder.layer.N``, ViT ``vit.layers.N`` (transformers 5),
-DistilBERT
-``transformer.layer.N``, decoder LMs ``model.layers.N``, GPT-2 style ``h.N``,
-and ``blocks.N``.
+DistilBERT ``transformer.layer.N``, decoder LMs ``model.layers.N``, GPT-2 style
+``h.N``, and ``blocks.N``.
 """
 
 from __future__ import annotations
