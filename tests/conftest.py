@@ -63,3 +63,17 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert12(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert12"), 12)
+
+
+def screen_and_aggregate(tasks, results, global_state, layermap, *, sample_counts=None, rule=None,
+                         weighting="samples"):
+    """What the Server loop does with a round's collected Flower replies: screen them with
+    ``screen_round`` and merge the accepted ones with the aggregation rule (layer-wise by
+    default). Returns (new global state, failed-client records, number of accepted updates)."""
+    from fedhello.federation.aggregation import screen_round
+    from fedhello.federation.server import AGGREGATION_RULES
+
+    updates, failed = screen_round(tasks, results, layermap, global_state, ffa=False, head=True,
+                                   sample_counts=sample_counts)
+    new, _ = (rule or AGGREGATION_RULES["layerwise"])(global_state, updates, weighting)
+    return new, failed, len(updates)

@@ -1,9 +1,10 @@
 """Aggregation a client cannot steer: every malicious reply is rejected and recorded.
 
 Each case lets one client (the attacker) misbehave in one way while the others
-answer honestly, through both paths that aggregate: the in-process Server loop
-(``Server.run_round`` over a crafted ClientRunner) and the Flower strategy
-(``FedHelloStrategy.aggregate_train`` over crafted Messages). The attacker must
+answer honestly, through both ways replies arrive: the in-process Server loop
+(``Server.run_round`` over a crafted ClientRunner) and Flower Messages
+(``FedHelloStrategy.collect`` over crafted replies, then the Server's screening
+and aggregation, ``screen_round``). The attacker must
 appear in ``failed_clients`` with the reason, and the new global state must be
 exactly the aggregate of the honest replies alone.
 """
@@ -19,6 +20,7 @@ from fedhello.federation.aggregation import aggregate, expected_names
 from fedhello.federation.client import ClientUpdate, FitTask
 from fedhello.federation.server import Server
 from fedhello.run.experiment import prepare
+from conftest import screen_and_aggregate
 
 N = 6  # clients, all sampled every round
 ATTACKER = 2
@@ -212,20 +214,21 @@ def task_identity():
 
 
 def flower_round(exp, answer, asked=range(N)):
-    """One aggregate_train over replies made by ``answer(client id, message, honest update)``."""
+    """One Flower round over replies made by ``answer(client id, message, honest update)``:
+    collected by the strategy, screened and aggregated as the Server loop does."""
     from fedhello.flower.strategy import FedHelloStrategy
 
     g = exp.global_state()
-    strat = FedHelloStrategy(exp.layermap, "{}", {c: 100 + c for c in range(N)},
-                             sample_counts=[len(p) for p in exp.partitions])
+    strat = FedHelloStrategy(exp.layermap, "{}", {c: 100 + c for c in range(N)})
     tasks = [FitTask(client_id=c, round=0, layers=[c % exp.layermap.num_layers], lr=0.1, seed=c) for c in asked]
     strat.plan(tasks)
     msgs = list(strat.configure_train(1, g))
     replies = []
     for m, t in zip(msgs, tasks):
         replies += answer(t.client_id, m, honest(exp, t, g), t)
-    arrays, metrics = strat.aggregate_train(1, replies)
-    return g, tasks, {f["id"]: f["reason"] for f in strat.last_failed}, arrays.to_torch_state_dict(), metrics
+    new, failed, accepted = screen_and_aggregate(tasks, strat.collect(replies), g, exp.layermap,
+                                                 sample_counts=[len(p) for p in exp.partitions])
+    return g, tasks, {f["id"]: f["reason"] for f in failed}, new, accepted
 
 
 def message(msg, u: ClientUpdate, **metrics):
@@ -241,7 +244,7 @@ FLOWER_ATTACKS = [n for n in ATTACKS if n != "boolean count"]  # a MetricRecord 
 
 
 @pytest.mark.parametrize("name", FLOWER_ATTACKS)
-def test_attack_rejected_by_the_flower_strategy(exp, task_identity, name):
+def test_attack_rejected_on_the_flower_path(exp, task_identity, name):
     attack, needle = ATTACKS[name]
 
     def answer(cid, msg, u, task):
@@ -249,10 +252,10 @@ def test_attack_rejected_by_the_flower_strategy(exp, task_identity, name):
             return [message(msg, u)]
         return [message(msg, x) for x in attack(exp, task, u)]
 
-    g, tasks, failed, new, metrics = flower_round(exp, answer)
+    g, tasks, failed, new, accepted = flower_round(exp, answer)
     assert list(failed) == [ATTACKER], failed
     assert needle in failed[ATTACKER]
-    assert metrics["num-updates"] == N - 1 and metrics["num-failed"] == 1
+    assert accepted == N - 1
     good = [honest(exp, t, g) for t in tasks if t.client_id != ATTACKER]
     assert_same_state(new, aggregate(g, good, "samples"))
 

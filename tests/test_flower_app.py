@@ -32,6 +32,7 @@ from fedhello.federation.server import AGGREGATION_RULES  # noqa: E402
 from fedhello.run.experiment import prepare, run_experiment  # noqa: E402
 from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
+from conftest import screen_and_aggregate  # noqa: E402
 
 
 def tiny_raw(model, **kw) -> dict:
@@ -149,7 +150,7 @@ def crafted(exp):
     return answer
 
 
-def test_malicious_replies_rejected_by_strategy(tiny_exp, task_identity):
+def test_malicious_replies_rejected_on_the_flower_path(tiny_exp, task_identity):
     from fedhello.federation.client import FitTask
 
     exp = tiny_exp
@@ -163,14 +164,14 @@ def test_malicious_replies_rejected_by_strategy(tiny_exp, task_identity):
     assert [m.metadata.dst_node_id for m in msgs] == [100 + c for c in range(7)]
     assert set(msgs[0].content.array_records["arrays"].to_torch_state_dict()) == set(g)
     assert [list(m.content.config_records["config"]["layers"]) for m in msgs] == [t.layers for t in tasks]
-    arrays, metrics = strat.aggregate_train(1, grid.send_and_receive(msgs))
-    new = arrays.to_torch_state_dict()
-    failed = {f["id"]: f["reason"] for f in strat.last_failed}
+    results = strat.collect(grid.send_and_receive(msgs))
+    new, failed, accepted = screen_and_aggregate(tasks, results, g, exp.layermap)
+    failed = {f["id"]: f["reason"] for f in failed}
     assert sorted(failed) == [1, 2, 3, 4, 5, 6]
     assert "outside its allocation" in failed[1] and "non-finite" in failed[2]
     assert "shape" in failed[3] and "dtype" in failed[4]
     assert "client raised" in failed[5] and "no reply" in failed[6]
-    assert metrics["num-updates"] == 1 and metrics["num-failed"] == 6
+    assert accepted == 1
     honest = set(exp.layermap.names_for(tasks[0].layers, include_head=True))
     for name in g:  # only client 0's tensors moved (by exactly +1); nothing of the others
         expect = g[name] + 1.0 if name in honest else g[name]
@@ -215,7 +216,7 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     every = list(range(lm.num_layers))
     cfg = exp.cfg.model_copy(update={"strategy": exp.cfg.strategy.model_copy(update={"name": "hetlora"})})
     rule = AGGREGATION_RULES[build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets).aggregation]
-    strat = FedHelloStrategy(lm, "{}", {c: 100 + c for c in range(2)}, aggregate_fn=rule)
+    strat = FedHelloStrategy(lm, "{}", {c: 100 + c for c in range(2)})
     tasks = [FitTask(client_id=c, round=0, layers=every, lr=0.1, seed=c, rank=2) for c in range(2)]
     strat.plan(tasks)
 
@@ -237,12 +238,11 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     replies = grid.send_and_receive(msgs)
     results = strat.collect(replies)
     assert [type(r).__name__ for r in results] == ["ClientUpdate", "ClientUpdate"]
-    arrays, metrics = strat.aggregate_train(1, replies)
-    failed = {f["id"]: f["reason"] for f in strat.last_failed}
+    new, failed, accepted = screen_and_aggregate(tasks, results, g, lm, rule=rule)
+    failed = {f["id"]: f["reason"] for f in failed}
     assert list(failed) == [1] and "shape" in failed[1]
-    assert metrics["num-updates"] == 1
+    assert accepted == 1
     # hetlora's rule with one update: its rank-2 components, zero-padded back to full rank
-    new = arrays.to_torch_state_dict()
     for n, t in g.items():
         assert new[n].shape == t.shape, n
     assert torch.equal(new[a_name][:2], expect[a_name] + 1.0)

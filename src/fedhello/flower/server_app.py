@@ -71,9 +71,6 @@ def load_experiment(run_config: dict):
 
 def run_on_grid(grid: Grid, run_config: dict) -> dict:
     """The whole run on ``grid``; returns the summary."""
-    from fedhello.allocation import build_strategy
-    from fedhello.federation.client import uploads_head
-    from fedhello.federation.server import AGGREGATION_RULES
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
     from fedhello.report.hooks import RunReporter
     from fedhello.run.experiment import run_experiment
@@ -96,12 +93,8 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
             exp.groups[cid] = g  # a node's own budget decides its group
         info.update(nodes={str(c): n for c, n in sorted(node_of.items())}, declared_groups=declared)
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
-        rule = AGGREGATION_RULES[build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets).aggregation]
         experiment_json = json.dumps(cfg.to_dict(), sort_keys=True)  # sent to the nodes in every message
-        strategy = FedHelloStrategy(exp.layermap, experiment_json, node_of, cfg.aggregation.weighting,
-                                    ttl=timeout + 60.0, aggregate_fn=rule, ffa=cfg.lora.ffa,
-                                    sample_counts=[len(p) for p in exp.partitions],
-                                    uploads_head=uploads_head(cfg.head.train))
+        strategy = FedHelloStrategy(exp.layermap, experiment_json, node_of, ttl=timeout + 60.0)
         return FlowerRunner(grid, strategy, timeout, log)
 
     log(f"{cfg.strategy.name}: {cfg.rounds} rounds, {cfg.clients.num_clients} clients -> {out}")

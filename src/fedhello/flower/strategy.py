@@ -15,11 +15,9 @@ allocation, aggregation, evaluation and the run directory are the same code.
 (``flwr.serverapp.strategy.Strategy``): that class's ``start`` is a round loop
 of its own (configure_train -> send -> aggregate_train -> evaluate), and a
 second round loop is what this design avoids. The method names follow
-Flower's for the same roles. :meth:`FedHelloStrategy.aggregate_train`
-validates and aggregates one round of replies with the strategy alone (the
-malicious-reply tests use it); like the Server, it screens replies with
-:func:`fedhello.federation.aggregation.screen_replies` and never aggregates a
-rejected one.
+Flower's for the same roles. Screening replies and aggregating them is the
+Server's alone (:func:`fedhello.federation.aggregation.screen_round`), for
+Flower and in-process runs alike.
 
 Downlink: each node gets the *whole* global adapter (all LoRA layers + head),
 not only its layers. A client's forward pass goes through every LoRA layer,
@@ -40,11 +38,10 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedhello.errors import FedHelloError
-from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import truncate_rank
@@ -57,32 +54,21 @@ def _reason(msg: Message) -> str:
 
 
 class FedHelloStrategy:
-    """Per-node partial training messages out, layer-wise aggregation of partial replies in.
+    """Per-node partial training messages out, their replies back as updates or failures.
 
     ``configure_train`` uses the tasks of the round set by :meth:`plan` (the
-    project allocator's decision, made by the Server loop).
+    project allocator's decision, made by the Server loop); ``collect`` turns the
+    replies into what the Server then screens and aggregates.
     """
 
     def __init__(self, layermap: LayerMap, experiment_json: str, node_of: dict[int, int],
-                 weighting: str = "samples", ttl: float | None = None,
-                 aggregate_fn: Callable[..., tuple[State, dict]] | None = None,
-                 ffa: bool = False, sample_counts: Sequence[int] | None = None, uploads_head: bool = True):
+                 ttl: float | None = None):
         self.layermap = layermap
-        self.ffa = ffa  # FFA-LoRA: replies carry no A matrices
-        self.uploads_head = uploads_head  # head.train federated: replies carry the head
-        # client id -> its partition size as the server knows it: a larger claimed count is rejected
-        self.sample_counts = list(sample_counts) if sample_counts is not None else None
-        # the allocation strategy's rule (AGGREGATION_RULES[Strategy.aggregation]: layer-wise averaging, or
-        # the rank-heterogeneous rules of hetlora/flexlora); default layer-wise
-        self.aggregate_fn = aggregate_fn or (lambda g, ups, w: (aggregate(g, ups, w), {}))
         self.experiment_json = experiment_json
         self.node_of = dict(node_of)  # client id -> node id
-        self.weighting = weighting
         self.ttl = ttl
         self._tasks: list[FitTask] = []
         self._sent: dict[int, FitTask] = {}  # node id -> task of the current round
-        self._global: State | None = None
-        self.last_failed: list[dict] = []
 
     def client_of(self, node_id: int) -> int | None:
         """The client id of Flower node ``node_id`` (None: no client of this run)."""
@@ -97,7 +83,6 @@ class FedHelloStrategy:
 
     def configure_train(self, server_round: int, global_state: State) -> list[Message]:
         """One train message per task of the round (see :mod:`fedhello.flower` for the contents)."""
-        self._global = global_state
         self._sent = {}
         full = ArrayRecord(global_state)
         messages = []
@@ -161,26 +146,6 @@ class FedHelloStrategy:
             out += got.get(t.client_id) or [
                 ClientFailure(t.client_id, "no reply (node gone, or past the round timeout)")]
         return out + unasked
-
-    def screen(self, results: Sequence[ClientUpdate | ClientFailure], global_state: State
-               ) -> tuple[list[ClientUpdate], list[dict]]:
-        """Updates to aggregate and ``failed_clients`` records: the Server loop's own rules."""
-        return screen_round(self._tasks, results, self.layermap, global_state, ffa=self.ffa,
-                            head=self.uploads_head, sample_counts=self.sample_counts)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord, MetricRecord]:
-        """Validate every reply against its node's allocation, aggregate the good ones layer-wise."""
-        if self._global is None:
-            raise FedHelloError("aggregate_train before configure_train")
-        updates, failed = self.screen(self.collect(replies), self._global)
-        self.last_failed = failed
-        new, _ = self.aggregate_fn(self._global, updates, self.weighting)
-        n = sum(u.num_samples for u in updates)
-        loss = sum(u.train_loss * u.num_samples for u in updates) / n if n else float("nan")
-        metrics = MetricRecord({"num-examples": int(n), "train-loss": float(loss),
-                                "num-updates": len(updates), "num-failed": len(failed)})
-        return ArrayRecord(new), metrics
 
 
 class FlowerRunner:
