@@ -123,10 +123,7 @@ class LocalFederation:
         """Send ``sig`` to the process group of ``name`` if its leader still runs."""
         p = self.procs.get(name)
         if p is not None and p.poll() is None:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
+            _killpg(p.pid, sig)
 
     def stop(self) -> None:
         """End every process started here and their descendants.
