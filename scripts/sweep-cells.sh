@@ -4,16 +4,36 @@
 #
 #   scripts/sweep-cells.sh save    SWEEP_DIR CELLS_DIR DATA_PATH
 #   scripts/sweep-cells.sh restore CELLS_DIR SWEEP_DIR DATA_PATH
+#   scripts/sweep-cells.sh table   CELLS_DIR RESULTS_DIR DATA_PATH
 #
 # A finished cell is <partition>/<strategy>/seed<S>/ with summary.json. Only its records
 # travel: config.yaml (data.path written as PATH/TO/DATA), metrics.jsonl and summary.json;
 # no checkpoint, adapter, plots or event files. `fedhello sweep` then counts a restored
 # cell as done (its config and summary are there), and `fedhello report SWEEP_DIR`
 # rebuilds the table from the records.
+#
+# `table` does that from the kept cells alone: it restores them with CELLS_DIR/sweep.json
+# (the whole grid, so that the table says PARTIAL until every cell has finished) into a
+# temporary sweep directory, runs `fedhello report` there and copies results.md,
+# results.csv and plots/ into RESULTS_DIR. FEDHELLO names the command (default: fedhello).
 set -euo pipefail
-[ $# -eq 4 ] || { echo "usage: $0 save|restore FROM TO DATA_PATH" >&2; exit 2; }
+[ $# -eq 4 ] || { echo "usage: $0 save|restore|table FROM TO DATA_PATH" >&2; exit 2; }
 mode=$1 from=${2%/} to=${3%/} data=$4
 placeholder="PATH/TO/DATA"
+if [ "$mode" = table ]; then
+  [ -f "$from/sweep.json" ] || { echo "error: $from/sweep.json (the sweep's grid) is missing" >&2; exit 2; }
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  sweep="$tmp/$(basename "$to")"
+  "$0" restore "$from" "$sweep" "$data"
+  cp "$from/sweep.json" "$sweep/"
+  "${FEDHELLO:-fedhello}" report "$sweep" > /dev/null
+  mkdir -p "$to/plots"
+  cp "$sweep/results.md" "$sweep/results.csv" "$to/"
+  cp "$sweep"/plots/*.png "$to/plots/"
+  echo "table: $(head -1 "$to/results.md")"
+  exit 0
+fi
 n=0
 for cell in "$from"/*/*/seed*/; do
   cell=${cell%/}

@@ -195,6 +195,24 @@ def test_report_regenerates_plots_and_results_from_the_directory_alone(sweep, tm
     assert {p.name for p in (one / "plots").glob("*.png")} == RUN_PNGS
 
 
+def test_the_table_of_an_unfinished_grid_says_partial(sweep, tmp_path):
+    assert "PARTIAL" not in (sweep["out"] / "results.md").read_text()  # all 8 cells finished
+    dst = tmp_path / "partial"
+    shutil.copytree(sweep["out"], dst, ignore=shutil.ignore_patterns("checkpoint.pt", "adapter", "plots", "tb"))
+    (dst / "pat-2" / "fedra" / "seed1" / "summary.json").unlink()  # one cell unfinished
+    grid = json.loads((dst / "sweep.json").read_text())
+    grid["seeds"] = [0, 1, 2]  # and a seed not started: 7 of 12
+    (dst / "sweep.json").write_text(json.dumps(grid))
+    assert main(["report", str(dst)]) == 0
+    md = (dst / "results.md").read_text().splitlines()
+    assert md[0] == "**PARTIAL**: 7 of 12 cells of the sweep's grid have finished; the table covers those."
+    assert md[2] == "# Sweep results: partial"
+    assert "| fedra | 1 (1 unfinished) |" in "\n".join(md)
+    (dst / "sweep.json").write_text("{")  # no readable grid: no claim either way
+    assert main(["report", str(dst)]) == 0
+    assert (dst / "results.md").read_text().startswith("# Sweep results: partial")
+
+
 def test_fisher_plot_where_scores_are_recorded(tiny_bert, tmp_path):
     from fedhello.report.plots import run_plots
 

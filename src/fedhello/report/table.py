@@ -183,6 +183,21 @@ def results_rows(out: str | Path, target: float | None = None) -> list[dict[str,
     return rows
 
 
+def grid_progress(out: str | Path) -> tuple[int, int] | None:
+    """(finished, total) cells of the grid in ``sweep.json``; None without a readable grid.
+
+    A sweep run in stages, or stopped, tabulates only its finished cells; the Markdown table
+    says so on its first line rather than look complete.
+    """
+    man = manifest(Path(out))
+    try:
+        grid = {Cell(s, p, int(seed)).key for s in man["strategies"] for p in man["partitions"] for seed in man["seeds"]}
+    except (KeyError, TypeError, ValueError):
+        return None
+    done = {c.cell.key for c in collect(out) if c.summary is not None}
+    return len(grid & done), len(grid)
+
+
 def _csv_value(v: Any) -> Any:
     if v is None:
         return ""
@@ -208,12 +223,17 @@ def _pm(mean: float | None, std: float | None, scale: float = 100.0, digits: int
     return s + (f" ± {scale * std:.{digits}f}" if std is not None else "")
 
 
-def results_markdown(rows: list[dict], title: str = "Results") -> str:
+def results_markdown(rows: list[dict], title: str = "Results", progress: tuple[int, int] | None = None) -> str:
     """The rows as Markdown: an explanation of the columns, then one table per partition.
 
-    Accuracies are shown in % as mean ± sample standard deviation.
+    Accuracies are shown in % as mean ± sample standard deviation. ``progress`` is
+    (finished, total) cells of the grid: an unfinished grid is marked PARTIAL on the first line.
     """
-    lines = [f"# {title}", ""]
+    lines = []
+    if progress is not None and progress[0] < progress[1]:
+        lines += [f"**PARTIAL**: {progress[0]} of {progress[1]} cells of the sweep's grid have finished; "
+                  "the table covers those.", ""]
+    lines += [f"# {title}", ""]
     lines.append(
         "Test accuracy in %, mean ± sample standard deviation over the finished seeds. "
         "*acc @ best val*: test accuracy of the round with the best validation score, by the metric "
@@ -254,5 +274,5 @@ def write_results(out: str | Path, target: float | None = None) -> list[dict]:
     out = Path(out)
     rows = results_rows(out, target)
     atomic_write_text(out / RESULTS_CSV, results_csv(rows))
-    atomic_write_text(out / RESULTS_MD, results_markdown(rows, f"Sweep results: {out.name}"))
+    atomic_write_text(out / RESULTS_MD, results_markdown(rows, f"Sweep results: {out.name}", grid_progress(out)))
     return rows
