@@ -123,13 +123,18 @@ def rounds_to(records: list[dict], target: float) -> int | None:
     return None
 
 
-def results_rows(out: str | Path, target: float | None = None) -> list[dict[str, Any]]:
-    """One row per (strategy, partition) found under ``out``; see the module docstring."""
+def results_rows(out: str | Path, target: float | None = None,
+                 cells: list[CellResult] | None = None) -> list[dict[str, Any]]:
+    """One row per (strategy, partition) found under ``out``; see the module docstring.
+
+    ``cells``: :func:`collect` of ``out`` when the caller has already read it.
+    """
     out = Path(out)
     man = manifest(out)
     if target is None:
         target = man.get("target")
-    cells = collect(out)
+    if cells is None:
+        cells = collect(out)
     failures = read_failures(out)
     keys = {(c.cell.partition, c.cell.strategy) for c in cells}
     keys |= {(f["partition"], f["strategy"]) for f in failures.values()}
@@ -183,18 +188,18 @@ def results_rows(out: str | Path, target: float | None = None) -> list[dict[str,
     return rows
 
 
-def grid_progress(out: str | Path) -> tuple[int, int] | None:
-    """(finished, total) cells of the grid in ``sweep.json``; None without a readable grid.
+def grid_progress(man: dict, cells: list[CellResult]) -> tuple[int, int] | None:
+    """(finished, total) cells of the grid in ``man`` (the sweep.json), counting the
+    finished ones among ``cells``; None without a readable grid.
 
     A sweep run in stages, or stopped, tabulates only its finished cells; the Markdown table
     says so on its first line rather than look complete.
     """
-    man = manifest(Path(out))
     try:
         grid = {Cell(s, p, int(seed)).key for s in man["strategies"] for p in man["partitions"] for seed in man["seeds"]}
     except (KeyError, TypeError, ValueError):
         return None
-    done = {c.cell.key for c in collect(out) if c.summary is not None}
+    done = {c.cell.key for c in cells if c.summary is not None}
     return len(grid & done), len(grid)
 
 
@@ -272,7 +277,9 @@ def results_markdown(rows: list[dict], title: str = "Results", progress: tuple[i
 def write_results(out: str | Path, target: float | None = None) -> list[dict]:
     """(Re)write results.csv and results.md (atomically) from the cells of ``out``."""
     out = Path(out)
-    rows = results_rows(out, target)
+    cells = collect(out)  # every cell's records, read once for the rows and the progress line
+    rows = results_rows(out, target, cells)
     atomic_write_text(out / RESULTS_CSV, results_csv(rows))
-    atomic_write_text(out / RESULTS_MD, results_markdown(rows, f"Sweep results: {out.name}", grid_progress(out)))
+    progress = grid_progress(manifest(out), cells)
+    atomic_write_text(out / RESULTS_MD, results_markdown(rows, f"Sweep results: {out.name}", progress))
     return rows
