@@ -195,6 +195,29 @@ def test_report_regenerates_plots_and_results_from_the_directory_alone(sweep, tm
     assert {p.name for p in (one / "plots").glob("*.png")} == RUN_PNGS
 
 
+def test_a_report_reads_the_sweep_directory_once(sweep, tmp_path, monkeypatch):
+    from fedhello.report import hooks, plots, table
+    dst = tmp_path / "once"
+    shutil.copytree(sweep["out"], dst, ignore=shutil.ignore_patterns("checkpoint.pt", "adapter", "plots", "tb"))
+    calls = []
+    real = table.collect
+
+    def counting(out):
+        calls.append(out)
+        return real(out)
+
+    monkeypatch.setattr(table, "collect", counting)
+    monkeypatch.setattr(plots, "collect", counting)
+    monkeypatch.setattr(hooks, "collect", counting)
+    assert main(["report", str(dst)]) == 0
+    assert len(calls) == 1  # the table, the PARTIAL count and the sweep plots share one read
+    assert (dst / "results.csv").read_text() == (sweep["out"] / "results.csv").read_text()
+    assert {p.name for p in (dst / "plots").glob("*.png")} == {"accuracy_iid.png", "accuracy_pat-2.png"}
+    calls.clear()
+    write_sweep_reports(dst)  # what the sweep calls after each cell
+    assert len(calls) == 1
+
+
 def test_the_table_of_an_unfinished_grid_says_partial(sweep, tmp_path):
     assert "PARTIAL" not in (sweep["out"] / "results.md").read_text()  # all 8 cells finished
     dst = tmp_path / "partial"

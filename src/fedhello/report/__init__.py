@@ -54,9 +54,9 @@ def report(path: str | Path, adapter: bool = False) -> list[Path]:
     for c in cells:
         if is_run_dir(c.path):
             files += one_run(c.path)
-    write_results(path)
+    write_results(path, cells=cells)  # the records read above serve the table and the plots
     files += [path / RESULTS_CSV, path / RESULTS_MD]
-    files += sweep_plots(path)
+    files += sweep_plots(path, cells)
     return files
 
 

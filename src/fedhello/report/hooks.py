@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from fedhello.report.plots import run_plots, sweep_plots
-from fedhello.report.table import write_results
+from fedhello.report.table import collect, write_results
 from fedhello.report.tensorboard import TensorBoardLog
 
 log = logging.getLogger("fedhello")
@@ -55,8 +55,9 @@ class RunReporter:
 def write_sweep_reports(out: str | Path, target: float | None = None) -> None:
     """After a sweep's cell: the results table, then the sweep plots (a plotting problem
     is logged and does not stop the sweep: the table is there)."""
-    write_results(out, target)
+    cells = collect(out)  # every cell's records, read once for the table and the plots
+    write_results(out, target, cells)
     try:
-        sweep_plots(out)
+        sweep_plots(out, cells)
     except Exception as err:
         log.warning("sweep plots not written: %s: %s", type(err).__name__, err)

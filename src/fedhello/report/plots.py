@@ -226,13 +226,17 @@ def _mean(xs: list) -> float | None:
     return float(np.mean([float(x) for x in xs])) if xs else None
 
 
-def sweep_plots(sweep_dir: str | Path) -> list[Path]:
-    """Mean test accuracy per round over seeds, one figure per partition, every strategy on it."""
+def sweep_plots(sweep_dir: str | Path, cells: list | None = None) -> list[Path]:
+    """Mean test accuracy per round over seeds, one figure per partition, every strategy on it.
+
+    ``cells``: :func:`collect` of ``sweep_dir`` when the caller has already read it.
+    """
     from matplotlib.ticker import MaxNLocator
 
     out = Path(sweep_dir)
     man = manifest(out)
-    cells = collect(out)
+    if cells is None:
+        cells = collect(out)
     written = []
     parts = order_by(sorted({c.cell.partition for c in cells}), man.get("partitions"))
     strats = order_by(sorted({c.cell.strategy for c in cells}), man.get("strategies"))

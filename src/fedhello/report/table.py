@@ -274,10 +274,16 @@ def results_markdown(rows: list[dict], title: str = "Results", progress: tuple[i
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: str | Path, target: float | None = None) -> list[dict]:
-    """(Re)write results.csv and results.md (atomically) from the cells of ``out``."""
+def write_results(out: str | Path, target: float | None = None,
+                  cells: list[CellResult] | None = None) -> list[dict]:
+    """(Re)write results.csv and results.md (atomically) from the cells of ``out``.
+
+    ``cells``: :func:`collect` of ``out`` when the caller has already read it; otherwise
+    every cell's records are read here, once, for both the rows and the progress line.
+    """
     out = Path(out)
-    cells = collect(out)  # every cell's records, read once for the rows and the progress line
+    if cells is None:
+        cells = collect(out)
     rows = results_rows(out, target, cells)
     atomic_write_text(out / RESULTS_CSV, results_csv(rows))
     progress = grid_progress(manifest(out), cells)
