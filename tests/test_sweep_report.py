@@ -209,8 +209,18 @@ def test_a_report_reads_the_sweep_directory_once(sweep, tmp_path, monkeypatch):
     monkeypatch.setattr(table, "collect", counting)
     monkeypatch.setattr(plots, "collect", counting)
     monkeypatch.setattr(hooks, "collect", counting)
+    reads = []
+    real_read = RunDir.read_metrics
+
+    def counting_read(self):
+        reads.append(self.path)
+        return real_read(self)
+
+    monkeypatch.setattr(RunDir, "read_metrics", counting_read)
     assert main(["report", str(dst)]) == 0
     assert len(calls) == 1  # the table, the PARTIAL count and the sweep plots share one read
+    # ...and each cell's metrics.jsonl is read once, for its plots and TensorBoard scalars too
+    assert sorted(reads) == sorted(dst.glob("*/*/seed*")) and len(reads) == 8
     assert (dst / "results.csv").read_text() == (sweep["out"] / "results.csv").read_text()
     assert {p.name for p in (dst / "plots").glob("*.png")} == {"accuracy_iid.png", "accuracy_pat-2.png"}
     calls.clear()

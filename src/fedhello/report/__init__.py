@@ -34,16 +34,16 @@ def report(path: str | Path, adapter: bool = False) -> list[Path]:
     if not path.is_dir():
         raise FedHelloError(f"{path}: no such directory")
 
-    def one_run(run: Path) -> list[Path]:
-        files = run_plots(run)
-        write_tensorboard(run, RunDir(run).read_metrics())
+    def one_run(run: Path, records: list[dict]) -> list[Path]:
+        files = run_plots(run, records)
+        write_tensorboard(run, records)
         files.append(run / TB)
         if adapter:
             files.append(export_from_checkpoint(run))
         return files
 
     if is_run_dir(path):
-        return one_run(path)
+        return one_run(path, RunDir(path).read_metrics())
     cells = collect(path)
     if not cells and not (path / SWEEP).is_file():
         raise FedHelloError(
@@ -53,7 +53,7 @@ def report(path: str | Path, adapter: bool = False) -> list[Path]:
     files: list[Path] = []
     for c in cells:
         if is_run_dir(c.path):
-            files += one_run(c.path)
+            files += one_run(c.path, c.records)  # the records collect() has read
     write_results(path, cells=cells)  # the records read above serve the table and the plots
     files += [path / RESULTS_CSV, path / RESULTS_MD]
     files += sweep_plots(path, cells)

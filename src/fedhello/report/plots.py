@@ -87,13 +87,17 @@ def _num_layers(run: Path, records: list[dict]) -> int:
     return max(seen) + 1 if seen else 0
 
 
-def run_plots(run_dir: str | Path) -> list[Path]:
-    """Write every plot of one run directory; returns the files written."""
+def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Path]:
+    """Write every plot of one run directory; returns the files written.
+
+    ``records``: the run's metrics.jsonl when the caller has already read it.
+    """
     from matplotlib.ticker import MaxNLocator
 
     run = Path(run_dir)
     rd = RunDir(run)
-    records = rd.read_metrics()
+    if records is None:
+        records = rd.read_metrics()
     if not records:
         return []
     cfg = rd.read_config_dict() if rd.has_run() else {}
