@@ -1,0 +1,60 @@
+"""The per-layer cost model (allocation/resources.py): prediction, fit and its file format."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedhello.allocation.resources import LayerCosts, LinearCost, fit_linear_cost
+from fedhello.errors import ConfigError
+
+
+def test_cost_follows_the_lowest_trained_layer():
+    c = LinearCost(base=10.0, reach=(1.0, 2.0, 3.0, 4.0), own=(0.5, 0.5, 0.5, 0.5))
+    assert c([3]) == 10 + 4 + 0.5
+    assert c([2, 3]) == 10 + 3 + 4 + 1.0
+    # {0, 3} pays the whole depth, like training everything, minus two layers' own cost
+    assert c([0, 3]) == 10 + 10 + 1.0
+    assert c([0, 1, 2, 3]) == 10 + 10 + 2.0
+    assert c([]) == 10.0
+
+
+def test_fit_recovers_every_prediction_of_a_linear_cost():
+    rng = np.random.default_rng(0)
+    L = 6
+    true = LinearCost(base=5.0, reach=tuple(rng.uniform(1, 3, L)), own=tuple(rng.uniform(0.1, 0.5, L)))
+    singles = [[l] for l in range(L)]
+    tops = [list(range(L - k, L)) for k in range(1, L + 1)]
+    sets = singles + tops
+    fit = fit_linear_cost(sets, [true(s) for s in sets], L)
+    for _ in range(50):  # held-out sets
+        s = sorted(rng.choice(L, size=int(rng.integers(1, L + 1)), replace=False).tolist())
+        assert fit(s) == pytest.approx(true(s), rel=1e-9)
+
+
+def test_json_round_trip_and_refusals(tmp_path):
+    c = LayerCosts(
+        memory=LinearCost(1.0, (1.0, 2.0), (3.0, 4.0)),
+        step_time=LinearCost(0.1, (0.2, 0.3), (0.01, 0.02)),
+        upload=(100.0, 100.0),
+        meta={"model": "tiny"},
+    )
+    p = tmp_path / "profile.json"
+    p.write_text(json.dumps({"costs": c.to_json()}))
+    back = LayerCosts.load(p)
+    assert back == c
+    assert back.memory_bytes([1]) == 1 + 2 + 4
+    assert back.upload_bytes([0, 1]) == 200.0
+    bad = c.to_json()
+    bad["memory"]["reach"] = [1.0, float("inf")]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="memory.reach"):
+        LayerCosts.load(p)
+    bad = c.to_json()
+    bad["step_time"]["own"] = [1.0]
+    p.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="step_time.own"):
+        LayerCosts.load(p)
+    p.write_text("not json")
+    with pytest.raises(ConfigError, match="cannot read a cost profile"):
+        LayerCosts.load(p)
