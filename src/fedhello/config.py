@@ -155,6 +155,24 @@ class PartitionConfig(_Strict):
     )
 
 
+class GroupLimits(_Strict):
+    """One resource group's declared limits (``clients.limits`` entry); a key left out is no limit."""
+
+    memory_mb: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Training memory a client of the group can spend, in MB (10^6 bytes), as the cost "
+        "profile predicts it for a layer set (allocation/resources.py).",
+    )
+    time_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Seconds of local training per round: local optimizer steps x predicted step time.",
+    )
+    upload_mb: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Upload per round in MB (10^6 bytes): the bytes of the trained LoRA layers (and a federated head).",
+    )
+
+
 class ClientsConfig(_Strict):
     """``clients``: how many clients there are, how many take part per round, and their resource groups."""
 
@@ -167,6 +185,18 @@ class ClientsConfig(_Strict):
     budgets: list[int] = Field(
         default_factory=lambda: [2, 4, 6],
         description="Number of LoRA layers a client of each group can train, one per group.",
+    )
+
+    limits: list[GroupLimits] | None = Field(
+        None,
+        description="Resource limits per group, one mapping per group with any of memory_mb, time_s, upload_mb "
+        "({} = no limit), e.g. [{memory_mb: 60}, {memory_mb: 80}, {}]. Each client then trains only layer "
+        "sets whose predicted cost fits, at most its budget's count of layers. null: layer-count budgets only.",
+    )
+    cost_profile: str | None = Field(
+        None,
+        description="profile.json written by 'fedhello profile' that prices layer sets for clients.limits; "
+        "null: measured at the start of a run that sets limits (saved as profile.json in the run directory).",
     )
 
     @field_validator("fractions", mode="before")
@@ -193,6 +223,10 @@ class ClientsConfig(_Strict):
             )
         check_fractions(self.fractions, len(self.budgets))
         check_budgets(self.budgets)
+        if self.limits is not None and len(self.limits) != len(self.budgets):
+            raise ConfigError(
+                f"clients.limits has {len(self.limits)} mappings but clients.budgets has {len(self.budgets)} groups"
+            )
         return self
 
 
