@@ -258,6 +258,12 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
     p.add_argument("--lora-r", type=int, default=16, help="global LoRA rank lora.r (rank strategies; default 16)")
     p.add_argument("--ranks", default=None, help="strategy.ranks: LoRA rank per group for hetlora/flexlora, e.g. 8,12,16")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="profile.json of 'fedhello profile': adds each client's predicted cost")
+    p.add_argument("--limits", default=None, metavar="YAML",
+                   help="declared limits per group as clients.limits takes them, e.g. "
+                   "'[{memory_mb: 60}, {memory_mb: 80}, {}]' (needs --profile)")
+    p.add_argument("--steps", type=int, default=1, help="local optimizer steps per round that time_s limits count (default 1)")
     p.add_argument("--json", action="store_true", help="print the allocations as JSON")
     p.add_argument("--show-rounds", action="store_true", help="also list every round's clients and layers")
     p.set_defaults(func=run_allocate)
@@ -271,6 +277,22 @@ def _choices(key: str) -> list[str]:
     from fedhello.config import StrategyConfig
 
     return list(typing.get_args(StrategyConfig.model_fields[key].annotation))
+
+
+def _allocate_limits(args: argparse.Namespace) -> dict:
+    """``costs``, ``limits`` and ``steps`` of the preview from --profile, --limits and --steps."""
+    from fedhello.allocation.resources import LayerCosts, Limits
+    from fedhello.config import parse_limits
+    from fedhello.errors import ConfigError
+
+    if args.steps < 1:
+        raise ConfigError("--steps must be at least 1")
+    out: dict = {"steps": args.steps}
+    if args.profile is not None:
+        out["costs"] = LayerCosts.load(args.profile)
+    if args.limits is not None:
+        out["limits"] = [Limits.from_config(g) for g in parse_limits(args.limits, key="--limits")]
+    return out
 
 
 def run_allocate(args: argparse.Namespace) -> int:
@@ -304,6 +326,7 @@ def run_allocate(args: argparse.Namespace) -> int:
         fim_tiers=args.fim_tiers,
         lora_r=args.lora_r,
         ranks=parse_ints("--ranks", args.ranks) if args.ranks else None,
+        **_allocate_limits(args),
     )
     if args.json:
         print(json.dumps(result, indent=2))

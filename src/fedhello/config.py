@@ -257,6 +257,23 @@ def check_budgets(budgets, num_layers: int | None = None, key: str = "clients.bu
                 raise ConfigError(f"{key}: budget {b} is larger than {where}")
 
 
+def parse_limits(text: str, key: str = "clients.limits") -> list["GroupLimits"]:
+    """Declared limits as YAML text (a list of mappings, as ``clients.limits`` takes them)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: not YAML ({type(err).__name__})") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{key}: expected a list of mappings, one per resource group")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(GroupLimits.model_validate(item if item is not None else {}))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, prefix=f"{key}[{i}]")) from None
+    return out
+
+
 def check_ranks(ranks, num_groups: int, max_rank: int | None = None) -> None:
     """``strategy.ranks``: one LoRA rank per resource group, each between 1 and ``lora.r``."""
     if len(ranks) != num_groups:
@@ -271,7 +288,8 @@ def check_ranks(ranks, num_groups: int, max_rank: int | None = None) -> None:
 # name (a test holds the two equal); a strategy registered from outside fedhello
 # adds its name here through fedhello.allocation.register.
 STRATEGY_NAMES: set[str] = {
-    "exclusive", "fedhello", "fedit", "fedra", "fim-hla", "flexlora", "gd-hla", "hetlora", "rgd-hla", "straggler",
+    "depth", "exclusive", "fedhello", "fedit", "fedra", "fim-hla", "flexlora", "gd-hla", "hetlora", "rgd-hla",
+    "straggler",
 }
 
 

@@ -45,12 +45,19 @@ class ClientSlot:
     group : int
         Its resource group: an index into ``clients.budgets`` (and ``strategy.ranks``).
     budget : int
-        How many LoRA layers it can train, ``clients.budgets[group]``.
+        How many LoRA layers it trains: ``clients.budgets[group]``, or under declared
+        limits the smaller of that and the most its limits afford
+        (:class:`~fedhello.allocation.resources.ResourceModel`).
+    floors : tuple[int, ...] | None
+        Under declared limits: ``floors[k-1]`` is the lowest layer a k-layer set of this
+        client may reach (every k-subset of ``[floors[k-1], L)`` fits its limits; ``L``
+        where none fits). None: no limits, every layer reachable.
     """
 
     id: int
     group: int
     budget: int
+    floors: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -124,6 +131,10 @@ class Strategy:
     uses_fisher: ClassVar[bool] = False
     # whether client_rank() varies the LoRA rank (strategy.ranks is then meaningful)
     uses_ranks: ClassVar[bool] = False
+    # how declared limits (clients.limits) apply: "restrict" (draw inside each client's
+    # feasible window, see floor()), "all" (trains every layer: refused where that does
+    # not fit), "exclusive" (only clients affording every layer), "ignore" (FedIT)
+    limits_policy: ClassVar[str] = "restrict"
 
     def __init__(self, cfg: StrategyConfig, num_layers: int, budgets: Sequence[int]):
         self.cfg = cfg
@@ -138,6 +149,38 @@ class Strategy:
     def eligible(self, client: ClientSlot) -> bool:
         """Whether the client may be sampled at all (Exclusive excludes weak clients)."""
         return True
+
+    # -- declared limits: the one place a strategy learns which layers a client can reach --
+    def floor(self, client: ClientSlot, k: int | None = None) -> int:
+        """The lowest layer a ``k``-layer set (default: the client's count) may reach.
+
+        0 without limits. Under limits every k-subset of ``[floor, L)`` fits the client's
+        limits, so a strategy restricted to that window draws only feasible sets; its
+        per-layer weights restricted to the window and renormalised are its distribution
+        restricted to those sets (:func:`restrict`).
+        """
+        k = client.budget if k is None else int(k)
+        if client.floors is None or k <= 0:
+            return 0
+        if k > len(client.floors):
+            return self.num_layers
+        return int(client.floors[k - 1])
+
+    def restricted_sample(self, weights: np.ndarray, client: ClientSlot, k: int, rng: np.random.Generator) -> list[int]:
+        """``k`` layers drawn with ``strategy.sampler`` from ``weights`` restricted to the client's window
+        ``[floor, L)`` and renormalised (uniform there if the weights give it no mass).
+
+        Without limits (floor 0) this is exactly the sampler on ``weights``: the same draws as before
+        limits existed. A window no larger than ``k`` is trained whole."""
+        from fedhello.allocation.samplers import sample_layers
+
+        m = self.floor(client, k)
+        if k >= self.num_layers - m:
+            return list(range(m, self.num_layers))
+        w = np.asarray(weights, dtype=float)[m:]
+        if w.sum() <= 0:
+            w = np.ones_like(w)
+        return [m + x for x in sample_layers(w, k, rng, self.cfg.sampler)]
 
     def allocate(
         self,

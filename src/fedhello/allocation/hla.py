@@ -46,7 +46,6 @@ import numpy as np
 from fedhello.allocation.base import ClientSlot, RoundPlan, ScoreProvider, Strategy, register, spread_evenly
 from fedhello.allocation.fisher import kmeans_tiers, log_scores, score_weights, tier_weights
 from fedhello.allocation.patterns import deterministic_layers, pattern_probabilities
-from fedhello.allocation.samplers import sample_layers
 from fedhello.errors import ConfigError
 
 
@@ -54,13 +53,8 @@ class _Sampling(Strategy):
     """Shared: per-client draws from per-layer weights with the configured sampler."""
 
     def _draw(self, clients: Sequence[ClientSlot], probs: np.ndarray, rng: np.random.Generator) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for c in clients:
-            if c.budget >= self.num_layers:
-                out[c.id] = list(range(self.num_layers))
-            else:
-                out[c.id] = sample_layers(probs, c.budget, rng, self.cfg.sampler)
-        return out
+        # under declared limits the weights are restricted to each client's window (Strategy.floor)
+        return {c.id: self.restricted_sample(probs, c, c.budget, rng) for c in clients}
 
     def _prior(self) -> np.ndarray:
         return pattern_probabilities(self.cfg.pattern, self.num_layers, self.budgets)
@@ -75,7 +69,7 @@ class GDHLA(Strategy):
     def allocate(self, round, clients, rng, scores=None):
         """See :meth:`Strategy.allocate`: the pattern's deterministic layers for each budget."""
         return RoundPlan(
-            {c.id: deterministic_layers(self.cfg.pattern, self.num_layers, c.budget) for c in clients}
+            {c.id: deterministic_layers(self.cfg.pattern, self.num_layers, c.budget, self.floor(c)) for c in clients}
         )
 
 
@@ -225,6 +219,7 @@ class Exclusive(Strategy):
     """Exclusive (a baseline in arXiv:2506.12213): only clients able to train every layer take part, on all layers."""
 
     name = "exclusive"
+    limits_policy = "exclusive"
 
     def __init__(self, cfg, num_layers, budgets):
         super().__init__(cfg, num_layers, budgets)
@@ -255,8 +250,14 @@ class Straggler(Strategy):
 
     def allocate(self, round, clients, rng, scores=None):
         """See :meth:`Strategy.allocate`: the smallest budget's layers, spread evenly over depth."""
-        layers = spread_evenly(self.num_layers, min(self.budgets))
-        return RoundPlan({c.id: list(layers) for c in clients})
+        out = {}
+        for c in clients:
+            # under limits: the weakest group's count (or fewer, what the client affords), spread
+            # evenly over the window it can reach; without limits the window is every layer
+            k = min(min(self.budgets), c.budget)
+            m = self.floor(c, k)
+            out[c.id] = [m + l for l in spread_evenly(self.num_layers - m, k)]
+        return RoundPlan(out)
 
     def trained_layers(self, budget: int) -> int:
         """The smallest budget, whatever the client's own."""

@@ -69,12 +69,24 @@ def pattern_profile(pattern: str, num_layers: int) -> np.ndarray:
     return w
 
 
-def deterministic_layers(pattern: str, num_layers: int, budget: int) -> list[int]:
-    """The sorted ``budget`` layers a client trains under deterministic GD-HLA."""
+def deterministic_layers(pattern: str, num_layers: int, budget: int, floor: int = 0) -> list[int]:
+    """The sorted ``budget`` layers a client trains under deterministic GD-HLA.
+
+    ``floor`` > 0 (a client under declared limits reaching only layers ``[floor, L)``):
+    the pattern restricted to that window: ``uniform`` spreads the layers evenly over
+    the window, the ranked patterns take the ``budget`` reachable layers they rank first.
+    """
     _check(pattern, num_layers)
     budget = int(budget)
     if budget < 0:
         raise ValueError(f"budget must be non-negative, got {budget}")
+    floor = int(floor)
+    if floor > 0:
+        if budget > num_layers - floor:
+            raise ValueError(f"budget {budget} does not fit the window [{floor}, {num_layers})")
+        if pattern == "uniform":
+            return [floor + l for l in spread_evenly(num_layers - floor, budget)] if budget else []
+        return sorted([l for l in pattern_order(pattern, num_layers) if l >= floor][:budget])
     if budget >= num_layers:
         return list(range(num_layers))
     if budget == 0:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from fedhello.allocation.base import build_strategy
 from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
+from fedhello.allocation.resources import Capacity, LayerCosts, Limits, ResourceModel, predicted_cost
 from fedhello.config import StrategyConfig, check_budgets, check_fractions, format_validation_error
 from fedhello.errors import ConfigError
 
@@ -45,6 +46,9 @@ def preview(
     seed: int,
     scores: Sequence[float] | None = None,
     lora_r: int = 16,
+    costs: LayerCosts | None = None,
+    limits: Sequence[Any] | None = None,
+    steps: int | Sequence[int] = 1,
     **options: Any,
 ) -> dict[str, Any]:
     """Allocations of ``rounds`` rounds as a JSON-able dict.
@@ -57,6 +61,12 @@ def preview(
     "clients": [{"id", "group", "budget", "layers"}], "info": {...}}]}`` where
     ``info`` (the strategy's round info, e.g. fim_scores) is present only when
     non-empty.
+
+    ``costs`` (a cost profile) adds each client's predicted cost (``predicted``:
+    ``memory_bytes``, ``time_s``, ``upload_bytes``); ``limits`` (one
+    :class:`~fedhello.allocation.resources.Limits` per group, needs ``costs``) restricts
+    every client to the layer sets that fit, as a run does; ``steps`` is the local
+    optimizer steps per round (one number, or one per client) that time limits multiply.
     """
     L = int(layers)
     budgets = [int(b) for b in budgets]
@@ -92,6 +102,21 @@ def preview(
 
     groups = assign_groups(clients, fractions, seed)
     slots = client_slots(groups, budgets)
+    resources = None
+    if limits is not None and costs is None:
+        raise ConfigError("--limits needs --profile (a cost profile that prices layer sets)")
+    if costs is not None:
+        if costs.num_layers != L:
+            raise ConfigError(f"--profile prices {costs.num_layers} layers but --layers is {L}")
+        if limits is not None and len(limits) != len(budgets):
+            raise ConfigError(f"--limits has {len(limits)} mappings but --budgets has {len(budgets)} groups")
+        per_client = [int(steps)] * clients if isinstance(steps, int) else [int(x) for x in steps]
+        caps = {
+            i: Capacity(limits[g] if limits is not None else Limits(), per_client[i]) for i, g in enumerate(groups)
+        }
+        resources = ResourceModel(costs, caps, {i: f"--limits[{g}]" for i, g in enumerate(groups)})
+        resources.check_clients(strat, slots)
+        slots = [resources.slot(s) for s in slots]
     eligible = [s.id for s in slots if strat.eligible(s)]
     if not eligible:
         raise ConfigError(f"strategy {strategy}: no client is eligible")
@@ -100,6 +125,8 @@ def preview(
     for t in range(rounds):
         chosen = [slots[i] for i in sample_clients(eligible, per_round, seed, t)]
         plan = strat.allocate(t, chosen, allocation_rng(seed, t), provider)
+        if resources is not None:
+            resources.check_plan(strat, plan.allocations)
         rec: dict[str, Any] = {
             "round": t,
             "clients": [
@@ -110,6 +137,12 @@ def preview(
         if strat.uses_ranks:
             for c, item in zip(chosen, rec["clients"]):
                 item["rank"] = strat.client_rank(c, int(lora_r))
+        if resources is not None:
+            for c, item in zip(chosen, rec["clients"]):
+                p = predicted_cost(costs, resources.capacities[c.id], item["layers"])
+                item["predicted"] = {"memory_bytes": p["memory"], "time_s": p["time"], "upload_bytes": p["upload"]}
+                if resources.limited(c.id):
+                    item["limits"] = resources.capacities[c.id].limits.declared()
         if plan.info:
             rec["info"] = plan.info
         out_rounds.append(rec)
@@ -148,7 +181,35 @@ def render_distribution(preview_dict: dict[str, Any], width: int = 40) -> str:
     ranks = sorted({(c["group"], c["rank"]) for r in preview_dict["rounds"] for c in r["clients"] if "rank" in c})
     if ranks:
         lines.append("LoRA rank per resource group: " + ", ".join(f"group {g}: {rk}" for g, rk in ranks))
+    lines.extend(render_costs(preview_dict))
     return "\n".join(lines)
+
+
+def render_costs(preview_dict: dict[str, Any]) -> list[str]:
+    """Per resource group: the largest predicted memory, time and upload of its clients, beside its limits."""
+    by_group: dict[int, list[dict]] = {}
+    for r in preview_dict["rounds"]:
+        for c in r["clients"]:
+            if "predicted" in c:
+                by_group.setdefault(c["group"], []).append(c)
+    if not by_group:
+        return []
+    lines = ["predicted cost per client (largest in the group; limit in brackets):"]
+    for g in sorted(by_group):
+        cs = by_group[g]
+        lim = cs[0].get("limits", {})
+
+        def part(key: str, limkey: str, scale: float, unit: str) -> str:
+            v = max(c["predicted"][key] for c in cs) / scale
+            bound = f" (limit {lim[limkey] / scale:.4g})" if limkey in lim else ""
+            return f"{v:.4g} {unit}{bound}"
+
+        lines.append(
+            f"  group {g}: memory {part('memory_bytes', 'memory_limit_bytes', 1e6, 'MB')}, "
+            f"time {part('time_s', 'time_limit_s', 1.0, 's')}, "
+            f"upload {part('upload_bytes', 'upload_limit_bytes', 1e6, 'MB')}"
+        )
+    return lines
 
 
 def render_rounds(preview_dict: dict[str, Any]) -> str:
@@ -159,7 +220,12 @@ def render_rounds(preview_dict: dict[str, Any]) -> str:
         for c in r["clients"]:
             layers = " ".join(str(x) for x in c["layers"])
             rank = f", rank {c['rank']:>2}" if "rank" in c else ""
-            lines.append(f"  client {c['id']:>3} (group {c['group']}, budget {c['budget']:>2}{rank}): {layers}")
+            cost = ""
+            if "predicted" in c:
+                p = c["predicted"]
+                cost = (f"  [{p['memory_bytes'] / 1e6:.1f} MB, {p['time_s']:.3g} s, "
+                        f"{p['upload_bytes'] / 1e6:.3f} MB up]")
+            lines.append(f"  client {c['id']:>3} (group {c['group']}, budget {c['budget']:>2}{rank}): {layers}{cost}")
         info = r.get("info", {})
         if "fim_tiers" in info:
             lines.append(f"  fim tiers: {info['fim_tiers']}")

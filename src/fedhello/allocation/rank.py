@@ -46,6 +46,8 @@ class _RankStrategy(Strategy):
     """All layers for every client; the rank follows the resource group."""
 
     uses_ranks = True
+    # every layer is trained: under limits, refused where the full set does not fit
+    limits_policy = "all"
 
     def __init__(self, cfg, num_layers, budgets):
         super().__init__(cfg, num_layers, budgets)

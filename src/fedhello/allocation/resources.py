@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -180,3 +180,297 @@ class LayerCosts:
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ConfigError(f"{path}: cannot read a cost profile ({type(e).__name__}: {e})") from None
         return cls.from_json(obj.get("costs", obj) if isinstance(obj, dict) else obj, where=str(path))
+
+
+# --------------------------------------------------------------------------- capacities and feasibility
+#
+# A client declares limits (``clients.limits`` of its resource group, or a Flower node's
+# config); with the round's number of local optimizer steps they make its Capacity. A
+# layer set S fits a capacity iff
+#
+#     memory_bytes(S) <= memory limit,  steps * step_seconds(S) <= time limit,
+#     upload_bytes(S) <= upload limit.
+#
+# Strategies draw from per-layer weights, not from a list of sets, so "the strategy's
+# distribution restricted to the feasible sets" is made exact through a *window*: for a
+# count k the client's floor m_k is the lowest layer such that EVERY k-subset of
+# [m_k, L) fits (worst case over those subsets, computed exactly below for each resource,
+# so own costs that differ from layer to layer are handled). The family of sets whose
+# floor is valid is upward closed (a subset of [m+1, L) is a subset of [m, L)), so m_k is
+# found by walking down from L-k. A client's count is min(budget, the largest k whose top-k
+# block fits); the top-k block is the cheapest k-set when reach costs are non-negative, and
+# the window of that k always holds it. Each strategy then keeps its own rule inside the
+# window [m_k, L) (base.Strategy.floor) and every drawn set is checked again against the
+# full cost model (ResourceModel.check_plan).
+
+MB = 1e6  # limits are declared in MB of 10^6 bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Declared limits of one client; None: no limit on that resource."""
+
+    memory_bytes: float | None = None
+    time_s: float | None = None
+    upload_bytes: float | None = None
+
+    @classmethod
+    def from_mb(cls, memory_mb: float | None = None, time_s: float | None = None,
+                upload_mb: float | None = None) -> "Limits":
+        return cls(
+            None if memory_mb is None else float(memory_mb) * MB,
+            None if time_s is None else float(time_s),
+            None if upload_mb is None else float(upload_mb) * MB,
+        )
+
+    @classmethod
+    def from_config(cls, group_limits: Any) -> "Limits":
+        """From a ``clients.limits`` entry (an object with memory_mb, time_s, upload_mb) or None."""
+        if group_limits is None:
+            return cls()
+        return cls.from_mb(group_limits.memory_mb, group_limits.time_s, group_limits.upload_mb)
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.memory_bytes, self.time_s, self.upload_bytes))
+
+    def declared(self) -> dict[str, float]:
+        """The set limits, as record fields (``memory_limit_bytes``, ``time_limit_s``, ``upload_limit_bytes``)."""
+        out = {}
+        for key, v in (("memory_limit_bytes", self.memory_bytes), ("time_limit_s", self.time_s),
+                       ("upload_limit_bytes", self.upload_bytes)):
+            if v is not None:
+                out[key] = float(v)
+        return out
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a client can afford in a round: its limits, and how many optimizer steps it runs."""
+
+    limits: Limits
+    steps: int = 1
+
+
+def local_steps(num_samples: int, batch_size: int, epochs: int, max_steps: int | None = None) -> int:
+    """Optimizer steps of one round of local training (LocalTrainer.fit's loop): ceil(n/batch) x epochs,
+    at most ``max_steps``."""
+    n = epochs * (-(-int(num_samples) // int(batch_size)))
+    return int(min(n, max_steps) if max_steps is not None else n)
+
+
+_RESOURCES = (("memory", "memory_mb", MB, "MB"), ("time", "time_s", 1.0, "s"), ("upload", "upload_mb", MB, "MB"))
+
+
+def predicted_cost(costs: LayerCosts, cap: Capacity | None, layers: Iterable[int]) -> dict[str, float]:
+    """Predicted cost of training ``layers`` for a round: memory bytes, seconds (steps x step time), upload bytes."""
+    s = list(layers)
+    steps = cap.steps if cap is not None else 1
+    return {
+        "memory": costs.memory_bytes(s),
+        "time": steps * costs.step_seconds(s),
+        "upload": costs.upload_bytes(s),
+    }
+
+
+def _limit_values(cap: Capacity) -> dict[str, float | None]:
+    return {"memory": cap.limits.memory_bytes, "time": cap.limits.time_s, "upload": cap.limits.upload_bytes}
+
+
+def fits(costs: LayerCosts, cap: Capacity | None, layers: Iterable[int], tol: float = 1e-9) -> bool:
+    """Whether the set fits every declared limit (relative tolerance ``tol`` for float rounding)."""
+    if cap is None or not cap.limits.any:
+        return True
+    pred = predicted_cost(costs, cap, layers)
+    return all(lim is None or pred[r] <= lim * (1 + tol) for r, lim in _limit_values(cap).items())
+
+
+def _topsum(values: np.ndarray, k: int) -> float:
+    if k <= 0:
+        return 0.0
+    return float(np.sort(values)[::-1][:k].sum())
+
+
+def worst_costs(costs: LayerCosts, steps: int, k: int) -> dict[str, np.ndarray]:
+    """For each resource, ``w[m]`` = the highest cost of any k-subset of layers ``[m, L)`` (-inf where
+    ``L - m < k``). Exact: a set with lowest layer m' costs base + reach[m':] + own[m'] + its k-1
+    other own costs, whose worst is the k-1 largest own costs above m'."""
+    L = costs.num_layers
+    out: dict[str, np.ndarray] = {}
+    for r, lin, scale in (("memory", costs.memory, 1.0), ("time", costs.step_time, float(steps))):
+        reach, own = np.asarray(lin.reach), np.asarray(lin.own)
+        v = np.full(L, -np.inf)
+        for m in range(0, L - k + 1):
+            v[m] = scale * (lin.base + reach[m:].sum() + own[m] + _topsum(own[m + 1:], k - 1))
+        out[r] = np.maximum.accumulate(v[::-1])[::-1]  # worst over lowest layers m' >= m
+    up = np.asarray(costs.upload)
+    out["upload"] = np.array([costs.upload_base + _topsum(up[m:], k) if L - m >= k else -np.inf for m in range(L)])
+    return out
+
+
+def window_floors(costs: LayerCosts, cap: Capacity | None, tol: float = 1e-9) -> tuple[int, ...]:
+    """``floors[k-1]``: the lowest layer m such that every k-subset of ``[m, L)`` fits ``cap``;
+    ``L`` where not even the top-k block fits. All zeros without limits."""
+    L = costs.num_layers
+    if cap is None or not cap.limits.any:
+        return tuple([0] * L)
+    lims = _limit_values(cap)
+    floors = []
+    for k in range(1, L + 1):
+        worst = worst_costs(costs, cap.steps, k)
+        ok = np.ones(L, dtype=bool)
+        for r, lim in lims.items():
+            if lim is not None:
+                ok &= worst[r] <= lim * (1 + tol)
+        m = L - k
+        if not ok[m]:
+            floors.append(L)
+            continue
+        while m > 0 and ok[m - 1]:
+            m -= 1
+        floors.append(m)
+    return tuple(floors)
+
+
+def max_count(floors: Sequence[int]) -> int:
+    """The largest k whose window holds a k-set (0: no layer set fits)."""
+    L = len(floors)
+    return max((k for k in range(1, L + 1) if floors[k - 1] <= L - k), default=0)
+
+
+def _fmt(r: str, v: float) -> str:
+    scale, unit = {"memory": (MB, "MB"), "time": (1.0, "s"), "upload": (MB, "MB")}[r]
+    return f"{v / scale:.4g} {unit}"
+
+
+def nothing_fits(costs: LayerCosts, cap: Capacity, where: str) -> str:
+    """The reason no layer set fits ``cap``, naming the limit and the cheapest set's cost."""
+    L = costs.num_layers
+    lims = _limit_values(cap)
+    keys = {"memory": "memory_mb", "time": "time_s", "upload": "upload_mb"}
+    singles = [predicted_cost(costs, cap, [l]) for l in range(L)]
+    for r, lim in lims.items():
+        if lim is None:
+            continue
+        best = min(range(L), key=lambda l: singles[l][r])
+        if singles[best][r] > lim * (1 + 1e-9):
+            extra = f" over {cap.steps} local steps" if r == "time" else ""
+            return (f"{where}: {keys[r]} {_fmt(r, lim)} fits no layer set: the cheapest set, [{best}], "
+                    f"needs {_fmt(r, singles[best][r])}{extra}")
+    best = min(range(L), key=lambda l: max(singles[l][r] / lim for r, lim in lims.items() if lim is not None))
+    need = ", ".join(f"{keys[r]} {_fmt(r, singles[best][r])}" for r, lim in lims.items() if lim is not None)
+    return f"{where}: no layer set fits all its limits together: the cheapest set, [{best}], needs {need}"
+
+
+class ResourceModel:
+    """The run's cost model and every client's capacity: what the server asks of feasibility.
+
+    Parameters
+    ----------
+    costs : LayerCosts
+        Per-layer costs (profile.json).
+    capacities : dict[int, Capacity]
+        Client id -> capacity; a client without an entry, or with no limit set, is unlimited
+        (its allocation is the strategy's, unrestricted; its predicted cost is still recorded).
+    where : dict[int, str]
+        Client id -> how to name its limits in an error (``clients.limits[1]``, a Flower node).
+    """
+
+    def __init__(self, costs: LayerCosts, capacities: dict[int, Capacity] | None = None,
+                 where: dict[int, str] | None = None):
+        self.costs = costs
+        self.capacities = dict(capacities or {})
+        self.where = dict(where or {})
+        self._floors: dict[Capacity | None, tuple[int, ...]] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return self.costs.num_layers
+
+    def limited(self, cid: int) -> bool:
+        cap = self.capacities.get(cid)
+        return cap is not None and cap.limits.any
+
+    def floors(self, cid: int) -> tuple[int, ...]:
+        cap = self.capacities.get(cid)
+        if cap not in self._floors:  # clients of one group and step count share them
+            self._floors[cap] = window_floors(self.costs, cap)
+        return self._floors[cap]
+
+    def name(self, cid: int) -> str:
+        return self.where.get(cid, f"client {cid}")
+
+    def slot(self, s: Any) -> Any:
+        """The client's ClientSlot under its limits: count min(budget, affordable), and its floors.
+
+        Raises ConfigError when no layer set fits its limits."""
+        if not self.limited(s.id):
+            return s
+        floors = self.floors(s.id)
+        k = max_count(floors)
+        if k == 0:
+            raise ConfigError(nothing_fits(self.costs, self.capacities[s.id], self.name(s.id)))
+        return replace(s, budget=min(s.budget, k), floors=floors)
+
+    def predicted(self, cid: int, layers: Iterable[int]) -> dict[str, float]:
+        """Record fields: ``predicted_memory_bytes``, ``predicted_time_s``, and the declared limits."""
+        cap = self.capacities.get(cid)
+        p = predicted_cost(self.costs, cap, layers)
+        out = {"predicted_memory_bytes": p["memory"], "predicted_time_s": p["time"]}
+        if cap is not None:
+            out.update(cap.limits.declared())
+        return out
+
+    def check_clients(self, strategy: Any, slots: Sequence[Any]) -> None:
+        """Before training: every limited client affords a layer set, and what the strategy needs.
+
+        Raises ConfigError (one line naming the group or node and the cheapest cost) for a
+        client whose limits fit no set; for strategies that train every layer (``limits_policy
+        'all'``: hetlora, flexlora) when a client cannot afford all layers; for Exclusive when no
+        client can. FedIT (``'ignore'``) is the unconstrained reference and is not checked."""
+        policy = getattr(strategy, "limits_policy", "restrict")
+        if policy == "ignore":
+            return
+        full = list(range(self.num_layers))
+        able = 0
+        for s in slots:
+            if not self.limited(s.id):
+                able += s.budget >= self.num_layers
+                continue
+            eff = self.slot(s)  # raises when nothing fits
+            able += eff.budget >= self.num_layers
+            if policy == "all" and not fits(self.costs, self.capacities[s.id], full):
+                p = predicted_cost(self.costs, self.capacities[s.id], full)
+                lims = _limit_values(self.capacities[s.id])
+                over = ", ".join(f"{r} {_fmt(r, p[r])} > {_fmt(r, lim)}" for r, lim in lims.items()
+                                 if lim is not None and p[r] > lim)
+                raise ConfigError(f"{self.name(s.id)}: strategy {strategy.name} trains every layer, "
+                                  f"which does not fit ({over})")
+        if policy == "exclusive" and slots and not able:
+            raise ConfigError(f"strategy exclusive: no client can train all {self.num_layers} layers "
+                              f"within its limits and budget, so no client could take part")
+
+    def check_plan(self, strategy: Any, allocations: dict[int, list[int]]) -> None:
+        """Every allocated set fits its client's limits (FedIT excepted); RuntimeError otherwise (a bug)."""
+        if getattr(strategy, "limits_policy", "restrict") == "ignore":
+            return
+        for cid, layers in allocations.items():
+            cap = self.capacities.get(cid)
+            if cap is not None and cap.limits.any and not fits(self.costs, cap, layers):
+                p = predicted_cost(self.costs, cap, layers)
+                raise RuntimeError(f"strategy {strategy.name} allocated client {cid} an infeasible set "
+                                   f"{sorted(layers)} (predicted {p}, limits {cap.limits})")
+
+
+def group_capacities(limits: Sequence[Any] | None, groups: Sequence[int], sample_counts: Sequence[int],
+                     batch_size: int, epochs: int, max_steps: int | None) -> tuple[dict[int, Capacity], dict[int, str]]:
+    """Capacities of the simulated clients from ``clients.limits`` (one entry per group) and partition sizes."""
+    caps: dict[int, Capacity] = {}
+    where: dict[int, str] = {}
+    if not limits:
+        return caps, where
+    for cid, g in enumerate(groups):
+        caps[cid] = Capacity(Limits.from_config(limits[g]),
+                             local_steps(sample_counts[cid], batch_size, epochs, max_steps))
+        where[cid] = f"clients.limits[{g}]"
+    return caps, where

@@ -33,6 +33,12 @@ class ClientRecord(TypedDict, total=False):
     train_loss: float  # its mean training loss
     rank: int  # its LoRA rank (rank-heterogeneous strategies only)
     peak_memory_bytes: int  # peak accelerator memory of its training (GPU runs only)
+    train_memory_bytes: int  # its measured training memory (where the runtime measures it)
+    predicted_memory_bytes: float  # training memory the cost model predicts for its layers (with a cost model)
+    predicted_time_s: float  # local steps x predicted step time of its layers (with a cost model)
+    memory_limit_bytes: float  # its declared limits (clients.limits, node config), where set
+    time_limit_s: float
+    upload_limit_bytes: float
 
 
 class HeadInitRecord(TypedDict):
@@ -82,6 +88,7 @@ class Summary(TypedDict, total=False):
     total_time_s: float  # rounds + the class-statistics round
     total_upload_bytes: int  # every client upload, the class-statistics round included
     failed_client_rounds: int
+    max_memory_over_limit: float | None  # largest train_memory_bytes / memory_limit_bytes; None: no such client-round
     head_init_upload_bytes: int
     head_init_time_s: float
     trainable_params_per_group: list[int]

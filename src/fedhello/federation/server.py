@@ -27,6 +27,7 @@ import torch
 
 from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
+from fedhello.allocation.resources import ResourceModel
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
@@ -179,6 +180,7 @@ class Server:
         head_init: Callable[[np.ndarray, np.ndarray, float], State] | None = None,
         num_classes: int | None = None,
         sample_counts: Sequence[int] | None = None,
+        resources: ResourceModel | None = None,
     ):
         """See the class docstring for the parameters."""
         self.cfg = cfg
@@ -197,11 +199,16 @@ class Server:
         # each client's training-set size as the server knows it (its partition): a reply
         # claiming more samples is rejected (README, "Bad input")
         self.sample_counts = list(sample_counts) if sample_counts is not None else None
+        # the cost model and the clients' declared limits (clients.limits, Flower node config):
+        # slots are restricted to what each client affords, plans checked, costs predicted
+        self.resources = resources
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
-        """Every client as a :class:`ClientSlot` (id, resource group, budget)."""
-        return client_slots(self.groups, self.budgets)
+        """Every client as a :class:`ClientSlot` (id, resource group, budget; under limits the
+        count it affords and its floors, :meth:`ResourceModel.slot`)."""
+        slots = client_slots(self.groups, self.budgets)
+        return slots if self.resources is None else [self.resources.slot(s) for s in slots]
 
     def sample(self, t: int) -> list[ClientSlot]:
         """The clients of round ``t``: up to ``clients.per_round`` eligible, available ones.
@@ -254,6 +261,8 @@ class Server:
         slots = self.sample(t)
         rng = allocation_rng(self.cfg.seed, t)
         plan = self.strategy.allocate(t, slots, rng, self._score_provider(slots))
+        if self.resources is not None:
+            self.resources.check_plan(self.strategy, plan.allocations)
         by_id = {s.id: s for s in slots}
         state = self.state.global_state
         r_max = max_rank(state)
@@ -303,7 +312,8 @@ class Server:
                 "train_time_s": u.train_time_s,
                 "train_loss": u.train_loss,
                 **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),
-                **{k: v for k, v in u.metrics.items() if k == "peak_memory_bytes"},
+                **{k: v for k, v in u.metrics.items() if k in ("peak_memory_bytes", "train_memory_bytes")},
+                **(self.resources.predicted(u.client_id, u.layers) if self.resources is not None else {}),
             }
             for u in updates
         ]
@@ -414,6 +424,15 @@ def extra_metrics(ev: dict) -> dict:
     }
 
 
+def max_memory_over_limit(records: list[RoundRecord]) -> float | None:
+    """The worst overshoot of a declared memory limit: the largest measured training memory
+    (``train_memory_bytes``) over ``memory_limit_bytes`` of any client-round that has both;
+    None when no client-round has a memory limit and a measure."""
+    ratios = [c["train_memory_bytes"] / c["memory_limit_bytes"] for r in records for c in r.get("clients", [])
+              if c.get("memory_limit_bytes") and c.get("train_memory_bytes") is not None]
+    return max(ratios) if ratios else None
+
+
 def summarize(cfg, records: list[RoundRecord]) -> Summary:
     """summary.json from the metrics records (selection on validation, never on test).
 
@@ -444,6 +463,7 @@ def summarize(cfg, records: list[RoundRecord]) -> Summary:
         "total_time_s": sum(r["round_time_s"] for r in records) + (head_init["time_s"] if head_init else 0.0),
         "total_upload_bytes": upload,
         "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
+        "max_memory_over_limit": max_memory_over_limit(records),
         **head_cost,  # type: ignore[typeddict-item]
     }
     names = sorted({k[len("test_"):] for r in records for k in r if k.startswith("test_")} - {"accuracy", "loss"})

@@ -38,6 +38,7 @@ from fedhello.run.rundir import CHECKPOINT, DATA, SUMMARY, RunDir
 from fedhello.data.encoders import make_encoder
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.adapter import export_adapter
+from fedhello.run.limits import PROFILE, attach_resources, profile_record
 
 
 log = logging.getLogger("fedhello")
@@ -116,6 +117,9 @@ class Experiment:
     data_info: dict = field(default_factory=dict)
     # the console line on dropped rows (None: none dropped)
     drops_note: str | None = None
+    # the cost profile and the clients' declared limits (fedhello.run.limits); None without them
+    costs: object | None = None
+    resources: object | None = None
 
     @property
     def layermap(self):
@@ -261,7 +265,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     enc = make_encoder(cfg, backbone)
 
     val = enc(val_ds) if val_ds is not None else enc(splits.test.select([]))
-    return Experiment(
+    exp = Experiment(
         cfg=cfg,
         device=device,
         backbone=backbone,
@@ -278,6 +282,8 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         data_info=d.data_info,
         drops_note=drops_line(splits),
     )
+    attach_resources(exp)  # clients.limits: refused here, before the run directory is touched
+    return exp
 
 
 def prepare_data(cfg: ExperimentConfig) -> PreparedData:
@@ -505,7 +511,10 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
         head_init=exp.head_from_stats if cfg.head.init == "class-means" else None,
         num_classes=exp.num_classes(),
         sample_counts=[len(p) for p in exp.partitions],
+        resources=exp.resources,
     )
+    if exp.costs is not None:
+        rundir.write_json(PROFILE, profile_record(exp.costs))
     if ckpt is not None:
         server.restore(ckpt, where=str(rundir.file(CHECKPOINT)))
         rundir.write_metrics(server.state.records)

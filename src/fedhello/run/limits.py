@@ -1,0 +1,86 @@
+"""Declared resource limits in a run: the cost profile, each client's capacity, the checks before training.
+
+``clients.limits`` (one mapping per resource group) and ``clients.cost_profile`` (a
+profile.json of ``fedhello profile``) become a
+:class:`~fedhello.allocation.resources.ResourceModel` on the prepared experiment:
+
+- the profile is read from ``clients.cost_profile`` when given; otherwise, when some
+  group declares a limit, the costs are measured at the start of the run
+  (``fedhello.run.profile.measure_costs``) and saved as profile.json in the run directory;
+- each client's capacity is its group's limits and its local optimizer steps per round
+  (partition size, ``train.batch_size``, ``train.epochs``, ``train.max_steps``);
+- every refusal (a limit that fits no layer set, a strategy that cannot run within the
+  limits) is raised here, inside :func:`~fedhello.run.experiment.prepare`, before the run
+  directory is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedhello.allocation import build_strategy
+from fedhello.allocation.clients import client_slots
+from fedhello.allocation.resources import LayerCosts, ResourceModel, group_capacities
+from fedhello.errors import ConfigError
+
+PROFILE = "profile.json"
+
+
+def limits_declared(cfg) -> bool:
+    """Whether some resource group declares a limit."""
+    return any(
+        g is not None and any(v is not None for v in (g.memory_mb, g.time_s, g.upload_mb))
+        for g in (cfg.clients.limits or [])
+    )
+
+
+def load_costs(path: str | Path, num_layers: int, key: str = "clients.cost_profile") -> LayerCosts:
+    """A profile.json (untrusted: parsed and checked) for a model of ``num_layers`` LoRA layers."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: no such file: {p}")
+    costs = LayerCosts.load(p)
+    if costs.num_layers != num_layers:
+        raise ConfigError(f"{key}: {p} prices {costs.num_layers} layers, the model has {num_layers}")
+    return costs
+
+
+def measure(exp) -> LayerCosts:
+    """The costs of this experiment's model, batch size and max_length, measured now."""
+    try:
+        from fedhello.run.profile import measure_costs
+    except ImportError:  # pragma: no cover - until the profiler lands on this branch
+        raise ConfigError(
+            "clients.limits: this build cannot measure costs at the start of a run; "
+            "give clients.cost_profile (a profile.json of 'fedhello profile')"
+        ) from None
+    return measure_costs(exp)
+
+
+def resource_model(cfg, costs: LayerCosts, groups, sample_counts) -> ResourceModel:
+    """The simulated clients' capacities under ``clients.limits`` priced by ``costs``."""
+    caps, where = group_capacities(cfg.clients.limits, groups, sample_counts, cfg.train.batch_size,
+                                   cfg.train.epochs, cfg.train.max_steps)
+    return ResourceModel(costs, caps, where)
+
+
+def attach_resources(exp) -> None:
+    """Set ``exp.costs`` and ``exp.resources`` from the config, and refuse limits that cannot work."""
+    cfg = exp.cfg
+    L = exp.layermap.num_layers
+    if cfg.clients.cost_profile is not None:
+        costs = load_costs(cfg.clients.cost_profile, L)
+    elif limits_declared(cfg):
+        costs = measure(exp)
+    else:
+        return
+    exp.costs = costs
+    exp.resources = resource_model(cfg, costs, exp.groups, [len(p) for p in exp.partitions])
+    strategy = build_strategy(cfg.strategy, L, cfg.clients.budgets)
+    exp.resources.check_clients(strategy, client_slots(exp.groups, cfg.clients.budgets))
+
+
+def profile_record(costs: LayerCosts) -> dict[str, Any]:
+    """What a run saves as profile.json (LayerCosts.load reads it back)."""
+    return {"costs": costs.to_json()}
