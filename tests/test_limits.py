@@ -1,0 +1,255 @@
+"""Declared resource limits (clients.limits): exact feasibility, restricted distributions, refusals."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from fedhello.allocation import available_strategies, build_strategy
+from fedhello.allocation.base import ClientSlot
+from fedhello.allocation.patterns import PATTERNS
+from fedhello.allocation.preview import preview
+from fedhello.allocation.resources import (
+    Capacity, LayerCosts, Limits, LinearCost, ResourceModel, fits, max_count, window_floors,
+)
+from fedhello.allocation.samplers import inclusion_probabilities
+from fedhello.config import StrategyConfig, build_config
+from fedhello.errors import ConfigError, FedHelloError
+
+L = 6
+# own costs differ per layer (the window must take the worst k-subset, not the top block)
+COSTS = LayerCosts(
+    memory=LinearCost(20e6, (12e6,) * L, (1e6, 1.5e6, 1e6, 4e6, 1e6, 1.2e6)),
+    step_time=LinearCost(0.01, (0.02,) * L, (0.001, 0.002, 0.001, 0.003, 0.001, 0.001)),
+    upload=(0.1e6, 0.1e6, 0.1e6, 0.2e6, 0.1e6, 0.1e6),
+)
+
+
+def brute_floor(costs, cap, k):
+    """Smallest m such that every k-subset of [m, L) fits (L when the top block does not)."""
+    n = costs.num_layers
+    for m in range(0, n - k + 1):
+        if all(fits(costs, cap, s) for s in itertools.combinations(range(m, n), k)):
+            return m
+    return n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_floors_equal_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    costs = LayerCosts(
+        LinearCost(float(rng.uniform(0, 5)), tuple(rng.uniform(0, 3, L)), tuple(rng.uniform(0, 3, L))),
+        LinearCost(0.1, tuple(rng.uniform(0, 1, L)), tuple(rng.uniform(0, 1, L))),
+        tuple(rng.uniform(1, 2, L)),
+    )
+    for mem in (8.0, 12.0, 18.0):
+        for time_s in (None, 9.0):
+            cap = Capacity(Limits(memory_bytes=mem, time_s=time_s, upload_bytes=7.0), steps=3)
+            floors = window_floors(costs, cap)
+            assert list(floors) == [brute_floor(costs, cap, k) for k in range(1, L + 1)]
+
+
+def slots_for(model, budgets, groups):
+    return [model.slot(ClientSlot(i, g, budgets[g])) for i, g in enumerate(groups)]
+
+
+LIMITS = [Limits.from_mb(memory_mb=63), Limits.from_mb(memory_mb=80, time_s=0.5), Limits()]
+
+
+def strategy_cfgs():
+    for name in available_strategies():
+        if name in ("gd-hla", "rgd-hla", "fedhello"):
+            for pat in PATTERNS:
+                yield name, {"pattern": pat, "warmup_rounds": 2, "fim_every": 1}
+        else:
+            yield name, {"warmup_rounds": 2, "fim_every": 1}
+
+
+@pytest.mark.parametrize("name,opts", list(strategy_cfgs()))
+def test_no_drawn_set_is_infeasible_under_adversarial_scores(name, opts):
+    budgets = [6, 6, 6]
+    groups = [0, 1, 2] * 4
+    model = ResourceModel(COSTS, {i: Capacity(LIMITS[g], steps=4) for i, g in enumerate(groups)})
+    strat = build_strategy(StrategyConfig(name=name, **opts), L, budgets)
+    if name in ("hetlora", "flexlora"):
+        with pytest.raises(ConfigError, match="trains every layer"):
+            model.check_clients(strat, [ClientSlot(i, g, 6) for i, g in enumerate(groups)])
+        return
+    slots = [s for s in slots_for(model, budgets, groups) if strat.eligible(s)]
+    # the Fisher scores an attacker would pick: all mass on the layers a weak client cannot reach
+    adversarial = [np.array([1e9, 1e9, 0, 0, 0, 0.0]), np.array([1e6, 0, 0, 0, 0, 1e-9])]
+    for t in range(12):
+        plan = strat.allocate(t, slots, np.random.default_rng([t, 5]), lambda t=t: adversarial[t % 2])
+        for s in slots:
+            layers = plan.allocations[s.id]
+            assert layers == sorted(set(layers)) and all(0 <= l < L for l in layers)
+            if name != "fedit":
+                assert fits(COSTS, model.capacities[s.id], layers), (name, s, layers)
+        if name != "fedit":
+            model.check_plan(strat, plan.allocations)
+        else:  # the unconstrained reference trains everything, limits or not
+            assert all(v == list(range(L)) for v in plan.allocations.values())
+
+
+def test_counts_and_floors_of_a_hand_case():
+    model = ResourceModel(COSTS, {0: Capacity(LIMITS[0], 4), 1: Capacity(LIMITS[1], 4), 2: Capacity(LIMITS[2], 4)})
+    # memory of the top-k block: 20 + 12k + own: 62.2 MB for k=3 fits 63, 75.2 MB for k=4 does not
+    s0, s1, s2 = (model.slot(ClientSlot(i, i, 6)) for i in range(3))
+    assert (s0.budget, s1.budget, s2.budget) == (3, 4, 6)
+    assert s2.floors is None  # {}: no limit
+    # k=2 for group 0: a 2-set with lowest layer 2 costs up to 20+48+1+4=73 > 63; lowest 3 at most 20+36+4+1.2=61.2
+    assert s0.floors[1] == 3 and s0.floors[2] == 3
+    assert max_count(s0.floors) == 3
+
+
+def test_restricted_distribution_equals_hand_renormalisation():
+    # rgd-hla bottleneck, L=6, budgets 2,4,6: p = counts/sum; a client of count 2 limited to layers 3..5
+    cfg = StrategyConfig(name="rgd-hla", pattern="bottleneck")
+    strat = build_strategy(cfg, L, [2, 4, 6])
+    p = np.array([3, 2, 1, 1, 2, 3], dtype=float) / 12  # bottleneck counts for 2/4/6 of 6
+    np.testing.assert_allclose(strat._prior(), p)
+    floors = (3, 3, 3, L, L, L)
+    slot = ClientSlot(0, 0, 2, floors)
+    # hand: weights (1, 2, 3)/6 on layers 3, 4, 5; inclusion 2 x w capped at 1 with the excess
+    # shared: layer 5 gets 1, layers 3 and 4 share 1 in ratio 1:2
+    expected = np.array([0, 0, 0, 1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(np.r_[np.zeros(3), inclusion_probabilities(p[3:], 2)], expected)
+    n = 6000
+    rng = np.random.default_rng(0)
+    freq = np.zeros(L)
+    for _ in range(n):
+        layers = strat.allocate(0, [slot], rng).allocations[0]
+        assert len(layers) == 2 and min(layers) >= 3
+        freq[layers] += 1
+    freq /= n
+    # 5 standard errors of a Bernoulli frequency
+    assert np.all(np.abs(freq - expected) <= 5 * np.sqrt(expected * (1 - expected) / n) + 1e-12), freq
+
+
+def test_limit_that_fits_nothing_is_refused_with_the_cheapest_cost():
+    model = ResourceModel(COSTS, {0: Capacity(Limits.from_mb(memory_mb=30), 4)}, {0: "clients.limits[0]"})
+    with pytest.raises(ConfigError) as err:
+        model.slot(ClientSlot(0, 0, 6))
+    # cheapest single set: the top layer, 20 + 12 + 1.2 = 33.2 MB
+    assert str(err.value) == ("clients.limits[0]: memory_mb 30 MB fits no layer set: the cheapest set, [5], "
+                              "needs 33.2 MB")
+    model = ResourceModel(COSTS, {0: Capacity(Limits.from_mb(time_s=0.1), 4)}, {0: "clients.limits[0]"})
+    with pytest.raises(ConfigError, match=r"time_s 0.1 s fits no layer set: .*\[5\], needs 0.124 s over 4 local"):
+        model.slot(ClientSlot(0, 0, 6))
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("[{memory_mb: -1}, {}, {}]", "clients.limits.0.memory_mb"),
+    ("[{memory_mb: 0}, {}, {}]", "clients.limits.0.memory_mb"),
+    ("[{}, {time_s: .nan}, {}]", "clients.limits.1.time_s"),
+    ("[{}, {}, {upload_mb: .inf}]", "clients.limits.2.upload_mb"),
+    ("[{memory_gb: 3}, {}, {}]", "clients.limits.0.memory_gb"),
+    ("[{memory_mb: 60MB}, {}, {}]", "clients.limits.0.memory_mb"),
+    ("[{}, {}]", "clients.limits has 2 mappings but clients.budgets has 3 groups"),
+    ("[{}, {}, {}, {}]", "clients.limits has 4 mappings"),
+])
+def test_bad_limits_are_refused_naming_the_key(value, needle):
+    with pytest.raises(ConfigError) as err:
+        build_config(None, [f"clients.limits={value}"])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_depth_trains_the_deepest_affordable_block():
+    model = ResourceModel(COSTS, {i: Capacity(LIMITS[i], 4) for i in range(3)})
+    strat = build_strategy(StrategyConfig(name="depth"), L, [6, 6, 6])
+    slots = [model.slot(ClientSlot(i, i, 6)) for i in range(3)]
+    plan = strat.allocate(0, slots, np.random.default_rng(0))
+    assert plan.allocations == {0: [3, 4, 5], 1: [2, 3, 4, 5], 2: [0, 1, 2, 3, 4, 5]}
+    # with count budgets alone: the top-b block
+    plan = strat.allocate(0, [ClientSlot(0, 0, 2), ClientSlot(1, 1, 4)], np.random.default_rng(0))
+    assert plan.allocations == {0: [4, 5], 1: [2, 3, 4, 5]}
+
+
+def test_unlimited_clients_draw_exactly_as_before():
+    # floors None must leave every strategy's draws unchanged (same rng consumption)
+    from fedhello.allocation.samplers import sample_layers
+
+    strat = build_strategy(StrategyConfig(name="rgd-hla", pattern="bottleneck"), L, [2, 4, 6])
+    a = strat.allocate(3, [ClientSlot(0, 0, 2), ClientSlot(1, 1, 4)], np.random.default_rng(9)).allocations
+    rng = np.random.default_rng(9)
+    p = strat._prior()
+    assert a == {0: sample_layers(p, 2, rng), 1: sample_layers(p, 4, rng)}
+
+
+def write_profile(path):
+    path.write_text(json.dumps({"costs": COSTS.to_json()}))
+    return path
+
+
+def test_preview_restricts_and_prices(tmp_path):
+    out = preview("fedra", None, L, [6, 6, 6], None, 12, 6, 4, seed=3, costs=COSTS,
+                  limits=LIMITS, steps=4)
+    for r in out["rounds"]:
+        for c in r["clients"]:
+            cap = Capacity(LIMITS[c["group"]], 4)
+            assert fits(COSTS, cap, c["layers"])
+            assert c["predicted"]["memory_bytes"] == pytest.approx(COSTS.memory_bytes(c["layers"]))
+            assert len(c["layers"]) == [3, 4, 6][c["group"]]
+
+
+def cfg_for(tiny_bert, **over):
+    """A 2-round run of the tiny 3-layer BERT on demo data (as tests/test_engine_strategies.py)."""
+    raw = {
+        "seed": 1,
+        "rounds": 2,
+        "model": {"name": str(tiny_bert), "max_length": 32},
+        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.1},
+        "partition": {"name": "dirichlet", "alpha": 1.0},
+        "clients": {"num_clients": 6, "per_round": 3, "budgets": [1, 2, 3]},
+        "strategy": {"name": "fedra"},
+        "train": {"batch_size": 8, "lr": 0.003, "max_steps": 1},
+    }
+    for key, value in over.items():
+        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
+    return build_config(raw)
+
+
+COSTS3 = LayerCosts(
+    memory=LinearCost(10e6, (10e6,) * 3, (1e6,) * 3),
+    step_time=LinearCost(0.01, (0.01,) * 3, (0.001,) * 3),
+    upload=(0.05e6,) * 3,
+)
+
+
+def test_preview_and_run_draw_the_same_sets(tiny_bert, tmp_path, one_torch_thread):
+    from fedhello.run.experiment import run_experiment
+    from fedhello.run.rundir import RunDir
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"costs": COSTS3.to_json()}))
+    # group 0 affords one layer ([2]: 21 MB, [1]: 31 MB; [1, 2]: 32 MB), group 1 two (any pair: 42 MB), group 2 all
+    limits = [{"memory_mb": 31}, {"memory_mb": 42}, {}]
+    cfg = cfg_for(tiny_bert, rounds=2, strategy={"name": "rgd-hla", "pattern": "bottleneck"},
+                  clients={"budgets": [3, 3, 3], "limits": limits, "cost_profile": str(profile)})
+    run_experiment(cfg, tmp_path / "run")
+    recs = RunDir(tmp_path / "run").read_metrics()
+    pv = preview("rgd-hla", "bottleneck", 3, [3, 3, 3], cfg.clients.fractions, 6, 3, 2, seed=cfg.seed,
+                 costs=COSTS3, limits=[Limits.from_mb(**g) for g in limits])
+    for rec, prev in zip(recs, pv["rounds"]):
+        assert {c["id"]: c["layers"] for c in rec["clients"]} == {c["id"]: c["layers"] for c in prev["clients"]}
+        for c in rec["clients"]:
+            assert c["predicted_memory_bytes"] == pytest.approx(COSTS3.memory_bytes(c["layers"]))
+            lim = limits[c["group"]].get("memory_mb")
+            assert c.get("memory_limit_bytes") == (lim * 1e6 if lim else None)
+            assert c["predicted_memory_bytes"] <= (lim or 1e9) * 1e6
+            assert len(c["layers"]) == [1, 2, 3][c["group"]]
+    assert LayerCosts.load(tmp_path / "run" / "profile.json").to_json() == COSTS3.to_json()
+
+
+def test_run_refuses_an_impossible_limit_before_touching_the_run_dir(tiny_bert, tmp_path):
+    from fedhello.run.experiment import run_experiment
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"costs": COSTS3.to_json()}))
+    cfg = cfg_for(tiny_bert, clients={"limits": [{"memory_mb": 20}, {}, {}], "cost_profile": str(profile)})
+    with pytest.raises(FedHelloError) as err:
+        run_experiment(cfg, tmp_path / "run")
+    assert str(err.value) == ("clients.limits[0]: memory_mb 20 MB fits no layer set: the cheapest set, [2], "
+                              "needs 21 MB")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
