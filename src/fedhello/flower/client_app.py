@@ -11,6 +11,10 @@ simulation):
 - ``budget=B`` (optional): the node's own layer budget (one of
   ``clients.budgets``); otherwise its resource group is the one the in-process
   engine gives client I.
+- ``memory-mb=M``, ``time-s=T``, ``upload-mb=U`` (optional, any subset): the node's
+  declared resource limits (as ``clients.limits`` declares them for a group). They
+  replace its group's limits; the server allocates only layer sets whose predicted
+  cost fits them (:mod:`fedhello.run.limits`).
 
 Handlers: ``@app.train()`` and the named queries ``@app.query("hello")``,
 ``@app.query("fisher")`` and ``@app.query("class_stats")`` (what each message
@@ -48,6 +52,15 @@ def _node(context: Context) -> tuple[int, int, str | None, int]:
     return int(nc["partition-id"]), int(nc["num-partitions"]), (str(data_path) if data_path else None), int(
         nc.get("budget", 0) or 0
     )
+
+
+LIMIT_KEYS = ("memory-mb", "time-s", "upload-mb")  # node config keys of declared limits
+
+
+def node_limits(context: Context) -> dict[str, float | str]:
+    """The node's declared limits, as given (the server checks them)."""
+    nc = context.node_config
+    return {k: (nc[k] if isinstance(nc[k], (int, float)) else str(nc[k])) for k in LIMIT_KEYS if k in nc}
 
 
 def _client(experiment_json: str, pid: int, data_path: str | None):
@@ -108,7 +121,7 @@ def _query_input(msg: Message, context: Context):
 def hello(msg: Message, context: Context) -> Message:
     """Which client this node is (``message_type="query.hello"``)."""
     pid, nparts, _, budget = _node(context)
-    out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget})
+    out = ConfigRecord({"partition-id": pid, "num-partitions": nparts, "budget": budget, **node_limits(context)})
     return Message(content=RecordDict({"config": out}), reply_to=msg)
 
 

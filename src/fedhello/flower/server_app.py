@@ -74,6 +74,7 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
     from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner, hello
     from fedhello.report.hooks import RunReporter
     from fedhello.run.experiment import run_experiment
+    from fedhello.run.limits import apply_node_limits
     from fedhello.run.rundir import RunDir
 
     rc = dict(DEFAULTS, **dict(run_config))
@@ -87,10 +88,15 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
         _log.info("fedhello: %s", msg)
 
     def make_runner(exp):
+        limits: dict[int, dict[str, float]] = {}
         node_of, declared = hello(grid, cfg.clients.num_clients, cfg.clients.budgets,
-                                  float(rc["wait-nodes-s"]), min_nodes, log)
+                                  float(rc["wait-nodes-s"]), min_nodes, log, limits)
         for cid, g in declared.items():
             exp.groups[cid] = g  # a node's own budget decides its group
+        # a node's declared limits replace its group's (fedhello.run.limits)
+        apply_node_limits(exp, limits, {cid: f"node {node_of[cid]} (client {cid})" for cid in limits})
+        if limits:
+            info.update(node_limits={str(c): v for c, v in sorted(limits.items())})
         info.update(nodes={str(c): n for c, n in sorted(node_of.items())}, declared_groups=declared)
         log(f"{len(node_of)} nodes: " + ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items())))
         experiment_json = json.dumps(cfg.to_dict(), sort_keys=True)  # sent to the nodes in every message

@@ -249,11 +249,35 @@ class FlowerRunner:
         return rest or ids
 
 
+def node_limits(c, nid: int) -> dict[str, float]:
+    """A hello reply's declared limits (``memory-mb``, ``time-s``, ``upload-mb``) as
+    ``{memory_mb, time_s, upload_mb}``; FedHelloError naming the node config key for a
+    value that is not a positive finite number."""
+    import math
+
+    out = {}
+    for key in ("memory-mb", "time-s", "upload-mb"):
+        if key not in c:
+            continue
+        v = c[key]
+        try:
+            x = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            x = math.nan
+        if not (math.isfinite(x) and x > 0):
+            raise FedHelloError(f"node {nid}: node config {key}={v!r} is not a positive finite number")
+        out[key.replace("-", "_")] = x
+    return out
+
+
 def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, min_nodes: int,
-          log: Callable[[str], None]) -> tuple[dict[int, int], dict[int, int]]:
+          log: Callable[[str], None], limits: dict[int, dict[str, float]] | None = None,
+          ) -> tuple[dict[int, int], dict[int, int]]:
     """Ask every connected node who it is; wait until ``min_nodes`` have answered.
 
-    Returns (client id -> node id, client id -> declared group).
+    Returns (client id -> node id, client id -> declared group). ``limits``, when given,
+    is filled with client id -> the node's declared limits (``{memory_mb, time_s,
+    upload_mb}``, any subset) for every node that declares some.
     """
     import time
 
@@ -289,6 +313,9 @@ def hello(grid: Grid, num_clients: int, budgets: Sequence[int], timeout: float, 
                             f"node {nid}: node config budget={budget} is not one of clients.budgets {list(budgets)}"
                         )
                     groups[pid] = list(budgets).index(budget)
+                declared = node_limits(c, nid)
+                if declared and limits is not None:
+                    limits[pid] = declared
                 node_of[pid] = nid
         if len(node_of) >= min_nodes:
             return node_of, groups

@@ -21,7 +21,9 @@ from typing import Any
 
 from fedhello.allocation import build_strategy
 from fedhello.allocation.clients import client_slots
-from fedhello.allocation.resources import LayerCosts, ResourceModel, group_capacities
+from fedhello.allocation.resources import (
+    Capacity, LayerCosts, Limits, ResourceModel, group_capacities, local_steps,
+)
 from fedhello.errors import ConfigError
 
 PROFILE = "profile.json"
@@ -79,6 +81,26 @@ def attach_resources(exp) -> None:
     exp.resources = resource_model(cfg, costs, exp.groups, [len(p) for p in exp.partitions])
     strategy = build_strategy(cfg.strategy, L, cfg.clients.budgets)
     exp.resources.check_clients(strategy, client_slots(exp.groups, cfg.clients.budgets))
+
+
+def apply_node_limits(exp, limits: dict[int, dict[str, float]], where: dict[int, str]) -> None:
+    """Flower: nodes' declared limits (client id -> ``{memory_mb, time_s, upload_mb}``) replace their
+    groups' limits (called after nodes' declared budgets set their groups, also without limits). Costs come from ``clients.cost_profile``, or are measured now when the config had
+    none; raises ConfigError (naming the node) when a node's limits fit no layer set."""
+    cfg = exp.cfg
+    L = exp.layermap.num_layers
+    if exp.costs is None:
+        if not limits:
+            return
+        exp.costs = load_costs(cfg.clients.cost_profile, L) if cfg.clients.cost_profile else measure(exp)
+    # rebuilt: a node's declared budget may have moved it to another group
+    rm = exp.resources = resource_model(cfg, exp.costs, exp.groups, [len(p) for p in exp.partitions])
+    for cid, lim in limits.items():
+        steps = local_steps(len(exp.partitions[cid]), cfg.train.batch_size, cfg.train.epochs, cfg.train.max_steps)
+        rm.capacities[cid] = Capacity(Limits.from_mb(**lim), steps)
+        rm.where[cid] = where.get(cid, f"client {cid}")
+    strategy = build_strategy(cfg.strategy, L, cfg.clients.budgets)
+    rm.check_clients(strategy, client_slots(exp.groups, cfg.clients.budgets))
 
 
 def profile_record(costs: LayerCosts) -> dict[str, Any]:
