@@ -253,3 +253,33 @@ def test_run_refuses_an_impossible_limit_before_touching_the_run_dir(tiny_bert, 
     assert str(err.value) == ("clients.limits[0]: memory_mb 20 MB fits no layer set: the cheapest set, [2], "
                               "needs 21 MB")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_limit_costs_per_group_and_plot(tmp_path):
+    from fedhello.report.plots import limit_costs, limit_plot
+
+    recs = [
+        {"clients": [
+            {"group": 0, "predicted_memory_bytes": 30e6, "train_memory_bytes": 29e6, "memory_limit_bytes": 31e6,
+             "predicted_time_s": 0.1, "train_time_s": 0.2},
+            {"group": 1, "predicted_memory_bytes": 40e6, "train_time_s": 0.3, "predicted_time_s": 0.2},
+        ]},
+        {"clients": [{"group": 0, "predicted_memory_bytes": 31e6, "train_memory_bytes": 30.5e6,
+                      "memory_limit_bytes": 31e6, "predicted_time_s": 0.1, "train_time_s": 0.1}]},
+    ]
+    rows = limit_costs(recs, 2)
+    assert rows[0]["memory_limit_bytes"] == 31e6 and rows[0]["predicted_memory_bytes"] == 31e6
+    assert rows[0]["train_memory_bytes"] == 30.5e6 and rows[0]["train_time_s"] == 0.2
+    assert rows[1]["memory_limit_bytes"] is None and rows[1]["train_memory_bytes"] is None
+    assert limit_plot(recs, 2, "t", tmp_path / "limits.png").stat().st_size > 0
+    assert limit_plot([{"clients": [{"group": 0}]}], 1, "t", tmp_path / "none.png") is None
+
+
+def test_max_memory_over_limit():
+    from fedhello.federation.server import max_memory_over_limit
+
+    recs = [{"clients": [{"train_memory_bytes": 33e6, "memory_limit_bytes": 30e6},
+                         {"train_memory_bytes": 10e6},
+                         {"train_memory_bytes": 20e6, "memory_limit_bytes": 25e6}]}]
+    assert max_memory_over_limit(recs) == pytest.approx(1.1)
+    assert max_memory_over_limit([{"clients": [{"train_memory_bytes": 10e6}]}]) is None

@@ -199,7 +199,59 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"cost per resource group: {title}")
     written.append(_save(fig, out / "group_costs.png"))
+    limits = limit_plot(records, n_groups, title, out / "limits.png")
+    if limits is not None:
+        written.append(limits)
     return written
+
+
+# (record key of the limit, of the prediction, of the measure, panel title, scale)
+_LIMIT_PANELS = (
+    ("memory_limit_bytes", "predicted_memory_bytes", "train_memory_bytes", "training memory (MB)", 1e-6),
+    ("time_limit_s", "predicted_time_s", "train_time_s", "training time per round (s)", 1.0),
+)
+
+
+def limit_costs(records: list[dict], n_groups: int) -> list[dict[str, Any]]:
+    """Per resource group, for memory and time: the declared limit and the largest predicted and
+    measured cost over its client-rounds (None where not recorded): keys are the record keys of
+    :data:`_LIMIT_PANELS` (``memory_limit_bytes``, ``predicted_memory_bytes``, ``train_memory_bytes``, ...)."""
+    out = []
+    for g in range(n_groups):
+        cs = [c for r in records for c in r.get("clients", []) if c.get("group") == g]
+        row: dict[str, Any] = {"client_rounds": len(cs)}
+        for keys in _LIMIT_PANELS:
+            for k in keys[:3]:
+                vals = [float(c[k]) for c in cs if c.get(k) is not None]
+                row[k] = max(vals) if vals else None
+        out.append(row)
+    return out
+
+
+def limit_plot(records: list[dict], n_groups: int, title: str, path: Path) -> Path | None:
+    """limits.png: per group, the declared limit (black bar) against the largest predicted and measured
+    cost, for memory and time; None (nothing written) when no client record carries a prediction."""
+    if not any(c.get("predicted_memory_bytes") is not None for r in records for c in r.get("clients", [])):
+        return None
+    rows = limit_costs(records, n_groups)
+    fig = _figure(figsize=(4.2 * len(_LIMIT_PANELS), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(_LIMIT_PANELS)))
+    x = np.arange(n_groups)
+    for ax, (lim, pred, meas, label, scale) in zip(axes, _LIMIT_PANELS):
+        for i, (key, name, color) in enumerate(((pred, "predicted (max)", "C0"), (meas, "measured (max)", "C1"))):
+            vals = [np.nan if r[key] is None else scale * r[key] for r in rows]
+            ax.bar(x + (i - 0.5) * 0.38, vals, width=0.36, color=color, label=name)
+        for g, r in enumerate(rows):
+            if r[lim] is not None:
+                ax.hlines(scale * r[lim], g - 0.45, g + 0.45, colors="k", linewidth=2,
+                          label="declared limit" if g == next(i for i, q in enumerate(rows) if q[lim] is not None)
+                          else None)
+        ax.set_xticks(x, [f"g{g}" for g in range(n_groups)])
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"declared limits, predicted and measured cost per group: {title}")
+    return _save(fig, path)
 
 
 def group_costs(records: list[dict], n_groups: int) -> list[dict[str, Any]]:
