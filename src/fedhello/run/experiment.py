@@ -38,7 +38,7 @@ from fedhello.run.rundir import CHECKPOINT, DATA, SUMMARY, RunDir
 from fedhello.data.encoders import make_encoder
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.adapter import export_adapter
-from fedhello.run.limits import PROFILE, attach_resources, profile_record
+from fedhello.run.limits import PROFILE, attach_resources, profile_record, resume_costs
 
 
 log = logging.getLogger("fedhello")
@@ -503,6 +503,8 @@ def run_experiment(
 
 
 def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runner_factory, reporter) -> dict:
+    if ckpt is not None:  # costs measured at the start stay those of the start (same allocations)
+        resume_costs(exp, rundir.file(PROFILE))
     strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
     runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp)
     server = Server(

@@ -103,6 +103,15 @@ def apply_node_limits(exp, limits: dict[int, dict[str, float]], where: dict[int,
     rm.check_clients(strategy, client_slots(exp.groups, cfg.clients.budgets))
 
 
+def resume_costs(exp, saved: Path) -> None:
+    """On resume of a run that measured its costs at the start: use the costs it saved (profile.json),
+    not a new measurement, so the allocations go on as they began."""
+    if exp.costs is None or exp.cfg.clients.cost_profile is not None or not Path(saved).is_file():
+        return
+    exp.costs = load_costs(saved, exp.layermap.num_layers, key=str(saved))
+    exp.resources = resource_model(exp.cfg, exp.costs, exp.groups, [len(p) for p in exp.partitions])
+
+
 def profile_record(costs: LayerCosts) -> dict[str, Any]:
     """What a run saves as profile.json (LayerCosts.load reads it back)."""
     return {"costs": costs.to_json()}
