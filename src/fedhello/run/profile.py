@@ -31,8 +31,11 @@ elementwise on the logits: the same cost).
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -41,10 +44,11 @@ import torch
 from fedhello.allocation.patterns import PATTERNS, deterministic_layers
 from fedhello.allocation.resources import LayerCosts, fit_linear_cost
 from fedhello.data.batching import collate
+from fedhello.errors import ConfigError
 from fedhello.federation.client import make_optimizer, uploads_head
 from fedhello.model.state import freeze_all, get_state, set_state, set_trainable, state_nbytes
 from fedhello.model.step import TrainingMemory, train_step
-from fedhello.run.experiment import Experiment
+from fedhello.run.experiment import Experiment, prepare
 
 Log = Callable[[str], None]
 
@@ -225,3 +229,67 @@ def measure_costs(exp: Experiment, reps: int = 2, seq_len: int | None = None, lo
     device, model, batch size and longest batch (module docstring); what a run calls at start
     when clients declare limits and no profile is given."""
     return profile(exp, reps=reps, seq_len=seq_len, log=log)[0]
+
+
+def _mib(x: float) -> str:
+    return f"{x / 2**20:.2f}"
+
+
+def table(costs: LayerCosts, ms: Sequence[Measurement], errors: dict[str, Any]) -> str:
+    """The profile as a table a person reads: per set measured and predicted memory and step
+    time, each relative to training every layer, then the held-out errors."""
+    L = costs.num_layers
+    full = next((m for m in ms if m.layers == list(range(L))), None)
+    m0, t0 = (full.memory_bytes, full.step_time_s) if full else (costs.memory_bytes(range(L)), costs.step_seconds(range(L)))
+    meta = costs.meta or {}
+    lines = [
+        f"fedhello profile: {meta.get('model')} on {meta.get('device')}, batch {meta.get('batch_size')} x "
+        f"{meta.get('seq_len')} tokens (the longest batch the data can form), {meta.get('timed_steps_per_set')} "
+        f"timed steps per set, memory {meta.get('memory_source')}",
+        f"{'set':<22} {'layers':<20} {'role':<8} {'memory MiB':>10} {'pred':>8} {'x all':>6} "
+        f"{'step ms':>8} {'pred':>8} {'x all':>6}",
+    ]
+    for m in ms:
+        lines.append(
+            f"{m.label:<22} {','.join(map(str, m.layers)):<20} {'fit' if m.role == 'fit' else 'held out':<8} "
+            f"{_mib(m.memory_bytes):>10} {_mib(costs.memory_bytes(m.layers)):>8} {m.memory_bytes / m0:>6.2f} "
+            f"{1000 * m.step_time_s:>8.1f} {1000 * costs.step_seconds(m.layers):>8.1f} {m.step_time_s / t0:>6.2f}")
+    for key, target in (("memory", 0.10), ("step_time", 0.15)):
+        e = errors[key]
+        if e["max"] is not None:
+            lines.append(f"held-out error, {key.replace('_', ' ')}: max {100 * e['max']:.1f}%, mean "
+                         f"{100 * e['mean']:.1f}% over {e['sets']} sets (target {100 * target:.0f}%)")
+    lines.append("upload per layer: " + ", ".join(f"{u / 1024:.0f} KiB" for u in costs.upload)
+                 + (f" (+ head {costs.upload_base / 1024:.0f} KiB)" if costs.upload_base else ""))
+    return "\n".join(lines)
+
+
+def write_profile(out: str | Path, costs: LayerCosts, ms: Sequence[Measurement], errors: dict[str, Any],
+                  wall_s: float | None = None) -> Path:
+    """``out/profile.json``: ``{"costs": LayerCosts.to_json(), "measurements": [...],
+    "heldout_error": {...}}``, written whole or not at all."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    obj = {"costs": costs.to_json(), "measurements": [asdict(m) for m in ms], "heldout_error": errors}
+    if wall_s is not None:
+        obj["wall_s"] = wall_s
+    path = out / "profile.json"
+    tmp = out / ".profile.json.tmp"
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def run_profile(cfg, out: str | Path, reps: int = 2, seq_len: int | None = None, log: Log | None = None) -> str:
+    """``fedhello profile``: prepare ``cfg``'s experiment, profile it, write ``out/profile.json``;
+    returns the table. Nothing is written before the measurement has succeeded."""
+    if reps < 1:
+        raise ConfigError(f"--reps must be at least 1, got {reps}")
+    if seq_len is not None and seq_len < 1:
+        raise ConfigError(f"--seq-len must be at least 1, got {seq_len}")
+    t0 = time.perf_counter()
+    exp = prepare(cfg)
+    costs, ms, errors = profile(exp, reps=reps, seq_len=seq_len, log=log)
+    wall = time.perf_counter() - t0
+    path = write_profile(out, costs, ms, errors, wall_s=wall)
+    return table(costs, ms, errors) + f"\nwall time {wall:.1f} s (model and data loading included) -> {path}"
