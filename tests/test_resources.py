@@ -32,6 +32,23 @@ def test_fit_recovers_every_prediction_of_a_linear_cost():
         assert fit(s) == pytest.approx(true(s), rel=1e-9)
 
 
+def test_tied_fit_recovers_a_tied_cost_and_averages_noise():
+    L = 6
+    true = LinearCost(base=2.0, reach=(0.5,) * L, own=(0.1,) * L)
+    sets = [[l] for l in range(L)] + [list(range(L - k, L)) for k in range(2, L + 1)]
+    fit = fit_linear_cost(sets, [true(s) for s in sets], L, tied=True)
+    assert fit.base == pytest.approx(2.0) and fit.reach == pytest.approx((0.5,) * L)
+    assert fit.own == pytest.approx((0.1,) * L)
+    # seeded noise of +-10% per measured set: the tied fit's predictions stay closer to the
+    # truth than the per-layer fit's, which follows every set's noise
+    rng = np.random.default_rng(1)
+    noisy = [true(s) * rng.uniform(0.9, 1.1) for s in sets]
+    tied, free = fit_linear_cost(sets, noisy, L, tied=True), fit_linear_cost(sets, noisy, L)
+    probe = [[0, 1, 5], [0, 3, 5], [0, 1, 2], [1, 4], [2, 3, 4, 5]]
+    err = lambda f: max(abs(f(s) - true(s)) / true(s) for s in probe)
+    assert err(tied) < err(free)
+
+
 def test_json_round_trip_and_refusals(tmp_path):
     c = LayerCosts(
         memory=LinearCost(1.0, (1.0, 2.0), (3.0, 4.0)),

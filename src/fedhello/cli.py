@@ -221,6 +221,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``fedhello profile``: measured cost of layer sets (:func:`fedhello.run.profile.run_profile`)."""
+    from fedhello.config import load_config
+    from fedhello.run.profile import run_profile
+
+    cfg = load_config(args.config, args.set)
+    print(run_profile(cfg, args.out, reps=args.reps, seq_len=args.seq_len,
+                      log=lambda m: print(m, file=sys.stderr, flush=True)))
+    return 0
+
+
 def cmd_bench_report(args: argparse.Namespace) -> int:
     """``fedhello bench-report``: print a bench.json's figures as a Markdown table."""
     from fedhello.bench.report import load_result, markdown
@@ -402,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", help=f"comma-separated subset of {','.join(PARTS)}")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)
+
+    pf = sub.add_parser("profile", help="measure the training memory and step time of LoRA layer sets on the "
+                        "configured device, fit the per-layer cost model, write DIR/profile.json")
+    pf.add_argument("--config", required=True, metavar="FILE")
+    pf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pf.add_argument("--out", required=True, metavar="DIR")
+    pf.add_argument("--reps", type=int, default=2, help="timed steps per layer set (default 2)")
+    pf.add_argument("--seq-len", type=int, default=None,
+                    help="tokens per sample of the profiled batch (default: the longest the data holds)")
+    pf.set_defaults(func=cmd_profile)
 
     br = sub.add_parser("bench-report", help="a bench.json's figures as a Markdown table (BENCHMARKS.md's tables)")
     br.add_argument("result", metavar="RESULT.json", help="bench.json written by fedhello bench")

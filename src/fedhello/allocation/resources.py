@@ -64,17 +64,27 @@ def design_row(layers: Iterable[int], num_layers: int) -> np.ndarray:
     return row
 
 
-def fit_linear_cost(sets: Sequence[Sequence[int]], values: Sequence[float], num_layers: int) -> LinearCost:
+def fit_linear_cost(sets: Sequence[Sequence[int]], values: Sequence[float], num_layers: int,
+                    tied: bool = False) -> LinearCost:
     """Least-squares fit of a :class:`LinearCost` to measured ``(layer set, cost)`` pairs.
 
     Some coefficients are not separable from what can be measured (``reach[0]`` and
     ``own[0]`` always come together, since ``min(S) = 0`` means ``0`` is trained); the
     minimum-norm solution splits them, which leaves every prediction unchanged.
+
+    ``tied``: one ``reach`` and one ``own`` for every layer (three coefficients in all),
+    for blocks of one shape measured with noise (step times on a loaded machine): the
+    per-layer fit has as many coefficients as the profile has fit sets, so it would
+    follow each set's noise; the tied fit averages it out.
     """
     if len(sets) != len(values) or not sets:
         raise ValueError("fit_linear_cost needs as many costs as layer sets, at least one")
     x = np.stack([design_row(s, num_layers) for s in sets])
     y = np.asarray(values, dtype=np.float64)
+    if tied:
+        xt = np.stack([x[:, 0], x[:, 1:1 + num_layers].sum(1), x[:, 1 + num_layers:].sum(1)], axis=1)
+        (b, r, o), *_ = np.linalg.lstsq(xt, y, rcond=None)
+        return LinearCost(base=float(b), reach=(float(r),) * num_layers, own=(float(o),) * num_layers)
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     return LinearCost(
         base=float(coef[0]),

@@ -15,6 +15,7 @@ import torch
 
 from fedhello.bench.settings import Settings
 from fedhello.model import load_model_config, num_hidden_layers
+from fedhello.model.step import SavedTensorBytes
 
 
 def data_raw(s: Settings, demo_samples: int | None = None, **over: Any) -> dict[str, Any]:
@@ -147,34 +148,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
-class SavedActivations:
-    """Bytes of tensors autograd saves for backward (the activation memory), deduplicated by storage."""
-
-    def __init__(self):
-        self.seen: dict[tuple[int, int], int] = {}
-
-    def _pack(self, t: torch.Tensor):
-        try:
-            st = t.untyped_storage()
-            key = (st.data_ptr(), t.device.index or 0)
-            self.seen[key] = max(self.seen.get(key, 0), st.nbytes())
-        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, nested)
-            pass
-        return t
-
-    def __enter__(self):
-        self.seen.clear()
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes saved for backward since the context was entered."""
-        return sum(self.seen.values())
+# Bytes of tensors autograd saves for backward, deduplicated by storage: the one count
+# the trainer and `fedhello profile` use too (fedhello.model.step).
+SavedActivations = SavedTensorBytes
 
 
 # --------------------------------------------------------------------------- machine

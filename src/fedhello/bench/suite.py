@@ -15,14 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import fedhello
 from fedhello.allocation import build_strategy
 from fedhello.allocation.fisher import _length_buckets, _split_batch, fisher_layer_scores, fisher_layer_scores_loop
 from fedhello.allocation.patterns import deterministic_layers
 from fedhello.bench.common import (
-    SavedActivations,
     autocast,
     base_raw,
     median,
@@ -31,7 +29,6 @@ from fedhello.bench.common import (
     reset_peak_rss,
     rotate,
     rss_bytes,
-    sync,
     timed,
 )
 from fedhello.bench.settings import Settings
@@ -41,6 +38,7 @@ from fedhello.federation.client import FitTask, LocalTrainer, make_optimizer
 from fedhello.federation.server import Server
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model import build_backbone
+from fedhello.model.step import TrainingMemory, train_step
 from fedhello.model.state import freeze_all, set_state, set_trainable, state_nbytes
 from fedhello.run.experiment import Experiment, pick_device, prepare
 
@@ -61,14 +59,9 @@ def setup_experiment(s: Settings) -> Experiment:
 
 
 def bare_steps(model, opt, batches) -> None:
-    """The bare PyTorch loop: forward, loss, backward, optimizer step."""
+    """The bare loop: the trainer's own step (forward, loss, backward, optimizer step), nothing around it."""
     for b in batches:
-        labels = b["labels"]
-        logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
-        loss = F.cross_entropy(logits, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, b)
 
 
 def client_batches(exp: Experiment, task: FitTask, indices: np.ndarray) -> list[dict]:
@@ -265,28 +258,13 @@ def bench_freezing(exp: Experiment, s: Settings, log: Log, memory: bool = True) 
         return opt
 
     def step(opt, b) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
-        with autocast(s, dev):
-            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
-            loss = F.cross_entropy(logits, b["labels"])
-        sync(dev)
-        t1 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync(dev)
-        t2 = time.perf_counter()
-        opt.step()
-        sync(dev)
-        return t1 - t0, t2 - t1, time.perf_counter() - t2
+        return train_step(model, opt, b, forward_ctx=lambda: autocast(s, dev), phases=dev).phase_s
 
     for name in names:  # warm-up, and the saved-activation bytes of the first batch
         opt = setup(name)
-        with SavedActivations() as sa, autocast(s, dev):
-            b = batches[0]
-            loss = F.cross_entropy(model(**{k: v for k, v in b.items() if k != "labels"}).logits, b["labels"])
-        saved[name] = sa.nbytes
-        loss.backward()
-        opt.step()
+        mem = TrainingMemory(model)
+        train_step(model, opt, batches[0], memory=mem, forward_ctx=lambda: autocast(s, dev))
+        saved[name] = mem.last["saved_bytes"]
         freeze_all(model, lm)
     # interleaved per step: every configuration trains on the same batch, one after another
     for rep in range(s.sizes.freeze_reps):

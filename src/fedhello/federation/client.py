@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedhello.data.batching import Encoded, collate, eval_batches, train_batches
 from fedhello.metrics import classification_metrics
@@ -23,6 +22,7 @@ from fedhello.model.head import class_counts, local_loss
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import set_state_padded, truncate_rank
 from fedhello.model.state import State, freeze_all, get_state, set_trainable, state_nbytes
+from fedhello.model.step import TrainingMemory, forward_loss, train_step
 
 
 @dataclass
@@ -49,6 +49,8 @@ class ClientUpdate:
     layers: list[int]
     train_loss: float = float("nan")
     train_time_s: float = 0.0
+    # peak training memory over its steps (CPU: counted, fedhello.model.step; CUDA: allocator peak)
+    train_memory_bytes: int = 0
     metrics: dict = field(default_factory=dict)
 
     @property
@@ -70,10 +72,7 @@ def round_seed(seed: int, *parts: int) -> int:
 
 
 def _forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
-    return F.cross_entropy(logits, labels), logits
+    return forward_loss(model, batch)
 
 
 def make_optimizer(params: Sequence[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
@@ -139,18 +138,20 @@ class LocalTrainer:
         model.train()
         total_loss, seen, steps = 0.0, 0, 0
         max_steps = self.cfg.max_steps
+
+        def loss_fn(logits, labels):
+            nonlocal counts
+            if counts is None and loss_kind != "ce":
+                counts = class_counts(self.data.labels[indices], logits.shape[-1])
+            return local_loss(logits, labels, loss_kind, counts, self.cfg.fedrs_alpha, self.cfg.fedlc_tau)
+
+        # CPU: the counted training memory of each step (fedhello.model.step); CUDA: the allocator's peak
+        memory = None if cuda else TrainingMemory(model)
         for _ in range(self.cfg.epochs):
             for idx in train_batches(self.lengths, indices, self.cfg.batch_size, rng, self.cfg.group_by_length):
                 batch = collate(self.data, idx, self.device)
-                labels = batch.pop("labels")
-                logits = model(**batch).logits
-                if counts is None and loss_kind != "ce":
-                    counts = class_counts(self.data.labels[indices], logits.shape[-1])
-                loss = local_loss(logits, labels, loss_kind, counts, self.cfg.fedrs_alpha, self.cfg.fedlc_tau)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total_loss += float(loss.detach()) * len(idx)
+                loss = train_step(model, opt, batch, loss_fn, memory=memory).loss
+                total_loss += float(loss) * len(idx)
                 seen += len(idx)
                 steps += 1
                 if max_steps is not None and steps >= max_steps:
@@ -166,6 +167,7 @@ class LocalTrainer:
             tensors = {n: t.clone() for n, t in truncate_rank(tensors, task.rank).items()}
         freeze_all(model, self.layermap)  # nothing stays trainable between clients
         del opt
+        peak = int(torch.cuda.max_memory_allocated(self.device) - mem0) if cuda else memory.peak_bytes
         return ClientUpdate(
             client_id=task.client_id,
             num_samples=int(len(indices)),
@@ -173,8 +175,9 @@ class LocalTrainer:
             layers=sorted(int(x) for x in task.layers),
             train_loss=total_loss / max(seen, 1),
             train_time_s=time.perf_counter() - t0,
+            train_memory_bytes=peak,
             # GPU only (CPU peaks are process-wide; fedhello bench measures CPU memory in fresh processes)
-            metrics={"peak_memory_bytes": int(torch.cuda.max_memory_allocated(self.device) - mem0)} if cuda else {},
+            metrics={"peak_memory_bytes": peak} if cuda else {},
         )
 
 

@@ -30,6 +30,8 @@ class ClientRecord(TypedDict, total=False):
     upload_bytes: int  # the tensors it sent
     download_bytes: int  # the global state it was sent (truncated to its rank)
     train_time_s: float  # its local training time
+    # its peak training memory over its steps (CPU: counted, fedhello.model.step; CUDA: allocator peak)
+    train_memory_bytes: int
     train_loss: float  # its mean training loss
     rank: int  # its LoRA rank (rank-heterogeneous strategies only)
     peak_memory_bytes: int  # peak accelerator memory of its training (GPU runs only)

@@ -91,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
 
     Refuses a task for another client than this node's partition. The reply
     carries only the trained tensors and the metrics ``num-examples``,
-    ``train-loss`` and ``train-time-s``.
+    ``train-loss``, ``train-time-s`` and ``train-memory-bytes``.
     """
     from fedhello.federation.client import FitTask
 
@@ -106,7 +106,8 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     upd = trainer.fit(task, state, exp.partitions[pid])
     metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
-                            "train-time-s": float(time.perf_counter() - t0)})
+                            "train-time-s": float(time.perf_counter() - t0),
+                            "train-memory-bytes": int(upd.train_memory_bytes)})
     return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
 
 
