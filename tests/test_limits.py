@@ -283,3 +283,23 @@ def test_max_memory_over_limit():
                          {"train_memory_bytes": 20e6, "memory_limit_bytes": 25e6}]}]
     assert max_memory_over_limit(recs) == pytest.approx(1.1)
     assert max_memory_over_limit([{"clients": [{"train_memory_bytes": 10e6}]}]) is None
+
+
+def test_run_with_limits_and_no_profile_measures_costs_at_start(tiny_bert, tmp_path, one_torch_thread):
+    from fedhello.run.experiment import run_experiment
+    from fedhello.run.rundir import RunDir
+
+    # group 0: a memory limit every set fits (so the measured costs cannot refuse it); the run must
+    # still measure, save profile.json, predict every client's costs and report the worst overshoot
+    cfg = cfg_for(tiny_bert, clients={"budgets": [3, 3, 3], "limits": [{"memory_mb": 1e5}, {}, {}]})
+    summary = run_experiment(cfg, tmp_path / "run")
+    costs = LayerCosts.load(tmp_path / "run" / "profile.json")
+    assert costs.num_layers == 3
+    recs = RunDir(tmp_path / "run").read_metrics()
+    limited = [c for r in recs for c in r["clients"] if c["group"] == 0]
+    for r in recs:
+        for c in r["clients"]:
+            assert c["predicted_memory_bytes"] == pytest.approx(costs.memory_bytes(c["layers"]))
+            assert c["train_memory_bytes"] > 0
+    assert limited and all(c["memory_limit_bytes"] == 1e11 for c in limited)
+    assert summary["max_memory_over_limit"] == pytest.approx(max(c["train_memory_bytes"] for c in limited) / 1e11)

@@ -35,7 +35,6 @@ class ClientRecord(TypedDict, total=False):
     train_loss: float  # its mean training loss
     rank: int  # its LoRA rank (rank-heterogeneous strategies only)
     peak_memory_bytes: int  # peak accelerator memory of its training (GPU runs only)
-    train_memory_bytes: int  # its measured training memory (where the runtime measures it)
     predicted_memory_bytes: float  # training memory the cost model predicts for its layers (with a cost model)
     predicted_time_s: float  # local steps x predicted step time of its layers (with a cost model)
     memory_limit_bytes: float  # its declared limits (clients.limits, node config), where set

@@ -313,7 +313,7 @@ class Server:
                 "train_memory_bytes": u.train_memory_bytes,
                 "train_loss": u.train_loss,
                 **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),
-                **{k: v for k, v in u.metrics.items() if k in ("peak_memory_bytes", "train_memory_bytes")},
+                **{k: v for k, v in u.metrics.items() if k == "peak_memory_bytes"},
                 **(self.resources.predicted(u.client_id, u.layers) if self.resources is not None else {}),
             }
             for u in updates
