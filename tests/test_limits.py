@@ -303,3 +303,26 @@ def test_run_with_limits_and_no_profile_measures_costs_at_start(tiny_bert, tmp_p
             assert c["train_memory_bytes"] > 0
     assert limited and all(c["memory_limit_bytes"] == 1e11 for c in limited)
     assert summary["max_memory_over_limit"] == pytest.approx(max(c["train_memory_bytes"] for c in limited) / 1e11)
+
+
+def test_allocate_command_previews_costs_under_limits(tmp_path, capsys):
+    from fedhello.cli import main
+
+    profile = write_profile(tmp_path / "profile.json")
+    args = ["allocate", "--strategy", "rgd-hla", "--pattern", "bottleneck", "--layers", "6", "--budgets", "2,4,6",
+            "--clients", "12", "--per-round", "6", "--rounds", "3", "--profile", str(profile)]
+    assert main(args + ["--limits", "[{memory_mb: 63}, {memory_mb: 80, time_s: 0.5}, {}]", "--steps", "4",
+                        "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for r in out["rounds"]:
+        for c in r["clients"]:
+            assert fits(COSTS, Capacity(LIMITS[c["group"]], 4), c["layers"])
+            assert c["predicted"]["time_s"] == pytest.approx(4 * COSTS.step_seconds(c["layers"]))
+    assert main(args + ["--limits", "[{memory_mb: 63}, {}, {}]"]) == 0
+    assert "group 0: memory" in capsys.readouterr().out
+    assert main(args + ["--limits", "[{memory_mb: -3}, {}, {}]"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: config key '--limits[0].memory_mb': Input should be greater than 0"
+    assert main(args + ["--limits", "[{memory_mb: 20}, {}, {}]"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --limits[0]: memory_mb 20 MB fits no layer set: the cheapest set, [5], needs 33.2 MB"
