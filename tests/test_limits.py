@@ -326,3 +326,15 @@ def test_allocate_command_previews_costs_under_limits(tmp_path, capsys):
     assert main(args + ["--limits", "[{memory_mb: 20}, {}, {}]"]) == 2
     assert capsys.readouterr().err.strip() == \
         "error: --limits[0]: memory_mb 20 MB fits no layer set: the cheapest set, [5], needs 33.2 MB"
+
+
+def test_validate_refuses_an_impossible_limit_with_a_profile(tiny_bert, tmp_path):
+    from fedhello.run.validate import validate_config
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"costs": COSTS3.to_json()}))
+    ok = cfg_for(tiny_bert, clients={"limits": [{"memory_mb": 31}, {}, {}], "cost_profile": str(profile)})
+    assert validate_config(ok).num_layers == 3
+    bad = cfg_for(tiny_bert, clients={"limits": [{"memory_mb": 20}, {}, {}], "cost_profile": str(profile)})
+    with pytest.raises(ConfigError, match=r"^clients.limits\[0\]: memory_mb 20 MB fits no layer set"):
+        validate_config(bad)

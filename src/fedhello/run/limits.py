@@ -67,6 +67,17 @@ def resource_model(cfg, costs: LayerCosts, groups, sample_counts) -> ResourceMod
     return ResourceModel(costs, caps, where)
 
 
+def check_limits(cfg, num_layers: int, groups, sample_counts, costs: LayerCosts | None = None) -> ResourceModel:
+    """The run's ResourceModel (costs from ``clients.cost_profile`` unless given), after every refusal
+    of limits that cannot work (``fedhello validate`` runs this too when a profile is given)."""
+    if costs is None:
+        costs = load_costs(cfg.clients.cost_profile, num_layers)
+    rm = resource_model(cfg, costs, groups, sample_counts)
+    strategy = build_strategy(cfg.strategy, num_layers, cfg.clients.budgets)
+    rm.check_clients(strategy, client_slots(groups, cfg.clients.budgets))
+    return rm
+
+
 def attach_resources(exp) -> None:
     """Set ``exp.costs`` and ``exp.resources`` from the config, and refuse limits that cannot work."""
     cfg = exp.cfg
@@ -78,9 +89,7 @@ def attach_resources(exp) -> None:
     else:
         return
     exp.costs = costs
-    exp.resources = resource_model(cfg, costs, exp.groups, [len(p) for p in exp.partitions])
-    strategy = build_strategy(cfg.strategy, L, cfg.clients.budgets)
-    exp.resources.check_clients(strategy, client_slots(exp.groups, cfg.clients.budgets))
+    exp.resources = check_limits(cfg, L, exp.groups, [len(p) for p in exp.partitions], costs)
 
 
 def apply_node_limits(exp, limits: dict[int, dict[str, float]], where: dict[int, str]) -> None:

@@ -195,7 +195,12 @@ def validate_config(cfg) -> Report:
         from fedhello.data.sources import drops_line
         from fedhello.run.experiment import prepare_data
 
-        note = drops_line(prepare_data(cfg).splits)
+        data = prepare_data(cfg)
+        note = drops_line(data.splits)
         if note:
             rep.notes.append(note)
+        if cfg.clients.cost_profile and rep.num_layers:  # limits priced by a given profile: as a run checks them
+            from fedhello.run.limits import check_limits
+
+            check_limits(cfg, rep.num_layers, data.groups, [len(p) for p in data.partitions])
     return rep
