@@ -338,3 +338,24 @@ def test_validate_refuses_an_impossible_limit_with_a_profile(tiny_bert, tmp_path
     bad = cfg_for(tiny_bert, clients={"limits": [{"memory_mb": 20}, {}, {}], "cost_profile": str(profile)})
     with pytest.raises(ConfigError, match=r"^clients.limits\[0\]: memory_mb 20 MB fits no layer set"):
         validate_config(bad)
+
+
+def test_a_limit_fitting_nothing_is_refused_even_for_fedit():
+    model = ResourceModel(COSTS, {0: Capacity(Limits.from_mb(memory_mb=30), 4)}, {0: "clients.limits[0]"})
+    with pytest.raises(ConfigError, match="fits no layer set"):
+        model.check_clients(build_strategy(StrategyConfig(name="fedit"), L, [6]), [ClientSlot(0, 0, 6)])
+
+
+def test_affordable_counts_stay_downward_closed():
+    # a fitted model with a negative coefficient: the top-2 block costs less than the top layer alone
+    costs = LayerCosts(LinearCost(10.0, (0, 0, 0, 5.0), (0, 0, -4.0, 3.0)), LinearCost(0, (0,) * 4, (0,) * 4),
+                       (1.0,) * 4)
+    cap = Capacity(Limits(memory_bytes=16.0))
+    assert fits(costs, cap, [2, 3]) and not fits(costs, cap, [3])
+    floors = window_floors(costs, cap)
+    assert floors == (4, 4, 4, 4) and max_count(floors) == 0
+    model = ResourceModel(costs, {0: cap}, {0: "node 7"})
+    with pytest.raises(ConfigError) as err:
+        model.slot(ClientSlot(0, 0, 4))
+    assert str(err.value) == ("node 7: its limits fit no block of top layers together: the top layer, [3], "
+                              "needs memory_mb 1.8e-05 MB (limit 1.6e-05 MB)")

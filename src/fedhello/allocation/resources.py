@@ -320,13 +320,17 @@ def worst_costs(costs: LayerCosts, steps: int, k: int) -> dict[str, np.ndarray]:
 
 def window_floors(costs: LayerCosts, cap: Capacity | None, tol: float = 1e-9) -> tuple[int, ...]:
     """``floors[k-1]``: the lowest layer m such that every k-subset of ``[m, L)`` fits ``cap``;
-    ``L`` where not even the top-k block fits. All zeros without limits."""
+    ``L`` where not even the top-k block fits, and for every larger count after the first such
+    k (so the affordable counts are 1..max_count). All zeros without limits."""
     L = costs.num_layers
     if cap is None or not cap.limits.any:
         return tuple([0] * L)
     lims = _limit_values(cap)
     floors = []
     for k in range(1, L + 1):
+        if floors and floors[-1] == L:  # counts stay downward closed (a fitted cost with a negative
+            floors.append(L)            # coefficient could make a larger block cheaper): none larger
+            continue
         worst = worst_costs(costs, cap.steps, k)
         ok = np.ones(L, dtype=bool)
         for r, lim in lims.items():
@@ -367,9 +371,11 @@ def nothing_fits(costs: LayerCosts, cap: Capacity, where: str) -> str:
             extra = f" over {cap.steps} local steps" if r == "time" else ""
             return (f"{where}: {keys[r]} {_fmt(r, lim)} fits no layer set: the cheapest set, [{best}], "
                     f"needs {_fmt(r, singles[best][r])}{extra}")
-    best = min(range(L), key=lambda l: max(singles[l][r] / lim for r, lim in lims.items() if lim is not None))
-    need = ", ".join(f"{keys[r]} {_fmt(r, singles[best][r])}" for r, lim in lims.items() if lim is not None)
-    return f"{where}: no layer set fits all its limits together: the cheapest set, [{best}], needs {need}"
+    # each limit alone admits some layer, but no window [m, L) fits them all (a window must hold the top layer)
+    top = L - 1
+    need = ", ".join(f"{keys[r]} {_fmt(r, singles[top][r])} (limit {_fmt(r, lim)})"
+                     for r, lim in lims.items() if lim is not None)
+    return f"{where}: its limits fit no block of top layers together: the top layer, [{top}], needs {need}"
 
 
 class ResourceModel:
@@ -435,20 +441,20 @@ class ResourceModel:
         """Before training: every limited client affords a layer set, and what the strategy needs.
 
         Raises ConfigError (one line naming the group or node and the cheapest cost) for a
-        client whose limits fit no set; for strategies that train every layer (``limits_policy
-        'all'``: hetlora, flexlora) when a client cannot afford all layers; for Exclusive when no
-        client can. FedIT (``'ignore'``) is the unconstrained reference and is not checked."""
+        client whose limits fit no set (whatever the strategy: such a limit is a config error);
+        for strategies that train every layer (``limits_policy 'all'``: hetlora, flexlora) when a
+        client cannot afford all layers; for Exclusive when no client can. FedIT (``'ignore'``),
+        the unconstrained reference, trains every layer whatever the limits."""
         policy = getattr(strategy, "limits_policy", "restrict")
+        effective = [self.slot(s) for s in slots]  # raises for a limit that fits no set, whatever the strategy
         if policy == "ignore":
             return
         full = list(range(self.num_layers))
         able = 0
-        for s in slots:
-            if not self.limited(s.id):
-                able += s.budget >= self.num_layers
-                continue
-            eff = self.slot(s)  # raises when nothing fits
+        for s, eff in zip(slots, effective):
             able += eff.budget >= self.num_layers
+            if not self.limited(s.id):
+                continue
             if policy == "all" and not fits(self.costs, self.capacities[s.id], full):
                 p = predicted_cost(self.costs, self.capacities[s.id], full)
                 lims = _limit_values(self.capacities[s.id])
