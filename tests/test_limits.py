@@ -77,6 +77,8 @@ def test_no_drawn_set_is_infeasible_under_adversarial_scores(name, opts):
             model.check_clients(strat, [ClientSlot(i, g, 6) for i, g in enumerate(groups)])
         return
     slots = [s for s in slots_for(model, budgets, groups) if strat.eligible(s)]
+    if name == "exclusive":  # only the group whose limits afford every layer takes part
+        assert {s.group for s in slots} == {2}
     # the Fisher scores an attacker would pick: all mass on the layers a weak client cannot reach
     adversarial = [np.array([1e9, 1e9, 0, 0, 0, 0.0]), np.array([1e6, 0, 0, 0, 0, 1e-9])]
     for t in range(12):
