@@ -105,7 +105,7 @@ def test_predict_refuses_an_adapter_of_another_task_by_name(finished_run, tmp_pa
     (other / "adapter" / "fedhello.json").write_text(json.dumps(info))
     assert main(["predict", "--run", str(other), "--text", "hello"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "an adapter for task image-classification; fedhello predict classifies single texts" in err[0]
+    assert len(err) == 1 and "an adapter for task image-classification; fedhello predict classifies texts and text pairs" in err[0]
     assert "AutoModelForImageClassification" in err[0]
 
 

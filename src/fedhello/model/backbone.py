@@ -21,6 +21,14 @@ from fedhello.tasks import TASKS
 
 MINILM = "minilm"
 
+# the hub id of each built-in model name: what an exported adapter names as its base
+HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def hub_id(name: str) -> str:
+    """The Hugging Face hub id of ``model.name`` (``minilm`` -> its hub id; any other name unchanged)."""
+    return HUB_IDS.get(name, name)
+
 # Default LoRA targets: the attention query and value projections, under the names
 # the model family uses (they differ between families and transformers versions:
 # ViT's are `query`/`value` in transformers 4 and `q_proj`/`v_proj` in 5), so the

@@ -77,4 +77,6 @@ def export_from_checkpoint(run: str | Path) -> Path:
     labels = rd.read_json("labels.json")
     backbone = build_backbone(cfg, len(labels), "cpu")
     check_state(ckpt["global_state"], get_state(backbone.model, backbone.layermap.all_names), rd.file(CHECKPOINT))
-    return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg, backbone.pooling)
+    summary = rd.read_json("summary.json") if rd.file("summary.json").is_file() else None
+    return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg, backbone.pooling,
+                          tokenizer=backbone.tokenizer or backbone.image_processor, summary=summary)

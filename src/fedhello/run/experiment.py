@@ -544,7 +544,8 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
             rundir.write_json(SUMMARY, summary)
             try:  # the run's product; a failure here loses nothing (the checkpoint holds the state)
                 export_adapter(exp.model, server.state.global_state, rundir.path, exp.label_names, cfg,
-                               exp.backbone.pooling)
+                               exp.backbone.pooling, tokenizer=exp.backbone.tokenizer or exp.backbone.image_processor,
+                               summary=summary)
             except Exception as err:
                 log.warning("adapter export failed: %s: %s", type(err).__name__, err)
             if rep is not None:
