@@ -245,11 +245,14 @@ def test_dropped_rows_reported_in_console_and_data_json(tmp_path, capsys, tiny_b
     assert "data: dropped 2 of 62 training rows (whitespace-only text 1, no label 1)" in err
     info = json.loads((tmp_path / "run" / "data.json").read_text())
     assert info["dropped"] == {"train": {"blank_text": 1, "no_label": 1}, "test": {}}
-    # the best round is counted from 1, like the round lines
+    # one round numbering (from 0): summary.json, metrics.jsonl, the final line and the round lines agree
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = [line for line in err if "test at best val round" in line]
-    assert len(best) == 1 and f"test at best val round {summary['best_val_round'] + 1}:" in best[0]
-    assert any(line.startswith(f"round   {summary['best_val_round'] + 1}/2") for line in err)
+    assert len(best) == 1 and f"test at best val round {summary['best_val_round']}:" in best[0]
+    shown = [int(line.split()[1].split("/")[0]) for line in err if line.startswith("round ")]
+    assert shown == [r["round"] for r in recs] == list(range(len(recs)))
+    assert all(line.split()[1].endswith(f"/{len(recs) - 1}") for line in err if line.startswith("round "))
 
 
 # -- overwrite, leftovers, directories that hold something else ---------------------------

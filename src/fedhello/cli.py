@@ -75,8 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if summary.get("final_test_accuracy") is not None:
         best = summary.get("best_val_round")
-        # counted from 1, like the round lines (summary.json keeps the records' 0-based index)
-        best = "-" if best is None else best + 1
+        best = "-" if best is None else best  # rounds are numbered from 0 everywhere, as in summary.json
         console.print(
             f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  "
             f"(test at best val round {best}: "

@@ -53,13 +53,17 @@ def setup_logging(console: Console, level: int = logging.INFO) -> logging.Handle
 
 
 def round_line(rec: dict, rounds: int) -> str:
-    """One round's summary: loss, validation and test accuracy (rounds counted from 1)."""
+    """One round's summary: loss, validation and test accuracy.
+
+    Rounds are numbered from 0 to ``rounds - 1`` everywhere (metrics.jsonl, summary.json,
+    console, plots, TensorBoard, ``allocate``): the line says ``round t/last``.
+    """
 
     def pct(x):
         return "  -  " if x is None else f"{100 * x:5.1f}"
 
     return (
-        f"round {rec['round'] + 1:>3}/{rounds}  loss {rec['train_loss']:.3f}  "
+        f"round {rec['round']:>3}/{rounds - 1}  loss {rec['train_loss']:.3f}  "
         f"val {pct(rec['val_accuracy'])}%  test {pct(rec['test_accuracy'])}%  "
         f"{rec['round_time_s']:.1f}s  clients {len(rec['clients'])}"
         + (f"  failed {len(rec['failed_clients'])}" if rec.get("failed_clients") else "")

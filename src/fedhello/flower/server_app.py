@@ -107,7 +107,7 @@ def run_on_grid(grid: Grid, run_config: dict) -> dict:
     summary = run_experiment(
         cfg, out, overwrite=bool(rc["overwrite"]), runner_factory=make_runner, reporter=RunReporter,
         on_round=lambda r: log(
-            f"round {r['round'] + 1}/{cfg.rounds}: {len(r['clients'])} updates, {len(r['failed_clients'])} failed, "
+            f"round {r['round']}/{cfg.rounds - 1}: {len(r['clients'])} updates, {len(r['failed_clients'])} failed, "
             f"test acc {r['test_accuracy']}, {r['round_time_s']:.1f}s"
         ),
     )

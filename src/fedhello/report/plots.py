@@ -21,7 +21,7 @@ Run directory (``RUNDIR/plots/``):
 Sweep directory (``DIR/plots/``): ``accuracy_<partition>.png``, mean test
 accuracy per round over seeds for each strategy (band: ± one standard deviation).
 
-Rounds are counted from 1 on every axis. Figures use matplotlib's Agg canvas
+Rounds are numbered from 0 on every axis, as in metrics.jsonl. Figures use matplotlib's Agg canvas
 (no display needed) and are written atomically.
 """
 
@@ -106,7 +106,7 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
     out = run / PLOTS
     title = _title(run, cfg)
     written = []
-    rounds = np.array([r["round"] + 1 for r in records])
+    rounds = np.array([r["round"] for r in records])  # numbered from 0, as in metrics.jsonl
 
     # accuracy and loss per round
     fig = _figure(figsize=(9, 3.6))
@@ -114,7 +114,7 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
     for a in (ax1, ax2):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
-        pts = [(r["round"] + 1, 100 * r[key]) for r in records if r.get(key) is not None]
+        pts = [(r["round"], 100 * r[key]) for r in records if r.get(key) is not None]
         if pts:
             x, y = zip(*pts)
             ax1.plot(x, y, marker="o", ms=3, label=label)
@@ -135,7 +135,7 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
         fig = _figure(figsize=(max(5.0, min(14.0, 2 + 0.12 * len(records))), 1.5 + 0.35 * n_layers))
         ax = fig.subplots()
         im = ax.imshow(counts, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-                       extent=(0.5, len(records) + 0.5, -0.5, n_layers - 0.5))
+                       extent=(-0.5, len(records) - 0.5, -0.5, n_layers - 0.5))
         ax.set(xlabel="round", ylabel="layer (0 = nearest the input)", title=f"clients training each layer: {title}")
         ax.set_yticks(range(n_layers))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -158,7 +158,7 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
         written.append(_save(fig, out / "layer_distribution.png"))
 
         # Fisher scores over time
-        fim = [(r["round"] + 1, np.asarray(r["fim_scores"], dtype=float)) for r in records
+        fim = [(r["round"], np.asarray(r["fim_scores"], dtype=float)) for r in records
                if r.get("fim_scores") is not None and len(r["fim_scores"]) == n_layers]
         if fim:
             fig = _figure(figsize=(7, 3.8))
@@ -305,7 +305,7 @@ def sweep_plots(sweep_dir: str | Path, cells: list | None = None) -> list[Path]:
             curves = []
             for c in cells:
                 if c.cell.partition == part and c.cell.strategy == strat:
-                    pts = {r["round"] + 1: 100 * r["test_accuracy"] for r in c.records
+                    pts = {r["round"]: 100 * r["test_accuracy"] for r in c.records
                            if r.get("test_accuracy") is not None}
                     if pts:
                         curves.append(pts)

@@ -7,8 +7,8 @@ The table is computed from the cell directories alone (``summary.json``,
   shown as ``select_metric``): model selection on validation, never on test;
 - mean and *sample* standard deviation (n-1) over the finished seeds; the std
   is blank with a single seed;
-- ``rounds_to_target``: the first evaluated round (counted from 1) whose test accuracy is
-  at least the target, averaged over the seeds that reach it
+- ``rounds_to_target``: how many rounds were trained (the round index, numbered from 0, + 1)
+  until the first evaluation whose test accuracy is at least the target, averaged over the seeds that reach it
   (``reached_target`` says how many did). The target is ``--target`` (a
   fraction, e.g. 0.8) or by default 90% of the best ``final_test_accuracy_mean``
   among the strategies of that partition;
@@ -115,7 +115,7 @@ def _std(xs: list[float]) -> float | None:
 
 
 def rounds_to(records: list[dict], target: float) -> int | None:
-    """First round (counted from 1) whose test accuracy reaches ``target``."""
+    """How many rounds were trained until the test accuracy reached ``target`` (a count: round index + 1)."""
     for r in records:
         acc = r.get("test_accuracy")
         if acc is not None and acc >= target - 1e-12:

@@ -1,6 +1,6 @@
 """TensorBoard scalars of a run, written from its metrics records into ``RUNDIR/tb/``.
 
-Tags (step = round, counted from 1): ``accuracy/test``, ``accuracy/val``,
+Tags (step = round, numbered from 0 as in metrics.jsonl): ``accuracy/test``, ``accuracy/val``,
 ``loss/train``, ``loss/test``, ``loss/val``, ``time/round_s``, ``upload/mb``
 (client upload of the round, 1 MB = 1e6 bytes), ``upload/cumulative_mb``,
 ``clients/failed`` and ``train/lr``.
@@ -68,7 +68,7 @@ class TensorBoardLog:
 
     def _write(self, records: list[dict]) -> None:
         for rec in records:
-            step = int(rec["round"]) + 1
+            step = int(rec["round"])  # numbered from 0, as in metrics.jsonl
             vals = scalars(rec)
             self.cumulative += vals["upload/mb"]
             vals["upload/cumulative_mb"] = self.cumulative
