@@ -42,7 +42,9 @@ for cell in "$from"/*/*/seed*/; do
   mkdir -p "$to/$rel"
   cp "$cell/metrics.jsonl" "$cell/summary.json" "$to/$rel/"
   if [ "$mode" = save ]; then
-    sed "s#^\(  path: \)$data\$#\1$placeholder#" "$cell/config.yaml" > "$to/$rel/config.yaml"
+    # config.yaml holds data.path absolute (as fedhello stores it) or, for older cells, as typed
+    sed -e "s#^\(  path: \)$data\$#\1$placeholder#" -e "s#^\(  path: \)$(realpath -s -m -- "$data")\$#\1$placeholder#" \
+      "$cell/config.yaml" > "$to/$rel/config.yaml"
   elif [ "$mode" = restore ]; then
     sed "s#^\(  path: \)$placeholder\$#\1$data#" "$cell/config.yaml" > "$to/$rel/config.yaml"
   else

@@ -261,7 +261,12 @@ def test_preview_fim_scores():
     with pytest.raises(ConfigError, match="--scores is required"):
         preview("fim-hla", None, 12, BUDGETS, None, clients=10, per_round=3, rounds=2, seed=0)
     # fedhello within warm-up needs no scores
-    preview("fedhello", None, 12, BUDGETS, None, clients=10, per_round=3, rounds=2, seed=0, warmup_rounds=5)
+    preview("fedhello", None, 12, BUDGETS, None, clients=10, per_round=3, rounds=2, seed=0, warmup_rounds=2)
+    # a warm-up longer than the rounds is refused, as fedhello run refuses it (scores would be ignored)
+    for kw in ({"warmup_rounds": 5}, {"warmup_rounds": 5, "scores": S1.tolist()}, {}):
+        with pytest.raises(ConfigError, match=r"--warmup-rounds \(strategy.warmup_rounds, default 50\): "
+                                              r"\d+ is more than --rounds \(2\)"):
+            preview("fedhello", None, 12, BUDGETS, None, clients=10, per_round=3, rounds=2, seed=0, **kw)
     with pytest.raises(ConfigError, match=SCORES_REQUIRED.split(" ")[0]):
         preview("fedhello", None, 12, BUDGETS, None, clients=10, per_round=3, rounds=2, seed=0, warmup_rounds=1)
     out = preview("fim-hla", None, 12, BUDGETS, None, clients=10, per_round=3, rounds=2, seed=0, scores=S1.tolist())

@@ -115,6 +115,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """``fedhello config show``: every key with its value (from ``--config``/``--set``, else the defaults),
+    its default where different (starred) and its description."""
+    from fedhello.config import build_config, load_config
+    from fedhello.report.keys import render_keys
+
+    cfg = load_config(args.config, args.set) if args.config else build_config({}) if not args.set else None
+    if cfg is None:
+        raise FedHelloError("--set needs --config FILE here (or no --set: the defaults are shown)")
+    print(render_keys(cfg))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``fedhello sweep``: the grid strategies x partitions x seeds, run resumably.
 
@@ -164,6 +177,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               "run the same sweep command again to continue", file=sys.stderr)
         return 130
     if args.dry_run:
+        if res["failed"]:  # cells `fedhello validate` refuses: the sweep would record them as failures
+            print(f"error: {len(res['failed'])} cells would be refused: {', '.join(res['failed'])}", file=sys.stderr)
+            return 2
         return 0
     console.print(
         f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
@@ -353,7 +369,17 @@ def run_allocate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedhello`` argument parser; each subcommand sets ``func`` to its handler."""
     p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
+    from fedhello import __version__
+
+    p.add_argument("--version", action="version", version=f"fedhello {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("config", help="show every config key with its value, default and description")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    cs = csub.add_parser("show", help="every config key: value (of --config, else the default), default, description")
+    cs.add_argument("--config", default=None, help="experiment config (YAML); without it the defaults are shown")
+    cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    cs.set_defaults(func=cmd_config_show)
 
     r = sub.add_parser("run", help="run one federated experiment from a YAML config")
     r.add_argument("--config", help="experiment config (YAML)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 import typing
 from fractions import Fraction
@@ -424,6 +425,22 @@ class EvalConfig(_Strict):
     )
 
 
+def check_warmup(strategy: "StrategyConfig", rounds: int, warmup_key: str = "config key 'strategy.warmup_rounds'",
+                 rounds_key: str = "rounds") -> None:
+    """Warm-up vs. rounds, the one rule of ``fedhello run`` and ``fedhello allocate``.
+
+    fedhello's warm-up may not exceed the rounds: the Fisher scores would never be
+    used. Equal is allowed (the geometric prior alone, which the benchmarks time on
+    purpose). A short run sets a short warm-up explicitly (nothing is shortened
+    silently). Raises ValueError naming the keys.
+    """
+    if strategy.name == "fedhello" and strategy.warmup_rounds > rounds:
+        raise ValueError(
+            f"{warmup_key}: {strategy.warmup_rounds} is more than {rounds_key} ({rounds}): fedhello would never use "
+            f"its Fisher scores (lower it, e.g. to half the rounds, or run rgd-hla)"
+        )
+
+
 class ExperimentConfig(_Strict):
     """One experiment: the whole YAML config file, validated (``fedhello run --config``)."""
 
@@ -461,12 +478,7 @@ class ExperimentConfig(_Strict):
                 f"strategy.name: unknown strategy {name!r}{did_you_mean(name, STRATEGY_NAMES)} "
                 f"(known: {', '.join(sorted(STRATEGY_NAMES))})"
             )
-        # (equal is allowed: the geometric prior alone, which the benchmarks time on purpose)
-        if self.strategy.name == "fedhello" and self.strategy.warmup_rounds > self.rounds:
-            raise ValueError(
-                f"config key 'strategy.warmup_rounds': {self.strategy.warmup_rounds} is more than rounds "
-                f"({self.rounds}): fedhello would never use its Fisher scores (lower it, or run rgd-hla)"
-            )
+        check_warmup(self.strategy, self.rounds)
         return self
 
     @model_validator(mode="after")
@@ -520,10 +532,36 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     key = ".".join([*loc, *(str(p) for p in e["loc"])])
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
+        hf = HF_NAMES.get(str(e["loc"][-1]))
+        if hf is not None:  # a Hugging Face TrainingArguments / Trainer name
+            return f"unknown config key '{key}' (did you mean '{hf}'? fedhello's name for it)"
         return f"unknown config key '{key}'{did_you_mean(e['loc'][-1], _fields_at(e['loc'][:-1], prefix))}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return f"config key '{key}': {msg}" if key else msg
+
+
+# Hugging Face (TrainingArguments, PEFT LoraConfig, Trainer) names -> the fedhello key that means the same
+HF_NAMES = {
+    "learning_rate": "train.lr",
+    "num_train_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "eval.batch_size",
+    "eval_batch_size": "eval.batch_size",
+    "max_steps": "train.max_steps",
+    "max_seq_length": "model.max_length",
+    "model_name_or_path": "model.name",
+    "model_name": "model.name",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "num_rounds": "rounds",
+    "num_server_rounds": "rounds",
+    "dataset_name": "data.name",
+    "eval_steps": "eval.every",
+    "metric_for_best_model": "eval.select_metric",
+}
 
 
 def _fields_at(loc, prefix: str = "") -> list[str]:
@@ -623,7 +661,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys")
         raw = loaded or {}
-    return build_config(raw, overrides)
+    return absolute_data_path(build_config(raw, overrides))
+
+
+def absolute_data_path(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``data.path`` made absolute against the current directory (where the command is typed), so that the
+    run directory's config.yaml names the same folder from anywhere (``--resume`` from another directory)."""
+    if cfg.data.path and not Path(cfg.data.path).expanduser().is_absolute():
+        cfg.data.path = os.path.abspath(Path(cfg.data.path).expanduser())
+    return cfg
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from fedhello.allocation.base import build_strategy
 from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
 from fedhello.allocation.resources import Capacity, LayerCosts, Limits, ResourceModel, predicted_cost
-from fedhello.config import StrategyConfig, check_budgets, check_fractions, format_validation_error
+from fedhello.config import StrategyConfig, check_budgets, check_fractions, check_warmup, format_validation_error
 from fedhello.errors import ConfigError
 
 SCORES_REQUIRED = "--scores is required for fim-hla/fedhello beyond warmup"
@@ -83,6 +83,10 @@ def preview(
         raise ConfigError("--rounds must be at least 1")
 
     cfg = _strategy_config(strategy, pattern, options)
+    try:  # the rule fedhello run applies: a preview of a run that would be refused is refused
+        check_warmup(cfg, rounds, "--warmup-rounds (strategy.warmup_rounds, default 50)", "--rounds")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     strat = build_strategy(cfg, L, budgets)
     if int(lora_r) < 1:
         raise ConfigError("--lora-r must be at least 1")

@@ -245,7 +245,8 @@ def deploy_local(
         if sub.returncode != 0:
             raise FedHelloError(f"flwr run failed: {(sub.stdout + sub.stderr).strip()[-500:]}")
         run_id = _run_id(sub.stdout)
-        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{fed.port} ({nodes} SuperNodes; logs in {wd})")
+        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{fed.port} ({nodes} SuperNodes; "
+            f"logs in {wd}" + (f", kept in {out / DEPLOY_LOGS} when it ends)" if own_tmp else ")"))
         rundir = RunDir(out)
         deadline = time.monotonic() + timeout
         while True:
@@ -275,7 +276,23 @@ def deploy_local(
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         if own_tmp:
+            keep_logs(wd, out)
             shutil.rmtree(wd, ignore_errors=True)
+
+
+DEPLOY_LOGS = "deploy-logs"
+
+
+def keep_logs(workdir: Path, out: Path) -> Path | None:
+    """Copy the processes' logs into ``out/deploy-logs/`` (only into a run directory: one with config.yaml)."""
+    logs = sorted(workdir.glob("*.log"))
+    if not logs or not (out / "config.yaml").is_file():
+        return None
+    dest = out / DEPLOY_LOGS
+    dest.mkdir(exist_ok=True)
+    for f in logs:
+        shutil.copyfile(f, dest / f.name)
+    return dest
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from fedhello.allocation import build_strategy, strategy_class
 from fedhello.allocation.clients import assign_groups
-from fedhello.config import ExperimentConfig, build_config
+from fedhello.config import ExperimentConfig, absolute_data_path, build_config
 from fedhello.config import check_budgets
 from fedhello.data import carve, load_splits, partition_dataset, partition_stats
 from fedhello.data.sources import drops_line, fingerprint
@@ -391,10 +391,11 @@ def holds_config(rundir: RunDir, cfg: ExperimentConfig) -> bool:
     a different run.
     """
     try:
-        saved = build_config(rundir.read_config_dict())
+        # a relative data.path (runs from before paths were stored absolute) meant the current directory
+        saved = absolute_data_path(build_config(rundir.read_config_dict()))
     except FedHelloError:
         return False
-    return saved.to_dict() == cfg.to_dict()
+    return saved.to_dict() == absolute_data_path(cfg.model_copy(deep=True)).to_dict()
 
 
 def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tuple[RunDir, bool]:

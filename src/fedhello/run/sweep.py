@@ -176,9 +176,16 @@ def run_sweep(
         raise FedHelloError(f"--out {out} exists and is not a directory")
     cells = plan(config, strategies, partitions, seeds, sets)
     done: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
-    if dry_run:
+    if dry_run:  # every cell is validated as `fedhello validate` does; refused cells are listed as failed
+        from fedhello.run.validate import validate_config
+
         for i, (cell, cfg) in enumerate(cells, 1):
-            st = cell_status(cell.dir(out), cfg)
+            try:
+                validate_config(cfg)
+                st = cell_status(cell.dir(out), cfg)
+            except FedHelloError as err:
+                st = "refused: " + " ".join(str(err).split())
+                done["failed"].append(cell.key)
             log.info(f"[{i}/{len(cells)}] {cell.key:<40} {cfg.rounds} rounds  {st}  -> {cell.dir(out)}")
         return done
     out.mkdir(parents=True, exist_ok=True)
