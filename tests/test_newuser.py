@@ -151,3 +151,18 @@ def test_allocate_refuses_what_run_refuses(capsys):
 
     rounds = json.loads(capsys.readouterr().out)["rounds"]
     assert "fim_tiers" not in rounds[0].get("info", {}) and "fim_tiers" in rounds[1]["info"]
+
+
+def test_deploy_local_keeps_its_logs_in_the_run_directory(tmp_path):
+    from fedhello.flower.deploy import DEPLOY_LOGS, keep_logs
+
+    wd, out = tmp_path / "wd", tmp_path / "run"
+    wd.mkdir()
+    out.mkdir()
+    (wd / "superlink.log").write_text("link\n")
+    (wd / "node0.log").write_text("node\n")
+    assert keep_logs(wd, out) is None and not (out / DEPLOY_LOGS).exists()  # no run there: nothing written
+    (out / "config.yaml").write_text("seed: 0\n")
+    dest = keep_logs(wd, out)
+    assert dest == out / DEPLOY_LOGS and sorted(p.name for p in dest.iterdir()) == ["node0.log", "superlink.log"]
+    assert (dest / "superlink.log").read_text() == "link\n"
