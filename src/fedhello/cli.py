@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fedhello.bench.settings import PARTS, SIZES, Settings, parse_parts
-from fedhello.console import LOGGER, make_console, round_line, setup_logging
+from fedhello.console import LOGGER, RichProgress, make_console, round_line, setup_logging
 from fedhello.errors import FedHelloError
 
 
@@ -65,14 +65,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{exp.layermap.num_layers} LoRA layers on {exp.device} -> {out}"
         )
 
-    summary = run_experiment(
-        cfg,
-        out,
-        overwrite=args.overwrite,
-        on_start=start,
-        on_round=lambda rec: console.print(round_line(rec, cfg.rounds)),
-        reporter=RunReporter,
-    )
+    with RichProgress(console, quiet=args.quiet) as progress:  # bars only on a terminal, without --quiet
+        summary = run_experiment(
+            cfg,
+            out,
+            overwrite=args.overwrite,
+            on_start=start,
+            on_round=lambda rec: console.print(round_line(rec, cfg.rounds)),
+            reporter=RunReporter,
+            progress=progress,
+        )
     if summary.get("final_test_accuracy") is not None:
         best = summary.get("best_val_round")
         best = "-" if best is None else best  # rounds are numbered from 0 everywhere, as in summary.json
@@ -94,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``fedhello demo``: see :func:`fedhello.demo.run_demo`."""
     from fedhello.demo import run_demo
 
-    return run_demo(args.out, strategies=args.strategies, rounds=args.rounds)
+    return run_demo(args.out, strategies=args.strategies, rounds=args.rounds, quiet=args.quiet)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -387,12 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
     r.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="offline demo: a short non-IID federated run of several strategies")
     d.add_argument("--out", default="runs/demo", help="where the demo's run directories go (default runs/demo)")
     d.add_argument("--strategies", default=None, help="comma-separated strategies (default: the demo's set)")
     d.add_argument("--rounds", type=int, default=None, help="rounds per strategy")
+    d.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("validate", help="check a config (and local data) without loading weights")

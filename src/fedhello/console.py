@@ -68,3 +68,51 @@ def round_line(rec: dict, rounds: int) -> str:
         f"{rec['round_time_s']:.1f}s  clients {len(rec['clients'])}"
         + (f"  failed {len(rec['failed_clients'])}" if rec.get("failed_clients") else "")
     )
+
+
+class RichProgress:
+    """Progress bars with an ETA on the console for the phases of
+    :mod:`fedhello.federation.progress` (a :class:`~fedhello.federation.progress.ProgressHook`).
+
+    Shown only when ``console`` is a terminal and not ``quiet``; otherwise every
+    call does nothing. Use it as a context manager around the run (the live display
+    is stopped however the run ends); lines printed on the same console go above it.
+    """
+
+    def __init__(self, console: Console, quiet: bool = False):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.enabled = not quiet and console.is_terminal
+        self.bars = Progress(
+            SpinnerColumn(), TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+            disable=not self.enabled,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "RichProgress":
+        if self.enabled:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bars.stop()
+
+    def start(self, phase: str, total: int | None, done: int = 0) -> None:
+        """A bar for ``phase`` (replacing an earlier one of the same name)."""
+        if not self.enabled:
+            return
+        self.end(phase)
+        self.tasks[phase] = self.bars.add_task(phase, total=total, completed=done)
+
+    def advance(self, phase: str, n: int = 1) -> None:
+        """Move ``phase``'s bar by ``n``."""
+        if self.enabled and phase in self.tasks:
+            self.bars.advance(self.tasks[phase], n)
+
+    def end(self, phase: str) -> None:
+        """Remove ``phase``'s bar."""
+        if self.enabled and phase in self.tasks:
+            self.bars.remove_task(self.tasks.pop(phase))

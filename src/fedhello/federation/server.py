@@ -31,6 +31,7 @@ from fedhello.allocation.resources import ResourceModel
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
+from fedhello.federation.progress import CLIENTS, EVALUATION, NO_PROGRESS, ROUNDS, STATISTICS, ProgressHook, phase
 from fedhello.federation.records import RoundRecord, Summary
 from fedhello.federation.rank_aggregation import flexlora_aggregate, hetlora_aggregate
 from fedhello.model.layermap import LayerMap
@@ -202,6 +203,8 @@ class Server:
         # the cost model and the clients' declared limits (clients.limits, Flower node config):
         # slots are restricted to what each client affords, plans checked, costs predicted
         self.resources = resources
+        # where long steps stand (rounds, a round's clients, statistics, evaluation); set by the caller
+        self.progress: ProgressHook = NO_PROGRESS
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
@@ -272,7 +275,8 @@ class Server:
                     rank=self.strategy.client_rank(by_id[cid], r_max) if r_max else None)
             for cid, layers in sorted(plan.allocations.items())
         ]
-        results = self.runner.fit(tasks, state)
+        with phase(self.progress, CLIENTS, len(tasks)):  # an in-process runner advances it per client
+            results = self.runner.fit(tasks, state)
         task_of = {task.client_id: task for task in tasks}
         # shapes are checked against what each client was sent (its rank), counts against its partition
         updates, failed = screen_round(tasks, results, self.layermap, state, ffa=self.cfg.lora.ffa,
@@ -291,7 +295,8 @@ class Server:
         )
         rec: dict = {"round": t, "train_loss": train_loss}
         if self.should_evaluate(t):
-            ev = self.evaluator(new_state)
+            with phase(self.progress, EVALUATION, None):
+                ev = self.evaluator(new_state)
             rec.update(
                 val_accuracy=ev["val"]["accuracy"], val_loss=ev["val"]["loss"],
                 test_accuracy=ev["test"]["accuracy"], test_loss=ev["test"]["loss"],
@@ -333,7 +338,8 @@ class Server:
         state = self.state.global_state
         up = self.runner.available()
         ids = [s.id for s in self.slots() if up is None or s.id in up]
-        results = self.runner.class_stats(ids, state)
+        with phase(self.progress, STATISTICS, len(ids)):
+            results = self.runner.class_stats(ids, state)
         sums = counts = None
         norm_sum, upload, failed, ok = 0.0, 0, [], 0
         for cid, res in zip(ids, results):
@@ -406,12 +412,14 @@ class Server:
         end = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
         if self.state.round == 0 and self.head_init is not None and end > 0:
             self._head_info = self.initialise_head()
-        for t in range(self.state.round, end):
-            rec = self.run_round(t)
-            self.state.records.append(rec)
-            self.state.round = t + 1
-            if on_round is not None:
-                on_round(rec)
+        with phase(self.progress, ROUNDS, self.cfg.rounds, self.state.round):
+            for t in range(self.state.round, end):
+                rec = self.run_round(t)
+                self.state.records.append(rec)
+                self.state.round = t + 1
+                self.progress.advance(ROUNDS)
+                if on_round is not None:
+                    on_round(rec)
         return self.state.records
 
 

@@ -11,19 +11,25 @@ from __future__ import annotations
 from typing import Sequence
 
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask
+from fedhello.federation.progress import CLIENTS, NO_PROGRESS, STATISTICS, ProgressHook
 from fedhello.model.state import State
 
 
 class SimulationRunner:
     """Trains clients in this process, one after another, on the one shared model of ``exp``."""
 
-    def __init__(self, exp):
+    def __init__(self, exp, progress: ProgressHook = NO_PROGRESS):
         self.exp = exp
         self.trainer = exp.trainer()
+        self.progress = progress  # advanced once per client (fedhello.federation.progress)
 
     def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
         """See :meth:`ClientRunner.fit`; the clients train one after another, in this process."""
-        return [self.trainer.fit(t, global_state, self.exp.partitions[t.client_id]) for t in tasks]
+        out = []
+        for t in tasks:
+            out.append(self.trainer.fit(t, global_state, self.exp.partitions[t.client_id]))
+            self.progress.advance(CLIENTS)
+        return out
 
     def scores(self, client_ids: Sequence[int], global_state: State):
         """See :meth:`ClientRunner.scores`; :meth:`Experiment.client_fisher` per client."""
@@ -31,7 +37,11 @@ class SimulationRunner:
 
     def class_stats(self, client_ids: Sequence[int], global_state: State):
         """See :meth:`ClientRunner.class_stats`; each client's statistics on its partition."""
-        return [self.exp.class_stats(global_state, self.exp.partitions[cid]) for cid in client_ids]
+        out = []
+        for cid in client_ids:
+            out.append(self.exp.class_stats(global_state, self.exp.partitions[cid]))
+            self.progress.advance(STATISTICS)
+        return out
 
     def available(self) -> set[int] | None:
         """See :meth:`ClientRunner.available`; None: every client is always reachable."""

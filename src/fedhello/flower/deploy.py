@@ -360,6 +360,7 @@ def add_deploy_parser(sub) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
     p.add_argument("--round-timeout", type=float, default=120.0,
                    help="seconds to wait for a round's replies; later ones count as failed (default 120)")
     p.add_argument("--budgets", default=None, help="comma-separated budget each node declares (node config budget=)")
@@ -380,14 +381,25 @@ def cmd_deploy_local(args) -> int:
 
     def on_round(rec: dict) -> None:
         console.print(round_line(rec, state["rounds"] or rec["round"] + 1))
+        progress.advance(ROUNDS)
+
+    def on_started(fed) -> None:  # every process is up: the start-up bar gives way to the rounds bar
+        progress.end(STARTUP)
+        progress.start(ROUNDS, state["rounds"])
 
     from fedhello.config import load_config
 
     state["rounds"] = load_config(args.config, args.set).rounds
-    summary = deploy_local(
-        args.config, args.set, args.out, args.nodes, overwrite=args.overwrite, round_timeout=args.round_timeout,
-        budgets=budgets, on_round=on_round, log=lambda m: console.print(m),
-    )
+    from fedhello.console import RichProgress
+    from fedhello.federation.progress import ROUNDS
+
+    STARTUP = "start-up"
+    with RichProgress(console, quiet=getattr(args, "quiet", False)) as progress:
+        progress.start(STARTUP, None)  # SuperLink, SuperNodes: no step count, elapsed time shown
+        summary = deploy_local(
+            args.config, args.set, args.out, args.nodes, overwrite=args.overwrite, round_timeout=args.round_timeout,
+            budgets=budgets, on_round=on_round, log=lambda m: console.print(m), on_started=on_started,
+        )
     if summary.get("final_test_accuracy") is not None:
         console.print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  run directory: {args.out}")
     return 0

@@ -331,3 +331,32 @@ def sweep_plots(sweep_dir: str | Path, cells: list | None = None) -> list[Path]:
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` holds a run: its metrics.jsonl and config.yaml."""
     return (path / METRICS).is_file() and (path / "config.yaml").is_file()
+
+
+def compare_runs(runs: dict[str, str | Path], path: str | Path, before: float | None = None) -> Path:
+    """One figure of several runs side by side: test accuracy per round (left) and cumulative upload (right).
+
+    ``runs`` maps a label (the strategy) to its run directory; ``before``, the test
+    accuracy before fine-tuning, is drawn as a dashed line. Written to ``path`` (PNG).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, (label, run) in enumerate(runs.items()):
+        records = RunDir(run).read_metrics()
+        pts = [(r["round"], 100 * r["test_accuracy"]) for r in records if r.get("test_accuracy") is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax1.plot(x, y, marker="o", ms=3, color=f"C{i}", label=label)
+        up = np.cumsum([sum(c["upload_bytes"] for c in r["clients"]) / 1e6 for r in records])
+        ax2.plot([r["round"] for r in records], up, color=f"C{i}", label=label)
+    if before is not None:
+        ax1.axhline(100 * before, color="grey", ls="--", lw=1, label="before fine-tuning")
+    ax1.set(xlabel="round", ylabel="test accuracy (%)", title="global model test accuracy")
+    ax2.set(xlabel="round", ylabel="upload (MB, cumulative)", title="client upload")
+    for a in (ax1, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(alpha=0.3)
+        a.legend()
+    return _save(fig, Path(path))

@@ -39,6 +39,7 @@ from fedhello.data.encoders import make_encoder
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.adapter import export_adapter
 from fedhello.run.limits import PROFILE, attach_resources, profile_record, resume_costs
+from fedhello.federation.progress import NO_PROGRESS, ProgressHook
 
 
 log = logging.getLogger("fedhello")
@@ -464,8 +465,11 @@ def run_experiment(
     stop_after: int | None = None,
     runner_factory: Callable[[Experiment], object] | None = None,
     reporter: Callable[[Path], Reporter] | None = None,
+    progress: ProgressHook = NO_PROGRESS,
 ) -> dict:
     """Run (or continue) the experiment into ``out``; returns the summary.
+
+    ``progress`` is told where the long steps stand (:mod:`fedhello.federation.progress`).
 
     ``stop_after`` ends the process's work after that many rounds in total
     (used to test resumption). ``runner_factory`` builds the ClientRunner from
@@ -500,14 +504,15 @@ def run_experiment(
             on_start(exp)
         if exp.drops_note:
             log.info(exp.drops_note)
-        return _run(cfg, exp, rundir, ckpt, on_round, stop_after, runner_factory, reporter)
+        return _run(cfg, exp, rundir, ckpt, on_round, stop_after, runner_factory, reporter, progress)
 
 
-def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runner_factory, reporter) -> dict:
+def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runner_factory, reporter,
+         progress: ProgressHook = NO_PROGRESS) -> dict:
     if ckpt is not None:  # costs measured at the start stay those of the start (same allocations)
         resume_costs(exp, rundir.file(PROFILE))
     strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
-    runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp)
+    runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp, progress)
     server = Server(
         cfg, strategy, exp.groups, exp.layermap, exp.global_state(), runner,
         exp.evaluator(), exp.server_scorer(),
@@ -518,6 +523,7 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
     )
     if exp.costs is not None:
         rundir.write_json(PROFILE, profile_record(exp.costs))
+    server.progress = progress
     if ckpt is not None:
         server.restore(ckpt, where=str(rundir.file(CHECKPOINT)))
         rundir.write_metrics(server.state.records)

@@ -1,0 +1,111 @@
+"""Progress of long steps reaches the hook passed down from the caller; the console's bars stay quiet
+off a terminal or with --quiet; the demo's "before fine-tuning" figure and comparison plot."""
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from fedhello.config import build_config
+from fedhello.console import RichProgress
+from fedhello.federation.progress import CLIENTS, EVALUATION, ROUNDS, STATISTICS
+from fedhello.run.experiment import run_experiment
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def start(self, phase, total, done=0):
+        self.events.append(("start", phase, total, done))
+
+    def advance(self, phase, n=1):
+        self.events.append(("advance", phase, n))
+
+    def end(self, phase):
+        self.events.append(("end", phase))
+
+
+def tiny_cfg(tiny_bert, **over):
+    raw = {
+        "seed": 1, "rounds": 3, "model": {"name": str(tiny_bert), "max_length": 32},
+        "data": {"format": "demo", "demo_samples": 100, "val_fraction": 0.15},
+        "clients": {"num_clients": 5, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
+        "strategy": {"name": "fedra"}, "train": {"batch_size": 8, "max_steps": 1},
+        "eval": {"every": 2}, "head": {"init": "class-means"},
+    }
+    raw.update(over)
+    return build_config(raw)
+
+
+def test_run_reports_every_long_step_to_the_hook(tiny_bert, tmp_path):
+    rec = Recorder()
+    cfg = tiny_cfg(tiny_bert)
+    run_experiment(cfg, tmp_path / "run", progress=rec, stop_after=2)
+    ev = rec.events
+    # the statistics round: every client once, before the rounds bar starts
+    assert ev[0] == ("start", STATISTICS, 5, 0)
+    assert ev[1:7] == [("advance", STATISTICS, 1)] * 5 + [("end", STATISTICS)]
+    assert ev[7] == ("start", ROUNDS, 3, 0)
+    per_round = [("start", CLIENTS, 2, 0), ("advance", CLIENTS, 1), ("advance", CLIENTS, 1), ("end", CLIENTS)]
+    # round 0 is not evaluated (eval.every 2), round 1 is
+    assert ev[8:13] == per_round + [("advance", ROUNDS, 1)]
+    assert ev[13:20] == per_round + [("start", EVALUATION, None, 0), ("end", EVALUATION), ("advance", ROUNDS, 1)]
+    assert ev[20:] == [("end", ROUNDS)]
+    # resumed: the rounds bar starts with the finished rounds done; no statistics round again
+    rec2 = Recorder()
+    run_experiment(cfg, tmp_path / "run", progress=rec2)
+    assert rec2.events[0] == ("start", ROUNDS, 3, 2) and not [e for e in rec2.events if e[1] == STATISTICS]
+
+
+def test_console_bars_only_on_a_terminal_and_not_quiet():
+    off_terminal = Console(file=io.StringIO())
+    assert not RichProgress(off_terminal).enabled
+    term = Console(file=io.StringIO(), force_terminal=True)
+    assert RichProgress(term).enabled and not RichProgress(term, quiet=True).enabled
+    buf = io.StringIO()
+    with RichProgress(Console(file=buf), quiet=False) as p:  # not a terminal: every call does nothing
+        p.start(ROUNDS, 3)
+        p.advance(ROUNDS)
+        p.end(ROUNDS)
+    assert buf.getvalue() == ""
+    with RichProgress(term) as p:
+        p.start(ROUNDS, 3, 1)
+        p.advance(ROUNDS)
+        assert p.bars.tasks[0].completed == 2 and p.bars.tasks[0].total == 3
+        p.end(ROUNDS)
+        assert not p.bars.tasks
+
+
+def test_demo_before_finetuning_is_the_model_every_strategy_starts_from(tiny_bert):
+    from fedhello.demo import before_finetuning
+    from fedhello.federation.server import Server
+    from fedhello.federation.simulation import SimulationRunner
+    from fedhello.allocation import build_strategy
+    from fedhello.run.experiment import prepare
+
+    cfg = tiny_cfg(tiny_bert)
+    exp = prepare(cfg)
+    server = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets), exp.groups,
+                    exp.layermap, exp.global_state(), SimulationRunner(exp), exp.evaluator(),
+                    head_init=exp.head_from_stats, num_classes=exp.num_classes())
+    server.initialise_head()
+    want = exp.evaluator()(server.state.global_state)["test"]["accuracy"]
+    assert before_finetuning(cfg) == pytest.approx(want, abs=1e-9)
+
+
+def test_compare_plot_of_runs_side_by_side(tmp_path):
+    from fedhello.report.plots import compare_runs
+
+    runs = {}
+    for name, accs in (("fedit", [0.5, 0.7]), ("fedra", [0.4, 0.6])):
+        d = tmp_path / name
+        d.mkdir()
+        recs = [{"round": t, "test_accuracy": a, "clients": [{"upload_bytes": 1000}]} for t, a in enumerate(accs)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        runs[name] = d
+    out = compare_runs(runs, tmp_path / "compare.png", before=0.3)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
