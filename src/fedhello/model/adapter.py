@@ -136,7 +136,7 @@ def model_card(cfg, label_names: Sequence[str], pooling: str, base_id: str, summ
         f"{cfg.rounds} rounds; resource groups train {cfg.clients.budgets} LoRA layers.",
         f"- **Strategy**: `{cfg.strategy.name}`; head `{cfg.head.train}`, initialised `{cfg.head.init}`; seed {cfg.seed}.",
         f"- **Pooling**: `{pooling}`" + (" (the head reads the attention-masked mean of the last hidden states; "
-                                         "see the loading snippet below)" if pooling == "mean" else ""),
+                                         "the loading snippet in the fedhello README computes it)" if pooling == "mean" else ""),
     ]
     if summary:
         best = summary.get("best_val_round")

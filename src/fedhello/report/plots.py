@@ -350,7 +350,7 @@ def compare_runs(runs: dict[str, str | Path], path: str | Path, before: float | 
             x, y = zip(*pts)
             ax1.plot(x, y, marker="o", ms=3, color=f"C{i}", label=label)
         up = np.cumsum([sum(c["upload_bytes"] for c in r["clients"]) / 1e6 for r in records])
-        ax2.plot([r["round"] for r in records], up, color=f"C{i}", label=label)
+        ax2.plot([r["round"] for r in records], up, marker="o", ms=3, color=f"C{i}", label=label)
     if before is not None:
         ax1.axhline(100 * before, color="grey", ls="--", lw=1, label="before fine-tuning")
     ax1.set(xlabel="round", ylabel="test accuracy (%)", title="global model test accuracy")
