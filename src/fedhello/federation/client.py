@@ -49,6 +49,8 @@ class ClientUpdate:
     layers: list[int]
     train_loss: float = float("nan")
     train_time_s: float = 0.0
+    # the CPU seconds of this process during its training (what `fedhello profile` times on CPU)
+    train_cpu_time_s: float = 0.0
     # peak training memory over its steps (CPU: counted, fedhello.model.step; CUDA: allocator peak)
     train_memory_bytes: int = 0
     metrics: dict = field(default_factory=dict)
@@ -121,7 +123,7 @@ class LocalTrainer:
         ``num_samples`` is ``len(indices)`` and its ``train_loss`` the sample-weighted
         mean loss. Afterwards nothing of the shared model stays trainable.
         """
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model = self.model
         cuda = self.device.type == "cuda"
         if cuda:  # the client's own peak: activations, gradients, optimizer state
@@ -175,6 +177,7 @@ class LocalTrainer:
             layers=sorted(int(x) for x in task.layers),
             train_loss=total_loss / max(seen, 1),
             train_time_s=time.perf_counter() - t0,
+            train_cpu_time_s=time.process_time() - c0,
             train_memory_bytes=peak,
             # GPU only (CPU peaks are process-wide; fedhello bench measures CPU memory in fresh processes)
             metrics={"peak_memory_bytes": peak} if cuda else {},

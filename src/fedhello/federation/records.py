@@ -30,6 +30,7 @@ class ClientRecord(TypedDict, total=False):
     upload_bytes: int  # the tensors it sent
     download_bytes: int  # the global state it was sent (truncated to its rank)
     train_time_s: float  # its local training time
+    train_cpu_time_s: float  # CPU seconds of its process during its training (on CPU: its own compute)
     # its peak training memory over its steps (CPU: counted, fedhello.model.step; CUDA: allocator peak)
     train_memory_bytes: int
     train_loss: float  # its mean training loss

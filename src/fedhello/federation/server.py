@@ -315,6 +315,7 @@ class Server:
                 "upload_bytes": u.upload_bytes,
                 "download_bytes": download[u.client_id],
                 "train_time_s": u.train_time_s,
+                "train_cpu_time_s": u.train_cpu_time_s,
                 "train_memory_bytes": u.train_memory_bytes,
                 "train_loss": u.train_loss,
                 **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),

@@ -91,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
 
     Refuses a task for another client than this node's partition. The reply
     carries only the trained tensors and the metrics ``num-examples``,
-    ``train-loss``, ``train-time-s`` and ``train-memory-bytes``.
+    ``train-loss``, ``train-time-s``, ``train-cpu-time-s`` and ``train-memory-bytes``.
     """
     from fedhello.federation.client import FitTask
 
@@ -107,6 +107,7 @@ def train(msg: Message, context: Context) -> Message:
     upd = trainer.fit(task, state, exp.partitions[pid])
     metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
                             "train-time-s": float(time.perf_counter() - t0),
+                            "train-cpu-time-s": float(upd.train_cpu_time_s),
                             "train-memory-bytes": int(upd.train_memory_bytes)})
     return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
 

@@ -137,6 +137,7 @@ class FedHelloStrategy:
                     client_id=cid, num_samples=metrics["num-examples"], tensors=tensors,
                     layers=list(task.layers), train_loss=float(metrics.get("train-loss", float("nan"))),
                     train_time_s=float(metrics.get("train-time-s", 0.0)),
+                    train_cpu_time_s=float(metrics.get("train-cpu-time-s", 0.0)),
                     train_memory_bytes=int(metrics.get("train-memory-bytes", 0)),
                 ))
             except Exception as err:  # malformed content: the node failed this round

@@ -10,8 +10,14 @@ per-layer cost model of :mod:`fedhello.allocation.resources` (SPEC section 9):
 - memory: on CPU the counted training memory of a step (saved-for-backward bytes,
   trainable parameters, gradients and optimizer state; :mod:`fedhello.model.step`),
   exact and repeatable; on CUDA the allocator's peak above the loaded model;
-- time: the fastest of ``reps`` timed steps per set, the sets interleaved (each
-  repetition in another order), so that a loaded machine's drift hits every set alike.
+- time: on CUDA the wall time of a step (between synchronisations); on CPU the process
+  CPU time of a step, i.e. the compute the step itself uses: on an unloaded machine with
+  one torch thread that is its wall time, and on a shared machine it stays what the
+  step costs while the wall time also counts the other processes (measured side by side
+  on a loaded 2-core machine: wall 2 to 4 times CPU, and jumping from step to step). The
+  fastest of ``reps`` timed steps per set, the sets interleaved (each repetition in
+  another order), so that drift hits every set alike. Records carry the client's
+  ``train_cpu_time_s`` beside ``train_time_s`` to compare with it.
 
 Which batch: the worst case the data can form. Activation memory and step time grow
 with the tokens of a batch, and a client's batches are padded only to their longest
@@ -133,10 +139,12 @@ def measure_sets(exp: Experiment, sets: Sequence[tuple[str, str, list[int]]], ba
             if first:
                 train_step(model, opt, batch)
         _sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = train_step(model, opt, batch, memory=memory)
         _sync(dev)
-        dt = time.perf_counter() - t0
+        # CPU: the step's own compute (process CPU seconds), steady whatever else the machine
+        # runs; CUDA: wall time between synchronisations
+        dt = time.perf_counter() - t0 if cuda else time.process_time() - c0
         mem = float(torch.cuda.max_memory_allocated(dev) - base) if cuda else float(out.memory_bytes)
         model.eval()
         freeze_all(model, lm)
@@ -215,6 +223,7 @@ def profile(exp: Experiment, reps: int = 2, seq_len: int | None = None, batch_si
         "ffa": cfg.lora.ffa,
         "head_train": cfg.head.train,
         "optimizer": cfg.train.optimizer,
+        "time_source": "wall time" if exp.device.type == "cuda" else "process CPU time",
         "memory_source": "torch.cuda.max_memory_allocated" if exp.device.type == "cuda"
         else "counted: saved for backward + trainable params + grads + optimizer state",
         "timed_steps_per_set": reps,
@@ -245,7 +254,7 @@ def table(costs: LayerCosts, ms: Sequence[Measurement], errors: dict[str, Any]) 
     lines = [
         f"fedhello profile: {meta.get('model')} on {meta.get('device')}, batch {meta.get('batch_size')} x "
         f"{meta.get('seq_len')} tokens (the longest batch the data can form), {meta.get('timed_steps_per_set')} "
-        f"timed steps per set, memory {meta.get('memory_source')}",
+        f"timed steps per set, time: {meta.get('time_source')}, memory: {meta.get('memory_source')}",
         f"{'set':<22} {'layers':<20} {'role':<8} {'memory MiB':>10} {'pred':>8} {'x all':>6} "
         f"{'step ms':>8} {'pred':>8} {'x all':>6}",
     ]
