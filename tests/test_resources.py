@@ -75,3 +75,24 @@ def test_json_round_trip_and_refusals(tmp_path):
     p.write_text("not json")
     with pytest.raises(ConfigError, match="cannot read a cost profile"):
         LayerCosts.load(p)
+
+
+def test_predict_for_batches_scales_time_by_tokens_and_bounds_memory():
+    from fedhello.allocation.resources import predict_for_batches
+
+    c = LayerCosts(
+        memory=LinearCost(100.0, (10.0, 20.0), (5.0, 5.0)),
+        step_time=LinearCost(1.0, (0.5, 0.5), (0.25, 0.25)),
+        upload=(8.0, 8.0),
+        meta={"tokens_per_batch": 64, "memory_state": [4.0, 4.0], "memory_state_base": 2.0},
+    )
+    # {1}: memory 100 + 20 + 5 = 125, of which 2 + 4 is state; time 1.75 s per 64 tokens
+    mem, sec = predict_for_batches(c, [1], [32, 16])
+    assert sec == pytest.approx(1.75 * 48 / 64)
+    assert mem == pytest.approx(6.0 + (125.0 - 6.0) * 32 / 64)
+    # a full batch costs the profiled step; never more memory than the worst case
+    assert predict_for_batches(c, [0, 1], [64]) == pytest.approx((c.memory_bytes([0, 1]), c.step_seconds([0, 1])))
+    assert predict_for_batches(c, [0], []) == (0.0, 0.0)
+    # a profile without the token meta (CUDA, older files): worst-case memory, steps x step time
+    bare = LayerCosts(c.memory, c.step_time, c.upload)
+    assert predict_for_batches(bare, [0], [10, 20, 30]) == pytest.approx((c.memory_bytes([0]), 3 * c.step_seconds([0])))

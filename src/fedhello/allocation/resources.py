@@ -490,3 +490,39 @@ def group_capacities(limits: Sequence[Any] | None, groups: Sequence[int], sample
                              local_steps(sample_counts[cid], batch_size, epochs, max_steps))
         where[cid] = f"clients.limits[{g}]"
     return caps, where
+
+
+def predict_for_batches(costs: LayerCosts, layers: Iterable[int], tokens: Sequence[int]) -> tuple[float, float]:
+    """(peak training memory in bytes, training seconds) of training ``layers`` on batches of
+    ``tokens`` padded tokens each (rows x columns), from a profile of the worst-case batch.
+
+    ``costs`` holds the cost of one step on the profiled batch, ``meta["tokens_per_batch"]``
+    tokens (the longest batch the data can form). A client's batches are shorter, so:
+
+    - time: one profiled step's time per ``tokens_per_batch`` tokens, summed over the batches
+      (a step's compute grows with its tokens; measured within 10% on Banking77);
+    - memory: the step's state (trainable parameters, gradients, optimizer state:
+      ``meta["memory_state_base"]`` + ``meta["memory_state"][l]`` per trained layer) plus
+      the saved activations scaled by the longest batch's tokens. Activations grow
+      linearly with the tokens plus an attention part quadratic in the columns, so the
+      linear scaling never predicts less than a batch of at most the profiled rows and
+      columns needs: a bound, not an estimate.
+
+    Without those meta keys (a CUDA profile, an older file) memory is the worst case.
+    With no batches: (0, 0).
+    """
+    layers = sorted({int(l) for l in layers})
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+        return 0.0, 0.0
+    meta = costs.meta or {}
+    ref = meta.get("tokens_per_batch")
+    if not isinstance(ref, (int, float)) or ref <= 0:
+        return costs.memory_bytes(layers), costs.step_seconds(layers) * len(tokens)
+    seconds = costs.step_seconds(layers) * sum(tokens) / ref
+    mem = costs.memory_bytes(layers)
+    state = meta.get("memory_state")
+    if isinstance(state, list) and len(state) == costs.num_layers:
+        fixed = float(meta.get("memory_state_base", 0.0)) + sum(float(state[l]) for l in layers)
+        mem = fixed + (mem - fixed) * min(1.0, max(tokens) / ref)
+    return float(mem), float(seconds)

@@ -29,7 +29,11 @@ every step: a client allocated within its memory limit never exceeds it. The sha
 kept in ``meta`` (``batch_size``, ``seq_len``), so that a comparison of measured and
 predicted cost knows what it compares: a client whose longest batch is shorter than
 ``seq_len`` measures less than predicted, by design. ``seq_len`` can be set lower to
-profile a typical rather than the worst batch.
+profile a typical rather than the worst batch. To predict a client's actual round,
+:func:`fedhello.allocation.resources.predict_for_batches` scales the profile to the
+client's padded batch tokens (``meta["tokens_per_batch"]``, ``meta["memory_state"]``):
+time in proportion to the tokens, memory with the activations scaled linearly to the
+longest batch, which bounds it from above.
 
 The loss is the cross-entropy whatever ``train.loss`` (the label-skew corrections are
 elementwise on the logits: the same cost).
@@ -184,6 +188,22 @@ def upload_costs(exp: Experiment) -> tuple[tuple[float, ...], float]:
     return tuple(per), head
 
 
+def memory_state(ms: Sequence[Measurement], num_layers: int) -> dict[str, Any]:
+    """The step state (trainable parameters, gradients, optimizer state) per trained layer,
+    ``memory_state``, and of the head, ``memory_state_base``, from the counted parts of the
+    single-layer and all-layer sets (CPU profiles only; empty otherwise). It is additive:
+    set {l} holds head + layer l, the full set the head + every layer."""
+    L = num_layers
+    part = {tuple(m.layers): m.memory_parts for m in ms}
+    singles = [part.get((l,)) for l in range(L)]
+    full = part.get(tuple(range(L)))
+    if not full or any(not p for p in singles):
+        return {}
+    st = lambda p: p["param_bytes"] + p["grad_bytes"] + p["optimizer_bytes"]  # noqa: E731
+    head = (sum(st(p) for p in singles) - st(full)) / (L - 1) if L > 1 else 0.0
+    return {"memory_state_base": float(head), "memory_state": [float(st(p) - head) for p in singles]}
+
+
 def relative_errors(costs: LayerCosts, ms: Sequence[Measurement], role: str = "heldout") -> dict[str, Any]:
     """Per resource, the largest and the mean |predicted - measured| / measured over the sets of ``role``."""
     out: dict[str, Any] = {}
@@ -229,6 +249,8 @@ def profile(exp: Experiment, reps: int = 2, seq_len: int | None = None, batch_si
         "timed_steps_per_set": reps,
         "measure_s": time.perf_counter() - t0,
     }
+    meta["tokens_per_batch"] = int(np.prod(batch["input_ids"].shape)) if "input_ids" in batch else None
+    meta.update(memory_state(ms, L))
     costs = LayerCosts(memory=mem, step_time=tim, upload=upload, upload_base=upload_base, meta=meta)
     return costs, ms, relative_errors(costs, ms)
 
