@@ -128,6 +128,10 @@ def test_profile_fits_memory_exactly_and_writes_profile_json(tiny_bert, tmp_path
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps(tiny_raw(tiny_bert)))
     out = tmp_path / "prof"
+    assert main(["profile", "--config", str(cfg), "--out", str(out), "--reps", "0"]) == 2
+    assert "--reps must be at least 1" in capsys.readouterr().err and not out.exists()
+    assert main(["profile", "--config", str(cfg), "--out", str(out), "--set", "train.batch_size=-1"]) == 2
+    assert "train.batch_size" in capsys.readouterr().err and not out.exists()
     assert main(["profile", "--config", str(cfg), "--out", str(out), "--reps", "1"]) == 0
     text = capsys.readouterr().out
     assert "held out" in text and "top 3" in text
