@@ -36,9 +36,10 @@ def _admits_bool(annotation: Any) -> bool:
 
 class _Strict(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated,
-    and a YAML boolean is refused where the field does not take one."""
+    a YAML boolean is refused where the field does not take one, and so is an infinite
+    or NaN float (``.inf``, ``.nan``) in any float key, by this one rule."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -409,6 +410,37 @@ class AggregationConfig(_Strict):
         description="samples: weighted by client sample counts (Fed-HeLLo's rule); uniform: the reference's "
         "plain mean.",
     )
+    # bounds on what one client can do (fedhello.federation.robust, docs/threat-model.md)
+    norm_bound: float = Field(
+        10.0,
+        ge=0,
+        description="Each update tensor's change is clipped to this many times the round's median change of that "
+        "tensor; class means, mean feature norms and Fisher score vectors are bounded by the same multiple "
+        "of the clients' median; 0: off.",
+    )
+    robust: Literal["mean", "trimmed-mean", "median"] = Field(
+        "mean",
+        description="How the layer-wise rule merges a tensor's holders: mean (weighting), or the coordinate-wise "
+        "trimmed-mean or median (unweighted; strategies with their own rule, hetlora/flexlora, take mean only).",
+    )
+    trim: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: share of holders dropped at each end.")
+    max_empty_rounds: int = Field(
+        3, ge=1, description="Stop with an error after this many rounds in a row that aggregated nothing."
+    )
+
+
+class AttackConfig(_Strict):
+    """``attack``: FOR EXPERIMENTS ONLY. One simulated malicious client, injected by the in-process
+    runner (fedhello.federation.attacks); the Flower runtimes refuse it."""
+
+    kind: Literal["none", "scale", "noise", "stats-count", "stats-mean", "stats-norm", "fisher"] = Field(
+        "none",
+        description="none; scale: update delta times factor (negative: sign flip); noise: Gaussian update of std "
+        "factor; stats-count / stats-mean / stats-norm: class statistics with inflated counts, shifted means, "
+        "a huge norm sum; fisher: inflated Fisher scores and count.",
+    )
+    client: int = Field(0, ge=0, description="The malicious client's id.")
+    factor: float = Field(1e30, description="Size of the attack (scale factor, noise std, inflation).")
 
 
 class EvalConfig(_Strict):
@@ -460,6 +492,7 @@ class ExperimentConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="The allocation strategy.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Local training.")
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig, description="Server averaging.")
+    attack: AttackConfig = Field(default_factory=AttackConfig, description="Experiments only: a simulated attacker.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and model selection.")
     head: HeadConfig = Field(default_factory=HeadConfig, description="The classification head protocol.")
 
@@ -501,6 +534,15 @@ class ExperimentConfig(_Strict):
         # not use it (one config can then drive a sweep over strategies), but checked
         if self.strategy.ranks is not None:
             check_ranks(self.strategy.ranks, len(self.clients.budgets), self.lora.r)
+        return self
+
+    @model_validator(mode="after")
+    def _check_robust(self) -> "ExperimentConfig":
+        if self.aggregation.robust != "mean" and self.strategy.name in ("hetlora", "flexlora"):
+            raise ValueError(
+                f"config key 'aggregation.robust': {self.aggregation.robust} is for layer-wise averaging; "
+                f"{self.strategy.name} merges with its own rule (use mean; aggregation.norm_bound still applies)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,8 @@ from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, rou
 from fedhello.federation.progress import CLIENTS, EVALUATION, NO_PROGRESS, ROUNDS, STATISTICS, ProgressHook, phase
 from fedhello.federation.records import RoundRecord, Summary
 from fedhello.federation.rank_aggregation import flexlora_aggregate, hetlora_aggregate
+from fedhello.federation.robust import (bound_update_norms, combine_class_stats, combine_scores, robust_mean,
+                                       stats_problem)
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import max_rank, truncate_rank
 from fedhello.model.state import State, check_state, state_nbytes
@@ -205,6 +207,9 @@ class Server:
         self.resources = resources
         # where long steps stand (rounds, a round's clients, statistics, evaluation); set by the caller
         self.progress: ProgressHook = NO_PROGRESS
+        if cfg.aggregation.robust != "mean" and strategy.aggregation != "layerwise":
+            raise FedHelloError(f"config key 'aggregation.robust': {cfg.aggregation.robust} is for layer-wise "
+                                f"averaging, strategy {cfg.strategy.name} merges with its own rule")
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
@@ -235,14 +240,54 @@ class Server:
                 if self.server_scorer is None:
                     raise FedHelloError("strategy.fim_source 'server' needs a server calibration set")
                 return np.asarray(self.server_scorer(state), dtype=np.float64)
-            results = self.runner.scores([s.id for s in slots], state)
-            ok = [r for r in results if not isinstance(r, ClientFailure)]
+            ids = [s.id for s in slots]
+            ok = self._screen_scores(ids, self.runner.scores(ids, state))
             if not ok:
                 raise FedHelloError("no client returned Fisher scores")
-            total = sum(n for _, n in ok)
-            return sum(np.asarray(s, dtype=np.float64) * n for s, n in ok) / total
+            combined, clipped = combine_scores(ok, self.cfg.aggregation.norm_bound)
+            if clipped:
+                log.warning("Fisher scores: %d client score vectors bounded towards the median", clipped)
+            return combined
 
         return provide
+
+    def _screen_scores(self, ids: Sequence[int], results) -> list[tuple[np.ndarray, int]]:
+        """The usable Fisher replies: one finite non-negative score per layer and a count >= 1, the count
+        capped at the client's partition size (a client may not buy itself weight)."""
+        L = self.layermap.num_layers
+        ok = []
+        for cid, r in zip(ids, results):
+            if isinstance(r, ClientFailure):
+                continue
+            try:
+                s, n = np.asarray(r[0], dtype=np.float64), int(r[1])
+            except (TypeError, ValueError, IndexError, OverflowError):
+                log.warning("Fisher scores: client %s rejected (malformed)", cid)
+                continue
+            if s.shape != (L,) or not np.all(np.isfinite(s)) or np.any(s < 0) or n < 1:
+                log.warning("Fisher scores: client %s rejected (not %d finite non-negative scores)", cid, L)
+                continue
+            cap = self._max_samples(cid)
+            ok.append((s, min(n, cap) if cap is not None else n))
+        return ok
+
+    def _max_samples(self, cid) -> int | None:
+        counts = self.sample_counts
+        ok = counts is not None and isinstance(cid, int) and 0 <= cid < len(counts)
+        return int(counts[cid]) if ok else None
+
+    def _aggregate(self, state: State, updates: list[ClientUpdate]) -> tuple[State, dict]:
+        """The round's merge: every update's deltas bounded (``aggregation.norm_bound``), then the
+        strategy's rule, or for the layer-wise rule the ``aggregation.robust`` one."""
+        agg = self.cfg.aggregation
+        updates, bound_info = bound_update_norms(state, updates, agg.norm_bound)
+        if self.strategy.aggregation == "layerwise" and agg.robust != "mean":
+            new_state, info = robust_mean(state, updates, agg.robust, agg.trim), {}
+        else:
+            new_state, info = AGGREGATION_RULES[self.strategy.aggregation](state, updates, agg.weighting)
+        if bound_info:
+            info = {**info, "norm_bounded": bound_info["clipped"]}
+        return new_state, info
 
     def lr(self, t: int) -> float:
         """The learning rate of round ``t``: ``train.lr * train.lr_decay ** t``."""
@@ -285,7 +330,10 @@ class Server:
         for f in failed:
             if f["id"] not in gave_up:
                 log.warning("round %d: rejected update: %s", t, f["reason"])
-        new_state, agg_info = AGGREGATION_RULES[self.strategy.aggregation](state, updates, self.cfg.aggregation.weighting)
+        new_state, agg_info = self._aggregate(state, updates)
+        skipped = None
+        if not all(bool(torch.isfinite(v).all()) for v in new_state.values()):
+            skipped, new_state = "non-finite aggregate", state  # not applied: the previous state is kept
         self.state.global_state = new_state
         # what each client is sent: the global state, truncated to its rank
         download = {tk.client_id: state_nbytes(truncate_rank(state, tk.rank)) for tk in tasks}
@@ -297,6 +345,12 @@ class Server:
         if self.should_evaluate(t):
             with phase(self.progress, EVALUATION, None):
                 ev = self.evaluator(new_state)
+            if new_state is not state and not math.isfinite(float(ev["val"]["loss"])):
+                # a round that ruins the model is not applied: the previous state is kept and scored
+                skipped, new_state = "validation loss is not finite", state
+                self.state.global_state = state
+                with phase(self.progress, EVALUATION, None):
+                    ev = self.evaluator(state)
             rec.update(
                 val_accuracy=ev["val"]["accuracy"], val_loss=ev["val"]["loss"],
                 test_accuracy=ev["test"]["accuracy"], test_loss=ev["test"]["loss"],
@@ -325,6 +379,9 @@ class Server:
             for u in updates
         ]
         rec["failed_clients"] = failed
+        if skipped is not None:
+            rec["skipped"] = skipped
+            log.warning("round %d: not applied (%s); the previous global state is kept", t, skipped)
         rec.update(plan.info)
         rec.update(agg_info)
         if self._head_info is not None:
@@ -341,27 +398,31 @@ class Server:
         ids = [s.id for s in self.slots() if up is None or s.id in up]
         with phase(self.progress, STATISTICS, len(ids)):
             results = self.runner.class_stats(ids, state)
-        sums = counts = None
-        norm_sum, upload, failed, ok = 0.0, 0, [], 0
+        accepted: list = []
+        upload, failed = 0, []
         for cid, res in zip(ids, results):
             if isinstance(res, ClientFailure):
-                failed.append({"id": res.client_id, "reason": res.reason})
+                failed.append({"id": cid, "reason": res.reason})
                 continue
             s_, c_, n_ = (np.asarray(res[0], dtype=np.float64), np.asarray(res[1], dtype=np.float64), float(res[2]))
             C = self.num_classes or c_.shape[0]
+            why = None
             if (s_.ndim != 2 or s_.shape[0] != C or c_.shape != (C,) or not np.all(np.isfinite(s_))
                     or not np.all(np.isfinite(c_)) or np.any(c_ < 0) or np.any(c_ != np.round(c_))
-                    or not math.isfinite(n_) or n_ < 0 or (sums is not None and s_.shape != sums.shape)):
-                failed.append({"id": cid, "reason": "malformed class statistics"})
-                log.warning("class statistics: client %s rejected (malformed)", cid)
+                    or not math.isfinite(n_) or n_ < 0 or (accepted and s_.shape != accepted[0][1].shape)):
+                why = "malformed class statistics"
+            else:  # bounded: counts by the partition, class sums by the norm sum
+                why = stats_problem(s_, c_, n_, self._max_samples(cid))
+            if why is not None:
+                failed.append({"id": cid, "reason": f"client {cid}: {why}"})
+                log.warning("class statistics: client %s rejected (%s)", cid, why)
                 continue
-            sums = s_ if sums is None else sums + s_
-            counts = c_ if counts is None else counts + c_
-            norm_sum += n_
+            accepted.append((cid, s_, c_, n_))
             upload += s_.nbytes + c_.nbytes + 8
-            ok += 1
-        if sums is None:
+        ok = len(accepted)
+        if not accepted:
             raise FedHelloError("head.init class-means: no client returned class statistics")
+        sums, counts, norm_sum, bounded = combine_class_stats(accepted, self.cfg.aggregation.norm_bound)
         head = self.head_init(sums, counts, norm_sum)
         new = dict(state)
         new.update(head)
@@ -373,6 +434,7 @@ class Server:
             "download_bytes": int(state_nbytes(state) * len(ids)),
             "time_s": time.perf_counter() - t0,
             "classes_seen": int(np.count_nonzero(counts)),
+            **bounded,
         }
         log.info(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
                  f"{upload / 1e6:.2f} MB up, {info['time_s']:.1f}s")
@@ -421,7 +483,20 @@ class Server:
                 self.progress.advance(ROUNDS)
                 if on_round is not None:
                     on_round(rec)
+                self._check_progress(t)
         return self.state.records
+
+    def _check_progress(self, t: int) -> None:
+        """Raise once ``aggregation.max_empty_rounds`` rounds in a row aggregated nothing (no accepted
+        update, or a result not applied): the run stops instead of finishing on a stale state."""
+        n = self.cfg.aggregation.max_empty_rounds
+        recent = self.state.records[-n:]
+        if len(recent) == n and all(not r.get("clients") or r.get("skipped") for r in recent):
+            why = recent[-1].get("skipped") or "no update accepted"
+            raise FedHelloError(
+                f"round {t}: nothing aggregated for {n} rounds in a row (last: {why}; "
+                f"config key 'aggregation.max_empty_rounds'); the checkpoint holds the last good state"
+            )
 
 
 def extra_metrics(ev: dict) -> dict:

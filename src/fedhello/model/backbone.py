@@ -135,16 +135,24 @@ class Backbone:
     pooling: str = "model"
 
 
-def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
-    """Resolve ``model.pooling`` for this model and attach mean pooling where chosen."""
-    from fedhello.model.head import attach_mean_pooling, resolve_pooling
+def check_pooling(cfg, path: str, model_type: str) -> str:
+    """The pooling ``model.pooling`` resolves to for this model (``run`` and ``validate`` both ask
+    here); ConfigError where the task or the model family does not take it."""
+    from fedhello.model.head import resolve_pooling
 
     pooling = cfg.model.pooling
     if not TASKS[cfg.task].pooling_options:
         if pooling == "mean":
             raise ConfigError(f"config key 'model.pooling': mean pooling is for text classification, not {cfg.task}")
         pooling = "model"
-    backbone.pooling = resolve_pooling(pooling, path, backbone.model_type)
+    return resolve_pooling(pooling, path, model_type)
+
+
+def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
+    """Resolve ``model.pooling`` for this model and attach mean pooling where chosen."""
+    from fedhello.model.head import attach_mean_pooling, resolve_pooling
+
+    backbone.pooling = check_pooling(cfg, path, backbone.model_type)
     if backbone.pooling == "mean":
         attach_mean_pooling(backbone.model)
     return backbone

@@ -513,6 +513,12 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
         resume_costs(exp, rundir.file(PROFILE))
     strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
     runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp, progress)
+    if cfg.attack.kind != "none":  # experiments only: one simulated attacker (fedhello.federation.attacks)
+        if runner_factory is not None:
+            raise ConfigError("config key 'attack.kind': a simulated attack is for in-process runs only")
+        from fedhello.federation.attacks import AttackRunner
+
+        runner = AttackRunner(runner, cfg.attack)
     server = Server(
         cfg, strategy, exp.groups, exp.layermap, exp.global_state(), runner,
         exp.evaluator(), exp.server_scorer(),

@@ -161,7 +161,7 @@ def validate_config(cfg) -> Report:
     from transformers import AutoConfig
 
     from fedhello.run.experiment import pick_device
-    from fedhello.model.backbone import check_max_length, num_hidden_layers
+    from fedhello.model.backbone import check_max_length, check_pooling, num_hidden_layers, resolve_model_path
 
     rep = Report()
     mconf, rep.model_source = _local_model_config(cfg.model.name)
@@ -186,6 +186,7 @@ def validate_config(cfg) -> Report:
         if cfg.task != "image-classification" and vision:
             raise ConfigError(f"config key 'task': {cfg.task} needs a text model, {cfg.model.name} is {mconf.model_type}")
         check_max_length(cfg, mconf)
+        check_pooling(cfg, resolve_model_path(cfg.model.name), mconf.model_type)
         _check_lora(cfg, mconf, n)
     pick_device(cfg.device)  # the device must exist here (cuda on a machine without CUDA is an error)
     _check_data(cfg, rep)
