@@ -66,14 +66,19 @@ def tiny_bert12(tmp_path_factory) -> Path:
 
 
 def screen_and_aggregate(tasks, results, global_state, layermap, *, sample_counts=None, rule=None,
-                         weighting="samples"):
+                         weighting="samples", aggregation=None):
     """What the Server loop does with a round's collected Flower replies: screen them with
     ``screen_round`` and merge the accepted ones with the aggregation rule (layer-wise by
-    default). Returns (new global state, failed-client records, number of accepted updates)."""
+    default; ``aggregation``: an ``aggregation`` config section, merged by the Server's
+    ``merge_updates`` with its bounds). Returns (new global state, failed-client records,
+    number of accepted updates)."""
     from fedhello.federation.aggregation import screen_round
-    from fedhello.federation.server import AGGREGATION_RULES
+    from fedhello.federation.server import AGGREGATION_RULES, merge_updates
 
     updates, failed = screen_round(tasks, results, layermap, global_state, ffa=False, head=True,
                                    sample_counts=sample_counts)
+    if aggregation is not None:
+        new, _ = merge_updates(global_state, updates, "layerwise", aggregation)
+        return new, failed, len(updates)
     new, _ = (rule or AGGREGATION_RULES["layerwise"])(global_state, updates, weighting)
     return new, failed, len(updates)

@@ -77,6 +77,21 @@ def _layerwise(global_state: State, updates, weighting: str) -> tuple[State, dic
 AGGREGATION_RULES = {"layerwise": _layerwise, "hetlora": hetlora_aggregate, "flexlora": flexlora_aggregate}
 
 
+def merge_updates(global_state: State, updates: Sequence[ClientUpdate], rule: str, agg) -> tuple[State, dict]:
+    """A round's screened updates merged, for every runtime: each update's deltas bounded
+    (``agg.norm_bound``, :func:`~fedhello.federation.robust.bound_update_norms`), then the rule
+    :data:`AGGREGATION_RULES` names, or for the layer-wise rule the ``agg.robust`` one.
+    ``agg``: the config's ``aggregation`` section. Returns (state, info for the round's record)."""
+    updates, bound_info = bound_update_norms(global_state, updates, agg.norm_bound)
+    if rule == "layerwise" and agg.robust != "mean":
+        new_state, info = robust_mean(global_state, updates, agg.robust, agg.trim), {}
+    else:
+        new_state, info = AGGREGATION_RULES[rule](global_state, updates, agg.weighting)
+    if bound_info:
+        info = {**info, "norm_bounded": bound_info["clipped"]}
+    return new_state, info
+
+
 class ClientRunner(Protocol):
     """How a runtime reaches clients: the one thing :class:`Server` does not know.
 
@@ -276,19 +291,6 @@ class Server:
         ok = counts is not None and isinstance(cid, int) and 0 <= cid < len(counts)
         return int(counts[cid]) if ok else None
 
-    def _aggregate(self, state: State, updates: list[ClientUpdate]) -> tuple[State, dict]:
-        """The round's merge: every update's deltas bounded (``aggregation.norm_bound``), then the
-        strategy's rule, or for the layer-wise rule the ``aggregation.robust`` one."""
-        agg = self.cfg.aggregation
-        updates, bound_info = bound_update_norms(state, updates, agg.norm_bound)
-        if self.strategy.aggregation == "layerwise" and agg.robust != "mean":
-            new_state, info = robust_mean(state, updates, agg.robust, agg.trim), {}
-        else:
-            new_state, info = AGGREGATION_RULES[self.strategy.aggregation](state, updates, agg.weighting)
-        if bound_info:
-            info = {**info, "norm_bounded": bound_info["clipped"]}
-        return new_state, info
-
     def lr(self, t: int) -> float:
         """The learning rate of round ``t``: ``train.lr * train.lr_decay ** t``."""
         return self.cfg.train.lr * (self.cfg.train.lr_decay**t)
@@ -330,7 +332,7 @@ class Server:
         for f in failed:
             if f["id"] not in gave_up:
                 log.warning("round %d: rejected update: %s", t, f["reason"])
-        new_state, agg_info = self._aggregate(state, updates)
+        new_state, agg_info = merge_updates(state, updates, self.strategy.aggregation, self.cfg.aggregation)
         skipped = None
         if not all(bool(torch.isfinite(v).all()) for v in new_state.values()):
             skipped, new_state = "non-finite aggregate", state  # not applied: the previous state is kept
