@@ -14,6 +14,10 @@ an ``attack`` config. The attacks (``attack.kind``, size ``attack.factor``):
 - ``fisher``: the Fisher scores of the top layer and the claimed count times ``factor``.
 
 A class-statistics or Fisher attack leaves updates alone, and the other way round.
+In a training or Fisher round the attacker is ``attack.client`` when it is sampled,
+else the lowest-id sampled client: every round holds one malicious reply, as when one
+of the sampled clients is compromised; the class statistics (all clients) come from
+``attack.client``.
 """
 
 from __future__ import annotations
@@ -73,20 +77,27 @@ class AttackRunner:
     def __init__(self, runner, attack):
         self.runner, self.kind, self.cid, self.factor = runner, attack.kind, attack.client, attack.factor
 
+    def attacker(self, ids: Sequence[int]) -> int | None:
+        """The round's malicious client among ``ids`` (module docstring)."""
+        ids = list(ids)
+        return self.cid if self.cid in ids else (min(ids) if ids else None)
+
     def fit(self, tasks: Sequence[FitTask], global_state: State):
         res = self.runner.fit(tasks, global_state)
         if self.kind not in UPDATE_ATTACKS:
             return res
-        return [attack_update(r, global_state, self.kind, self.factor, seed=r.client_id)
-                if isinstance(r, ClientUpdate) and r.client_id == self.cid else r for r in res]
+        bad = self.attacker([t.client_id for t in tasks])
+        return [attack_update(r, global_state, self.kind, self.factor, seed=r.client_id + 1000 * tasks[0].round)
+                if isinstance(r, ClientUpdate) and r.client_id == bad else r for r in res]
 
     def scores(self, client_ids: Sequence[int], global_state: State):
         res = self.runner.scores(client_ids, global_state)
         if self.kind != "fisher":
             return res
         out = []
+        bad = self.attacker(client_ids)
         for cid, r in zip(client_ids, res):
-            if cid == self.cid and not isinstance(r, ClientFailure):
+            if cid == bad and not isinstance(r, ClientFailure):
                 s = np.array(r[0], dtype=np.float64)
                 s[-1] = (s.max() + 1.0) * self.factor
                 r = (s, int(r[1] * self.factor))
