@@ -496,7 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot write {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last finished round is checkpointed; continue with --resume", file=sys.stderr)
+        hint = {"run": "continue with --resume", "deploy-local": "run the same command again to continue"}
+        how = hint.get(getattr(args, "command", None) or "", "")
+        print(f"interrupted: the last finished round is checkpointed{'; ' + how if how else ''}", file=sys.stderr)
         return 130
     finally:
         logging.getLogger(LOGGER).removeHandler(handler)

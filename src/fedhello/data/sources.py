@@ -118,9 +118,36 @@ def _check_csv_shape(file: Path) -> None:
         raise DataError(f"{file}: not a well-formed CSV file: {_one_line(err)}") from None
 
 
+_WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+              b"\xfe\xff": "UTF-16"}
+
+
+def _check_encoding(file: Path) -> None:
+    """A text data file must be UTF-8: a UTF-16/32 one (byte-order mark, or NUL bytes in its first
+    line) or invalid UTF-8 bytes is a DataError naming the file, the encoding and the line."""
+    with open(file, "rb") as fh:
+        head = fh.read(4)
+        for bom, name in _WIDE_BOMS.items():
+            if head.startswith(bom):
+                raise DataError(f"{file}: the file is {name}-encoded text; save it as UTF-8")
+        fh.seek(0)
+        for i, line in enumerate(fh, 1):
+            if i == 1 and b"\x00" in line:
+                raise DataError(f"{file}: the file holds NUL bytes (UTF-16 or binary, not UTF-8 text); save it as UTF-8")
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{file}: line {i} is not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); "
+                    "the file must be UTF-8 encoded (convert it, e.g. from latin-1)"
+                ) from None
+
+
 def _read_local(file: Path, builder: str) -> Dataset:
     if not _has_rows(file, builder):
         raise DataError(f"{file}: split is empty (no rows)")
+    if builder in ("csv", "json"):
+        _check_encoding(file)
     if builder == "csv":
         _check_csv_shape(file)
     datasets.disable_progress_bars()

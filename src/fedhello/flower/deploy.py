@@ -10,6 +10,7 @@ stops every process it started: on success, on error and on Ctrl-C.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -195,6 +196,11 @@ def deploy_local(
     open_rundir(cfg, out, overwrite)  # a different run already there: error now
     if budgets is not None and len(budgets) != nodes:
         raise FedHelloError(f"--budgets has {len(budgets)} entries for {nodes} nodes")
+    unknown = sorted({int(b) for b in budgets or [] if int(b)} - {int(b) for b in cfg.clients.budgets})
+    if unknown:  # the ServerApp would refuse the node only after every process has started
+        raise FedHelloError(f"--budgets: {unknown[0]} is not one of the config's clients.budgets {cfg.clients.budgets}")
+    if not math.isfinite(round_timeout) or round_timeout <= 0:
+        raise FedHelloError(f"--round-timeout must be a positive number of seconds, got {round_timeout}")
 
     own_tmp = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)

@@ -210,7 +210,10 @@ class FlowerRunner:
                             float(msg.content.metric_records["metrics"]["norm-sum"]))
             except Exception as err:
                 got[cid] = ClientFailure(cid, f"malformed class statistics ({type(err).__name__})")
-        return [got.get(cid) or ClientFailure(cid, "no class statistics before the timeout") for cid in client_ids]
+        out = [got.get(cid) or ClientFailure(cid, "no class statistics before the timeout") for cid in client_ids]
+        # a node lost here is recorded by the statistics round (by client id) and skipped once, like after fit
+        self.missed = {r.client_id for r in out if isinstance(r, ClientFailure)}
+        return out
 
     def scores(self, client_ids: Sequence[int], global_state: State):
         """See :meth:`~fedhello.federation.server.ClientRunner.scores` (a ``fisher`` query).

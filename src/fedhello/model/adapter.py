@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +36,7 @@ from fedhello.model.state import set_state
 ADAPTER = "adapter"
 INFO = "fedhello.json"
 LABELS = "labels.json"
+POOLINGS = ("model", "mean")  # what export_adapter writes (model.pooling, resolved)
 
 
 def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str], cfg, pooling: str = "model",
@@ -53,7 +54,9 @@ def export_adapter(model, state, run_dir: str | Path, label_names: Sequence[str]
     run = Path(run_dir)
     dest = run / ADAPTER
     set_state(model, state)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=run))
+    # created with the umask, like every other run file (tempfile.mkdtemp would make it owner-only)
+    tmp = run / f".adapter.{uuid.uuid4().hex}"
+    tmp.mkdir()
     base_id, base_path = hub_id(cfg.model.name), resolve_model_path(cfg.model.name)
     try:
         model.save_pretrained(str(tmp))
@@ -179,6 +182,8 @@ def _read_adapter_files(adapter: Path) -> tuple[dict, list[str], dict[str, torch
     max_length = info.get("max_length", 128)
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
         raise FedHelloError(f"{adapter / INFO}: 'max_length' is not a positive integer ({max_length!r})")
+    if info.get("pooling", "model") not in POOLINGS:
+        raise FedHelloError(f"{adapter / INFO}: unknown 'pooling' {info.get('pooling')!r} (one of {', '.join(POOLINGS)})")
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, (str, int)) for x in labels):
         raise FedHelloError(f"{adapter / LABELS}: not a list of at least 2 class names")
     if "num_labels" in info and info["num_labels"] != len(labels):
@@ -220,6 +225,17 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
             "it is written when a run finishes)"
         )
     info, labels, saved = _read_adapter_files(adapter)
+    run_labels = Path(run_dir) / LABELS
+    if run_labels.is_file():  # an adapter copied in from another run must not be served under this one
+        try:
+            own = [str(x) for x in json.loads(run_labels.read_text())]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+            raise FedHelloError(f"{run_labels}: unreadable ({type(err).__name__})") from None
+        if own != labels:
+            raise FedHelloError(
+                f"{adapter / LABELS}: the adapter's labels differ from the run's ({run_labels}): "
+                "an adapter from another run? Re-export it with fedhello report --adapter"
+            )
     task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
     if task not in (TEXT_CLS, TEXT_PAIR):
         raise FedHelloError(
@@ -253,6 +269,11 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
         ) from None
     except Exception as err:  # noqa: BLE001 - wrong shapes, a bad adapter_config.json, ...
         raise FedHelloError(f"{adapter}: does not fit its base model {info['model']} ({_one_line(err)})") from None
+    limit = getattr(base.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and int(info.get("max_length", 128)) > limit:
+        raise FedHelloError(
+            f"{adapter / INFO}: 'max_length' {info['max_length']} is more than the model's {limit} positions"
+        )
     expected = get_peft_model_state_dict(model, save_embedding_layers=False)  # no hub look-up for the base
     for name in sorted(set(expected) | set(saved)):
         if name not in saved:

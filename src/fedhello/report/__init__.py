@@ -67,7 +67,7 @@ def export_from_checkpoint(run: str | Path) -> Path:
     from fedhello.model import build_backbone, get_state
     from fedhello.model.adapter import export_adapter
     from fedhello.model.state import check_state
-    from fedhello.run.rundir import CHECKPOINT, RunDir
+    from fedhello.run.rundir import CHECKPOINT, RunDir, write_error
 
     rd = RunDir(run)
     ckpt = rd.load_checkpoint()
@@ -78,5 +78,8 @@ def export_from_checkpoint(run: str | Path) -> Path:
     backbone = build_backbone(cfg, len(labels), "cpu")
     check_state(ckpt["global_state"], get_state(backbone.model, backbone.layermap.all_names), rd.file(CHECKPOINT))
     summary = rd.read_json("summary.json") if rd.file("summary.json").is_file() else None
-    return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg, backbone.pooling,
-                          tokenizer=backbone.tokenizer or backbone.image_processor, summary=summary)
+    try:
+        return export_adapter(backbone.model, ckpt["global_state"], rd.path, labels, cfg, backbone.pooling,
+                              tokenizer=backbone.tokenizer or backbone.image_processor, summary=summary)
+    except OSError as err:  # a full disk, a read-only run directory: one line, nothing half-written
+        raise write_error(rd.file("adapter"), err) from None

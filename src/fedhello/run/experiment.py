@@ -34,7 +34,7 @@ from fedhello.model import build_backbone, get_state, load_model_config, num_hid
 from fedhello.model.backbone import Backbone, check_max_length
 from fedhello.model.state import State
 from fedhello.model.state import check_state
-from fedhello.run.rundir import CHECKPOINT, DATA, SUMMARY, RunDir
+from fedhello.run.rundir import CHECKPOINT, CONFIG, DATA, SUMMARY, RunDir
 from fedhello.data.encoders import make_encoder
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.adapter import export_adapter
@@ -426,6 +426,34 @@ def open_rundir(cfg: ExperimentConfig, out: str | Path, overwrite: bool) -> tupl
     return rundir, True
 
 
+def _dotted(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_config_unchanged(rundir: RunDir, ckpt: dict, cfg: ExperimentConfig) -> None:
+    """A resumed run's config must be the one its checkpoint was written under (the checkpoint
+    holds it, key ``config``), but for ``rounds``, which may be extended. Raises naming the key."""
+    saved = ckpt.get("config")
+    if saved is None:
+        log.warning("%s: the checkpoint holds no config (an older fedhello): config.yaml is not checked", rundir.path)
+        return
+    if not isinstance(saved, dict):
+        raise FedHelloError(f"{rundir.file(CHECKPOINT)}: checkpoint key 'config' is not a mapping")
+    old, new = _dotted(saved), _dotted(cfg.to_dict())
+    for key in old:
+        if key != "rounds" and key in new and old[key] != new[key]:
+            raise FedHelloError(
+                f"{rundir.file(CONFIG)}: config key '{key}' changed since this run started ({old[key]!r} -> "
+                f"{new[key]!r}); only rounds may change on --resume: restore it, or start again with --overwrite"
+            )
+
+
 def check_data(rundir: RunDir, exp: Experiment) -> None:
     """The data of a resumed run must be the data it started with (data.json's fingerprint)."""
     if not rundir.file(DATA).is_file():
@@ -492,6 +520,7 @@ def run_experiment(
         rundir.remove_leftovers()
         ckpt = rundir.load_checkpoint() if resuming else None
         if ckpt is not None:
+            check_config_unchanged(rundir, ckpt, cfg)
             check_data(rundir, exp)
             check_state(ckpt["global_state"], exp.global_state(), rundir.file(CHECKPOINT))
             if ckpt["round"] > cfg.rounds:
@@ -540,8 +569,11 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
         write_setup(rundir, exp)
     rep = reporter(rundir.path) if reporter is not None else None
 
+    cfg_dict = cfg.to_dict()
+
     def round_done(rec: dict) -> None:
-        rundir.save_checkpoint(server.checkpoint())
+        # the config rides along: --resume refuses an edited config.yaml (check_config_unchanged)
+        rundir.save_checkpoint({**server.checkpoint(), "config": cfg_dict})
         rundir.write_metrics(server.state.records)
         if rep is not None:
             rep.round(server.state.records)
