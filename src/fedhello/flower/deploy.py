@@ -199,6 +199,8 @@ def deploy_local(
     unknown = sorted({int(b) for b in budgets or [] if int(b)} - {int(b) for b in cfg.clients.budgets})
     if unknown:  # the ServerApp would refuse the node only after every process has started
         raise FedHelloError(f"--budgets: {unknown[0]} is not one of the config's clients.budgets {cfg.clients.budgets}")
+    if cfg.attack.kind != "none":
+        raise FedHelloError("config key 'attack.kind': a simulated attack is for in-process runs only")
     if not math.isfinite(round_timeout) or round_timeout <= 0:
         raise FedHelloError(f"--round-timeout must be a positive number of seconds, got {round_timeout}")
 
