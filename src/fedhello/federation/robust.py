@@ -65,13 +65,11 @@ def bound_update_norms(
     if bound <= 0 or len(updates) < 2:
         return list(updates), {}
     norms: dict[str, list[tuple[int, float]]] = {}
-    deltas: dict[tuple[int, str], torch.Tensor] = {}
     for i, u in enumerate(updates):
         for name, t in u.tensors.items():
-            d = t.detach().to(torch.float64) - _reference(global_state[name], t).to(torch.float64)
-            deltas[(i, name)] = d
+            d = t.detach().to(torch.float64) - _reference(global_state[name], t).detach().to(torch.float64)
             norms.setdefault(name, []).append((i, float(torch.linalg.vector_norm(d))))
-    new_tensors = [dict(u.tensors) for u in updates]
+    new_tensors: dict[int, dict] = {}
     clipped: dict[int, int] = {}
     for name, held in norms.items():
         moved = [n for _, n in held if n > 0]
@@ -81,14 +79,12 @@ def bound_update_norms(
         for i, n in held:
             if n > limit and n > 0:
                 t = updates[i].tensors[name]
-                ref = _reference(global_state[name], t).to(torch.float64)
-                new_tensors[i][name] = (ref + deltas[(i, name)] * (limit / n)).to(t.dtype)
+                ref = _reference(global_state[name], t).detach().to(torch.float64)
+                new_tensors.setdefault(i, dict(updates[i].tensors))[name] = (
+                    ref + (t.detach().to(torch.float64) - ref) * (limit / n)).to(t.dtype)
                 cid = updates[i].client_id
                 clipped[cid] = clipped.get(cid, 0) + 1
-    out = [
-        dataclasses.replace(u, tensors=new_tensors[i])
-        for i, u in enumerate(updates)
-    ]
+    out = [dataclasses.replace(u, tensors=new_tensors[i]) if i in new_tensors else u for i, u in enumerate(updates)]
     return out, ({"clipped": {str(c): n for c, n in sorted(clipped.items())}} if clipped else {})
 
 
