@@ -299,3 +299,51 @@ def test_honest_rounds_record_nothing_new(exp):
     assert "skipped" not in rec and "norm_bounded" not in rec
     new, info = merge_updates(exp.global_state(), [], "layerwise", exp.cfg.aggregation)
     assert info == {}
+
+
+def test_norm_bound_applies_to_rank_heterogeneous_replies_under_hetlora_and_flexlora():
+    from types import SimpleNamespace
+
+    a, b = "m.lora_A.default.weight", "m.lora_B.default.weight"
+    gen = torch.Generator().manual_seed(0)
+    g = {a: torch.randn(4, 3, generator=gen), b: torch.zeros(5, 4)}
+    ups = []
+    for cid, r in enumerate([2, 4, 4, 2]):
+        step = 1e30 if cid == 3 else 0.01 * (cid + 1)
+        ups.append(upd(cid, {a: g[a][:r] + 0.01, b: torch.full((5, r), step)}))
+    for rule in ("hetlora", "flexlora"):
+        on = SimpleNamespace(norm_bound=10.0, robust="mean", weighting="samples", trim=0.2)
+        new, info = merge_updates(g, ups, rule, on)
+        assert info["norm_bounded"] == {"3": 1}
+        assert all(bool(torch.isfinite(t).all()) for t in new.values())
+        assert float((new[b] @ new[a]).abs().max()) < 10.0
+        off, _ = merge_updates(g, ups, rule, SimpleNamespace(**{**vars(on), "norm_bound": 0.0}))
+        assert float((off[b] @ off[a]).abs().max()) > 1e20
+
+
+def test_a_poisoned_run_stops_with_one_error_line_and_keeps_the_good_state(tmp_path, capsys, tiny_bert):
+    import yaml
+
+    from fedhello.cli import main
+    from fedhello.run.rundir import RunDir
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "seed": 1, "rounds": 3, "device": "cpu",
+        "model": {"name": str(tiny_bert), "max_length": 24},
+        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.2},
+        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [3, 3]},
+        "strategy": {"name": "fedit"},
+        "train": {"batch_size": 8, "max_steps": 1},
+        "aggregation": {"norm_bound": 0, "max_empty_rounds": 2},
+        "attack": {"kind": "scale", "factor": 1e30},
+    }))
+    code = main(["run", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and err == ["error: round 1: nothing aggregated for 2 rounds in a row (last: validation loss "
+                                 "is not finite; config key 'aggregation.max_empty_rounds'); the checkpoint holds "
+                                 "the last good state"]
+    recs = RunDir(tmp_path / "run").read_metrics()
+    assert [r.get("skipped") for r in recs] == ["validation loss is not finite"] * 2
+    assert all(math.isfinite(r["val_loss"]) for r in recs)  # the kept state is scored
+    assert not (tmp_path / "run" / "summary.json").exists()
