@@ -10,7 +10,8 @@
 # honest run), each in OUT/<attack>-<on|off>/seed<S>; runs already finished are kept
 # (fedhello run continues a run of the same config). A run that stops because it could
 # aggregate nothing (aggregation.max_empty_rounds) is recorded as stopped. Then writes
-# OUT/results.md: final test accuracy per attack, defences on and off, averaged over seeds.
+# OUT/results.md: final test accuracy (and the last round's training loss) per attack,
+# defences on and off, averaged over seeds.
 # FEDHELLO (default: fedhello) and PYTHON (default: python) name the commands.
 set -uo pipefail
 if [ $# -lt 2 ]; then
@@ -37,14 +38,16 @@ for seed in $SEEDS; do
     [ "$kind" = fisher ] && extra=(--set strategy.fim_source=clients)
     for def in on off; do
       dir=$out/$name-$def/seed$seed
+      log=$out/$name-$def-seed$seed.log
       [ -f "$dir/summary.json" ] && continue
+      [ -f "$log" ] && grep -q '^error: .*max_empty_rounds' "$log" && continue  # stopped: its outcome
       bound=()
       [ "$def" = off ] && bound=(--set aggregation.norm_bound=0)
       echo "== $name, defences $def, seed $seed"
       "$FEDHELLO" run --config "$config" --out "$dir" --overwrite --set "seed=$seed" \
         --set "attack.kind=$kind" --set "attack.factor=$factor" "${extra[@]}" "${bound[@]}" "$@" \
-        >"$out/$name-$def-seed$seed.log" 2>&1
-      echo "   exit $? ($(grep '^error:' "$out/$name-$def-seed$seed.log" | head -1))"
+        >"$log" 2>&1
+      echo "   exit $? ($(grep '^error:' "$log" | head -1))"
     done
   done
 done
@@ -58,6 +61,8 @@ for d in sorted(out.glob("*-o*/seed*")):
     summary = d / "summary.json"
     if summary.is_file():
         acc = json.loads(summary.read_text())["final_test_accuracy"]
+        last = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
+        acc = (acc, last["train_loss"])
     else:
         acc = None  # stopped (aggregated nothing for aggregation.max_empty_rounds rounds) or failed
     rows.setdefault(name, {}).setdefault(defences, []).append(acc)
@@ -67,12 +72,13 @@ def cell(v):
     if not v:
         return "-"
     done = [x for x in v if x is not None]
-    txt = f"{100 * statistics.mean(done):.1f}" if done else ""
+    txt = (f"{100 * statistics.mean(a for a, _ in done):.1f} "
+           f"(loss {statistics.mean(l for _, l in done):.3f})") if done else ""
     stopped = len(v) - len(done)
     return (txt + (f" ({stopped}/{len(v)} stopped)" if stopped else "")).strip() + f" [n={len(v)}]"
 
 
-lines = ["| attack | defences on: final test acc. (%) | defences off |", "|---|---|---|"]
+lines = ["| attack | defences on: final test acc. % (last train loss) | defences off |", "|---|---|---|"]
 for name in sorted(rows, key=lambda n: (n != "none", n)):
     lines.append(f"| {name} | {cell(rows[name].get('on'))} | {cell(rows[name].get('off'))} |")
 (out / "results.md").write_text("\n".join(lines) + "\n")
