@@ -237,3 +237,10 @@ def test_a_node_lost_in_the_statistics_round_is_recorded_once_by_client_id(tmp_p
                head_init=lambda sums, counts, ns: {}, sample_counts=[len(p) for p in exp.partitions])
     info = s.initialise_head()
     assert info["failed_clients"] == [{"id": 1, "reason": "node lost"}] and info["clients"] == 3
+
+
+@pytest.mark.parametrize("strategy", ["hetlora", "flexlora"])
+def test_a_robust_rule_is_refused_for_strategies_with_their_own_merge(strategy):
+    with pytest.raises(ConfigError, match="config key 'aggregation.robust': median is for layer-wise averaging"):
+        build_config({}, [f"strategy.name={strategy}", "aggregation.robust=median"])
+    assert build_config({}, [f"strategy.name={strategy}", "aggregation.norm_bound=3"]).aggregation.norm_bound == 3
