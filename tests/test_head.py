@@ -87,6 +87,29 @@ def test_class_means_head_from_skewed_clients_equals_centralized_and_hand_comput
     assert torch.equal(b, torch.zeros(C))
 
 
+def test_pooled_length_sorted_statistics_equal_per_client_statistics(mean_exp):
+    """The statistics round forwards every client's data at once in length-sorted batches;
+    each client's float64 sums, counts and norm sum equal its own per-client pass."""
+    exp = mean_exp
+    lengths = exp.train.lengths
+    assert len(np.unique(lengths)) >= 5  # varied lengths: the two batchings pad differently
+    state = exp.global_state()
+    ids = [4, 0, 5, 2, 1, 3]  # any order: results come back in this order
+    pooled = exp.class_stats_many(state, ids)
+    assert len(pooled) == len(ids)
+    for cid, (s, c, n) in zip(ids, pooled):
+        s0, c0, n0 = exp.class_stats(state, exp.partitions[cid])
+        np.testing.assert_array_equal(c, c0)
+        assert c.sum() == len(exp.partitions[cid])
+        np.testing.assert_allclose(s, s0, rtol=1e-5, atol=1e-6)
+        assert n == pytest.approx(n0, rel=1e-6)
+        assert s.dtype == np.float64
+    # a pass over fewer clients is the same per client (the chunks of a large federation)
+    (s1, c1, n1), = exp.class_stats_many(state, [2])
+    np.testing.assert_array_equal(c1, pooled[3][1])
+    np.testing.assert_allclose(s1, pooled[3][0], rtol=1e-5, atol=1e-6)
+
+
 def test_class_means_head_zero_row_for_an_unseen_class():
     sums = np.array([[3.0, 4.0], [0.0, 0.0]])
     w, b = class_means_head(sums, np.array([1.0, 0.0]), norm_sum=10.0, scale=2.0)

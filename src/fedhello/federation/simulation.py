@@ -36,12 +36,11 @@ class SimulationRunner:
         return [self.exp.client_fisher(cid, global_state) for cid in client_ids]
 
     def class_stats(self, client_ids: Sequence[int], global_state: State):
-        """See :meth:`ClientRunner.class_stats`; each client's statistics on its partition."""
-        out = []
-        for cid in client_ids:
-            out.append(self.exp.class_stats(global_state, self.exp.partitions[cid]))
-            self.progress.advance(STATISTICS)
-        return out
+        """See :meth:`ClientRunner.class_stats`; each client's statistics on its partition, all
+        computed in one pass of length-sorted batches over their pooled data (exact per client;
+        progress advances by one client's share of the samples at a time)."""
+        return self.exp.class_stats_many(global_state, client_ids,
+                                         on_progress=lambda n: self.progress.advance(STATISTICS, n))
 
     def available(self) -> set[int] | None:
         """See :meth:`ClientRunner.available`; None: every client is always reachable."""

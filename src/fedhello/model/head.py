@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -146,19 +146,12 @@ def _last_token(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tens
 
 
 @torch.no_grad()
-def class_statistics(
-    model: torch.nn.Module, weight_name: str, batches: Iterable[Mapping[str, torch.Tensor]], num_classes: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-class sums (C, D) and counts (C,) of the features the head's last layer reads, and the sum of their norms.
-
-    Forward passes only, in eval mode (no dropout); float64 sums, so that the
-    statistics of several clients add up to those of their pooled data.
-    """
+def head_features(
+    model: torch.nn.Module, weight_name: str, batches: Iterable[Mapping[str, torch.Tensor]]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For every batch, (features (B, D) as float64 on the CPU, labels (B,)): what the head's
+    last layer reads. Forward passes only, in eval mode (no dropout)."""
     layer = _module(model, weight_name)
-    dim = int(dict(model.named_parameters())[weight_name].shape[1])
-    sums = torch.zeros(num_classes, dim, dtype=torch.float64)
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    norm_sum = 0.0
     seen: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
     was_training = model.training
@@ -171,15 +164,67 @@ def class_statistics(
             feats = seen[-1]
             if feats.dim() == 3:  # decoder LMs score every position and pool the last real token
                 feats = feats[torch.arange(len(labels)), _last_token(batch["input_ids"], model.config.pad_token_id)]
-            feats = feats.reshape(len(labels), -1).to("cpu", torch.float64)
-            y = labels.to("cpu")
-            sums.index_add_(0, y, feats)
-            counts += torch.bincount(y, minlength=num_classes).to(torch.float64)
-            norm_sum += float(feats.norm(dim=1).sum())
+            yield feats.reshape(len(labels), -1).to("cpu", torch.float64), labels.to("cpu")
     finally:
         handle.remove()
         model.train(was_training)
+
+
+def class_statistics(
+    model: torch.nn.Module, weight_name: str, batches: Iterable[Mapping[str, torch.Tensor]], num_classes: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-class sums (C, D) and counts (C,) of the features the head's last layer reads, and the sum of their norms.
+
+    Forward passes only, in eval mode (no dropout); float64 sums, so that the
+    statistics of several clients add up to those of their pooled data.
+    """
+    dim = int(dict(model.named_parameters())[weight_name].shape[1])
+    sums = torch.zeros(num_classes, dim, dtype=torch.float64)
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    norm_sum = 0.0
+    for feats, y in head_features(model, weight_name, batches):
+        sums.index_add_(0, y, feats)
+        counts += torch.bincount(y, minlength=num_classes).to(torch.float64)
+        norm_sum += float(feats.norm(dim=1).sum())
     return sums.numpy(), counts.numpy(), norm_sum
+
+
+def class_statistics_grouped(
+    model: torch.nn.Module,
+    weight_name: str,
+    batches: Iterable[tuple[Mapping[str, torch.Tensor], np.ndarray]],
+    num_groups: int,
+    num_classes: int,
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """:func:`class_statistics` of several clients from batches that mix them.
+
+    ``batches`` yields (batch, owner) with ``owner[i]`` the group (client position,
+    0 .. num_groups-1) of row i. Each group gets the float64 sums of exactly its own
+    rows' features, so the result equals per-client :func:`class_statistics` up to
+    the float32 forward passes of differently padded batches; the batches can be
+    formed over every client's data at once, sorted by length, as evaluation does.
+    """
+    dim = int(dict(model.named_parameters())[weight_name].shape[1])
+    sums = torch.zeros(num_groups * num_classes, dim, dtype=torch.float64)
+    counts = torch.zeros(num_groups * num_classes, dtype=torch.float64)
+    norms = torch.zeros(num_groups, dtype=torch.float64)
+    pairs = ((b, torch.as_tensor(np.asarray(o, dtype=np.int64))) for b, o in batches)
+    owners: list[torch.Tensor] = []
+
+    def unzip():
+        for b, o in pairs:
+            owners.append(o)
+            yield b
+
+    for feats, y in head_features(model, weight_name, unzip()):
+        owner = owners.pop(0)
+        key = owner * num_classes + y
+        sums.index_add_(0, key, feats)
+        counts.index_add_(0, key, torch.ones(len(y), dtype=torch.float64))
+        norms.index_add_(0, owner, feats.norm(dim=1))
+    sums = sums.reshape(num_groups, num_classes, dim).numpy()
+    counts = counts.reshape(num_groups, num_classes).numpy()
+    return [(sums[g], counts[g], float(norms[g])) for g in range(num_groups)]
 
 
 def class_means_head(

@@ -193,6 +193,46 @@ class Experiment:
         batches = self.forward_batches(state, self.train, indices)
         return class_statistics(self.model, weight, batches, self.num_classes())
 
+    def class_stats_many(self, state: State, client_ids: Sequence[int],
+                         on_progress: Callable[[int], None] | None = None) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """:meth:`class_stats` of every client in ``client_ids``, in that order, from one forward
+        pass over their pooled data in length-sorted batches (as evaluation batches): each
+        client's float64 sums still hold exactly its own samples (model.head.class_statistics_grouped).
+        Clients go in chunks so that the per-client sums stay under about 256 MB. ``on_progress(n)``:
+        n more clients' worth of samples done (the clients finish together, at the end of their chunk)."""
+        from fedhello.model.head import class_statistics_grouped, head_linear
+
+        weight, _ = head_linear(self.model, self.layermap.head, self.num_classes())
+        C = self.num_classes()
+        dim = int(dict(self.model.named_parameters())[weight].shape[1])
+        chunk = max(1, (256 << 20) // (8 * C * dim))
+        set_state(self.model, state)
+        data = self.train.without_augmentation() if getattr(self.train, "augment", False) else self.train
+        lengths = data.lengths
+        out: list[tuple[np.ndarray, np.ndarray, float]] = []
+        ids = list(client_ids)
+        total = sum(len(self.partitions[c]) for c in ids) or 1
+        count = {"samples": 0, "reported": 0}
+
+        def tick(n: int) -> None:
+            count["samples"] += n
+            now = len(ids) * count["samples"] // total
+            if on_progress is not None and now > count["reported"]:
+                on_progress(now - count["reported"])
+                count["reported"] = now
+
+        def batches(sample, owner):
+            for pos in eval_batches(lengths[sample], np.arange(len(sample)), self.cfg.eval.batch_size):
+                yield collate(data, sample[pos], self.device), owner[pos]
+                tick(len(pos))  # the batch has been forwarded
+
+        for s in range(0, len(ids), chunk):
+            parts = [np.asarray(self.partitions[c], dtype=np.int64) for c in ids[s : s + chunk]]
+            sample = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            owner = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+            out.extend(class_statistics_grouped(self.model, weight, batches(sample, owner), len(parts), C))
+        return out
+
     def head_from_stats(self, sums: np.ndarray, counts: np.ndarray, norm_sum: float) -> State:
         """The class-means head's tensors (by global-state name) from the clients' summed statistics."""
         from fedhello.model.head import class_means_head, head_linear
