@@ -448,6 +448,11 @@ class EvalConfig(_Strict):
 
     every: int = Field(1, ge=1, description="Evaluate every this many rounds (and always after the last).")
     batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
+    test: Literal["every", "selected"] = Field(
+        "every",
+        description="every: the test set with every validation; selected: only at the last round and on the "
+        "best-validation round's global state (kept in memory and the checkpoint): same final results, less work.",
+    )
     select_metric: Literal["accuracy", "macro_f1", "micro_f1", "f1_positive"] = Field(
         "accuracy",
         description="The validation metric that selects the best round (summary.json); see fedhello.metrics.",

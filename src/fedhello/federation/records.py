@@ -66,6 +66,9 @@ class RoundRecord(TypedDict, total=False):
     test_loss: float | None
     # also val_<m> / test_<m> for m in macro_f1, micro_f1 (and f1_positive on binary tasks)
     round_time_s: float
+    # seconds per phase: head_init (round 0: the statistics round), train (allocation, Fisher
+    # scores and the clients' local training), aggregate, evaluate, checkpoint (written by the run)
+    phase_time_s: dict[str, float]
     lr: float
     clients: list[ClientRecord]
     failed_clients: list[dict]  # {id, reason}: gave up, unreachable or rejected
@@ -91,6 +94,7 @@ class Summary(TypedDict, total=False):
     total_upload_bytes: int  # every client upload, the class-statistics round included
     failed_client_rounds: int
     max_memory_over_limit: float | None  # largest train_memory_bytes / memory_limit_bytes; None: no such client-round
+    phase_time_s: dict[str, float]  # the rounds' phase_time_s summed (head_init, train, aggregate, evaluate, checkpoint)
     head_init_upload_bytes: int
     head_init_time_s: float
     trainable_params_per_group: list[int]

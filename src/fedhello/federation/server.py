@@ -214,6 +214,8 @@ class Server:
         self.num_classes = num_classes
         self.uploads_head = uploads_head(cfg.head.train)
         self._head_info: dict | None = None  # the statistics round's costs, recorded with round 0
+        # eval.test: selected: the best-validation round so far and its global state (checkpointed)
+        self._best: dict | None = None
         # each client's training-set size as the server knows it (its partition): a reply
         # claiming more samples is rejected (README, "Bad input")
         self.sample_counts = list(sample_counts) if sample_counts is not None else None
@@ -324,6 +326,7 @@ class Server:
         ]
         with phase(self.progress, CLIENTS, len(tasks)):  # an in-process runner advances it per client
             results = self.runner.fit(tasks, state)
+        t_train = time.perf_counter()
         task_of = {task.client_id: task for task in tasks}
         # shapes are checked against what each client was sent (its rank), counts against its partition
         updates, failed = screen_round(tasks, results, self.layermap, state, ffa=self.cfg.lora.ffa,
@@ -337,6 +340,7 @@ class Server:
         if not all(bool(torch.isfinite(v).all()) for v in new_state.values()):
             skipped, new_state = "non-finite aggregate", state  # not applied: the previous state is kept
         self.state.global_state = new_state
+        t_agg = time.perf_counter()
         # what each client is sent: the global state, truncated to its rank
         download = {tk.client_id: state_nbytes(truncate_rank(state, tk.rank)) for tk in tasks}
         n_total = sum(u.num_samples for u in updates)
@@ -346,21 +350,29 @@ class Server:
         rec: dict = {"round": t, "train_loss": train_loss}
         if self.should_evaluate(t):
             with phase(self.progress, EVALUATION, None):
-                ev = self.evaluator(new_state)
+                ev = self.evaluate_round(t, new_state)
             if new_state is not state and not math.isfinite(float(ev["val"]["loss"])):
                 # a round that ruins the model is not applied: the previous state is kept and scored
                 skipped, new_state = "validation loss is not finite", state
                 self.state.global_state = state
                 with phase(self.progress, EVALUATION, None):
-                    ev = self.evaluator(state)
+                    ev = self.evaluate_round(t, state)
+            self.select_round(t, new_state, ev)  # eval.test: selected: the best state so far, its test at the end
             rec.update(
                 val_accuracy=ev["val"]["accuracy"], val_loss=ev["val"]["loss"],
-                test_accuracy=ev["test"]["accuracy"], test_loss=ev["test"]["loss"],
+                test_accuracy=ev["test"]["accuracy"] if "test" in ev else None,
+                test_loss=ev["test"]["loss"] if "test" in ev else None,
             )
             rec.update(extra_metrics(ev))
         else:
             rec.update(val_accuracy=None, val_loss=None, test_accuracy=None, test_loss=None)
-        rec["round_time_s"] = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        rec["round_time_s"] = t_end - t0
+        # where the round's time went (summary.json sums it); the caller adds its checkpoint time
+        rec["phase_time_s"] = {
+            "head_init": float(self._head_info["time_s"]) if self._head_info is not None else 0.0,
+            "train": t_train - t0, "aggregate": t_agg - t_train, "evaluate": t_end - t_agg, "checkpoint": 0.0,
+        }
         rec["lr"] = self.lr(t)
         rec["clients"] = [
             {
@@ -389,6 +401,32 @@ class Server:
         if self._head_info is not None:
             rec["head_init"], self._head_info = self._head_info, None
         return rec
+
+    def evaluate_round(self, t: int, state: State) -> dict:
+        """The evaluation of round ``t``: validation and test (``eval.test: every``), or, with
+        ``eval.test: selected``, validation only, and the test set too at the last round."""
+        if self.cfg.eval.test != "selected":
+            return self.evaluator(state)
+        last = t == self.cfg.rounds - 1
+        return self.evaluator(state, splits=("val", "test") if last else ("val",))
+
+    def select_round(self, t: int, state: State, ev: dict) -> None:
+        """``eval.test: selected``: keep ``state`` when round ``t`` is the best by validation so far
+        (in memory and the checkpoint); at the last round, score the kept state on the test set and
+        write that into its round's record, so summary.json's ``test_*_at_best_val`` and
+        ``final_test_*`` are those of a full evaluation."""
+        if self.cfg.eval.test != "selected":
+            return
+        score = ev["val"][self.cfg.eval.select_metric]
+        # summarize()'s rule: the first evaluated round of highest score (max(): only a greater one replaces)
+        if self._best is None or score > self._best["score"]:
+            self._best = {"round": t, "score": score, "state": {k: v.detach().clone() for k, v in state.items()}}
+        if t == self.cfg.rounds - 1 and self._best["round"] != t:
+            with phase(self.progress, EVALUATION, None):
+                best = self.evaluator(self._best["state"], splits=("test",))
+            rec = self.state.records[self._best["round"]]
+            rec.update(test_accuracy=best["test"]["accuracy"], test_loss=best["test"]["loss"])
+            rec.update(extra_metrics({"test": best["test"]}))
 
     def initialise_head(self) -> dict:
         """The statistics round before round 0: every reachable client sends its per-class
@@ -449,12 +487,15 @@ class Server:
         Keys: ``round``, ``global_state``, ``strategy_state`` and ``records`` (see
         :func:`check_checkpoint`). The tensors are the server's own, not copies.
         """
-        return {
+        out = {
             "round": self.state.round,
             "global_state": self.state.global_state,
             "strategy_state": self.strategy.state_dict(),
             "records": self.state.records,
         }
+        if self._best is not None:  # eval.test: selected
+            out["best"] = {"round": self._best["round"], "state": self._best["state"]}
+        return out
 
     def restore(self, ckpt: dict, where: str = "checkpoint") -> None:
         """Continue from ``ckpt`` (see :func:`check_checkpoint`): its state
@@ -470,6 +511,7 @@ class Server:
         self.state = ServerState(
             round=int(ckpt["round"]), global_state=ckpt["global_state"], records=list(ckpt["records"])
         )
+        self._best = restore_best(self.cfg, ckpt, self.state.global_state, where)
 
     def run(self, on_round: Callable[[dict], None] | None = None, until: int | None = None) -> list[dict]:
         """Run the remaining rounds (or up to round ``until``); ``on_round(record)`` after each
@@ -499,6 +541,42 @@ class Server:
                 f"round {t}: nothing aggregated for {n} rounds in a row (last: {why}; "
                 f"config key 'aggregation.max_empty_rounds'); the checkpoint holds the last good state"
             )
+
+
+def restore_best(cfg, ckpt: dict, like: State, where: str) -> dict | None:
+    """The kept best-validation state of a checkpoint (``eval.test: selected``), checked: its
+    round must be the best of the checkpoint's records by summarize()'s rule, its state this model's."""
+    if cfg.eval.test != "selected":
+        return None
+    sel = f"val_{cfg.eval.select_metric}"
+    evald = [r for r in ckpt["records"] if r.get(sel) is not None]
+    if not evald:
+        return None
+    best = max(evald, key=lambda r: r[sel])
+    kept = ckpt.get("best")
+    if (not isinstance(kept, dict) or kept.get("round") != best.get("round")
+            or not isinstance(kept.get("state"), dict)):
+        raise FedHelloError(f"{where}: checkpoint key 'best' does not hold the best-validation round's state "
+                            "(eval.test: selected needs it): start the run again with --overwrite")
+    check_state(kept["state"], like, where)
+    return {"round": best["round"], "score": best[sel], "state": kept["state"]}
+
+
+def phase_totals(records: list[dict]) -> dict[str, float]:
+    """The run's time per phase (head_init, train, aggregate, evaluate, checkpoint), summed over
+    the records' ``phase_time_s`` (a record without it counts its round time as training)."""
+    out = dict.fromkeys(PHASES, 0.0)
+    for r in records:
+        split = r.get("phase_time_s") or {"train": r.get("round_time_s", 0.0)}
+        for k in PHASES:
+            out[k] += float(split.get(k, 0.0))
+    head_init = records[0].get("head_init") if records else None
+    if head_init and not (records[0].get("phase_time_s") or {}).get("head_init"):
+        out["head_init"] += float(head_init["time_s"])
+    return out
+
+
+PHASES = ("head_init", "train", "aggregate", "evaluate", "checkpoint")
 
 
 def extra_metrics(ev: dict) -> dict:
@@ -551,6 +629,7 @@ def summarize(cfg, records: list[RoundRecord]) -> Summary:
         "total_upload_bytes": upload,
         "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
         "max_memory_over_limit": max_memory_over_limit(records),
+        "phase_time_s": phase_totals(records),
         **head_cost,  # type: ignore[typeddict-item]
     }
     names = sorted({k[len("test_"):] for r in records for k in r if k.startswith("test_")} - {"accuracy", "loss"})

@@ -13,6 +13,7 @@ passes in: this layer imports nothing of :mod:`fedhello.report`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -136,17 +137,27 @@ class Experiment:
         """The model's current federated tensors (LoRA and head), as CPU copies."""
         return get_state(self.model, self.layermap.all_names)
 
-    def evaluator(self) -> Callable[[State], dict]:
-        """The Server's evaluator: load a global state, score it on validation and test."""
-        bs = self.cfg.eval.batch_size
+    def evaluator(self) -> Callable[..., dict]:
+        """The Server's evaluator: load a global state, score it on validation and test
+        (``splits``: which of the two; both by default).
 
-        def run(state: State) -> dict:
+        Text splits are batched (sorted by length) and padded once per run, not once per
+        evaluation (:func:`eval_batch_cache`); images are transformed per batch as before.
+        """
+        bs = self.cfg.eval.batch_size
+        cache: dict[str, list | None] = {}
+
+        def run(state: State, splits: Sequence[str] = ("val", "test")) -> dict:
             set_state(self.model, state)
             pc = self.positive_class
-            return {
-                "val": evaluate(self.model, self.val, np.arange(len(self.val)), bs, self.device, positive_class=pc),
-                "test": evaluate(self.model, self.test, np.arange(len(self.test)), bs, self.device, positive_class=pc),
-            }
+            out = {}
+            for name in splits:
+                data = self.val if name == "val" else self.test
+                if name not in cache:
+                    cache[name] = eval_batch_cache(data, bs)
+                out[name] = evaluate(self.model, data, np.arange(len(data)), bs, self.device, positive_class=pc,
+                                     batches=cache[name])
+            return out
 
         return run
 
@@ -279,6 +290,20 @@ class Experiment:
             # every LoRA layer has the same size in the supported families
             out.append(head + sum(sorted(per_layer)[: strat.trained_layers(b)]))
         return out
+
+
+def eval_batch_cache(data, batch_size: int, max_bytes: int = 512 << 20) -> list | None:
+    """A text split's evaluation batches (length-sorted, as ``eval_batches``), collated once on
+    the CPU for every later evaluation; None for data that collates itself (images) or whose
+    padded batches would exceed ``max_bytes``."""
+    if not isinstance(data, Encoded) or len(data) == 0:
+        return None
+    idx = list(eval_batches(data.lengths, np.arange(len(data)), batch_size))
+    width = data.num_choices or 1
+    size = sum(len(i) * int(data.lengths[i].max()) * width for i in idx) * 8 * len(data.features)
+    if size > max_bytes:
+        return None
+    return [collate(data, i) for i in idx]
 
 
 @dataclass
@@ -613,7 +638,10 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
 
     def round_done(rec: dict) -> None:
         # the config rides along: --resume refuses an edited config.yaml (check_config_unchanged)
+        t0 = time.perf_counter()
         rundir.save_checkpoint({**server.checkpoint(), "config": cfg_dict})
+        if "phase_time_s" in rec:  # in metrics.jsonl now; in the checkpoint from the next round on
+            rec["phase_time_s"]["checkpoint"] = time.perf_counter() - t0
         rundir.write_metrics(server.state.records)
         if rep is not None:
             rep.round(server.state.records)
