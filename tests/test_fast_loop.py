@@ -98,3 +98,82 @@ def test_a_checkpoint_without_the_kept_state_is_refused(tiny_bert, tmp_path, one
     torch.save(data, ck)
     with pytest.raises(FedHelloError, match="checkpoint key 'best'"):
         run_experiment(cfg, out)
+
+
+def sweep_config(tiny_bert, path):
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw(tiny_bert, rounds=2, data={"demo_samples": 120})))
+    return path
+
+
+def test_sweep_jobs_runs_cells_in_parallel_processes_and_resumes(tiny_bert, tmp_path, one_torch_thread):
+    from fedhello.cli import main
+    from fedhello.config import load_config
+    from fedhello.run.sweep import Cell, partition_overrides
+
+    cfg_file = sweep_config(tiny_bert, tmp_path / "base.yaml")
+    out = tmp_path / "sw"
+    # a cell killed after its first round: --jobs continues it from its checkpoint
+    part = Cell("fedra", "iid", 1)
+    cfg = load_config(cfg_file, [*partition_overrides("iid"), "strategy.name=fedra", "seed=1"])
+    run_experiment(cfg, part.dir(out), stop_after=1)
+    first = RunDir(part.dir(out)).read_metrics()[0]
+    rc = main(["sweep", "--config", str(cfg_file), "--strategies", "fedra", "--partitions", "iid",
+               "--seeds", "0,1", "--out", str(out), "--jobs", "2"])
+    assert rc == 0
+    for seed in (0, 1):
+        d = Cell("fedra", "iid", seed).dir(out)
+        assert json.loads((d / "summary.json").read_text())["rounds"] == 2
+        assert (out / ".jobs" / f"iid-fedra-seed{seed}.log").is_file()
+    assert RunDir(part.dir(out)).read_metrics()[0] == first  # continued, not restarted
+    assert json.loads((out / "failures.json").read_text()) == {}
+    table = (out / "results.md").read_text()
+    assert "Where a cell's time goes" in table and "head_init" in table
+    # run again: every cell is finished, nothing runs
+    rc = main(["sweep", "--config", str(cfg_file), "--strategies", "fedra", "--partitions", "iid",
+               "--seeds", "0,1", "--out", str(out), "--jobs", "2"])
+    assert rc == 0
+
+
+def test_parallel_cells_split_the_threads_and_record_failures(tiny_bert, tmp_path, monkeypatch):
+    import sys
+
+    from fedhello.config import load_config
+    from fedhello.run import sweep as sw
+
+    monkeypatch.setattr(sw.os, "sched_getaffinity", lambda pid: set(range(7)), raising=False)
+    assert sw.threads_per_job(2) == 3 and sw.threads_per_job(3) == 2 and sw.threads_per_job(8) == 1
+    cfg_file = sweep_config(tiny_bert, tmp_path / "base.yaml")
+    cells = [(sw.Cell("fedra", "iid", s), load_config(cfg_file, [f"seed={s}"])) for s in (0, 1, 2)]
+    done = {"ran": [], "skipped": [], "failed": []}
+    failures: dict = {}
+    seen: list[list[str]] = []
+
+    def command(cfg_file, cell_dir, overwrite):
+        code = "import os, sys; print('threads', os.environ['OMP_NUM_THREADS']); print('boom'); sys.exit(3)"
+        return [sys.executable, "-c", code]
+
+    sw.run_parallel(cells, tmp_path / "out", 2, command, False, failures, done,
+                    on_status=lambda st: seen.append([e["state"] for e in st]), poll_s=0.05)
+    assert sorted(done["failed"]) == [c.key for c, _ in cells] and not done["ran"]
+    assert all(f["error"] == "exit status 3: boom" for f in failures.values())
+    log = (tmp_path / "out" / ".jobs" / "iid-fedra-seed0.log").read_text()
+    assert "threads 3" in log
+    assert max(st.count("running") for st in seen) == 2  # never more than --jobs at once
+    assert json.loads((tmp_path / "out" / "failures.json").read_text()).keys() == failures.keys()
+
+
+def test_sweep_eta_from_the_pace_of_this_sweep():
+    from fedhello.run.sweep import cell_eta, sweep_eta
+
+    now = 1000.0
+    status = [
+        {"state": "running", "rounds": 10, "rounds_done": 4, "rounds_at_start": 2, "started": 900.0, "finished": None},
+        {"state": "done", "rounds": 10, "rounds_done": 10, "rounds_at_start": 0, "started": 500.0, "finished": 800.0},
+        {"state": "waiting", "rounds": 10, "rounds_done": 0, "started": None, "finished": None},
+    ]
+    assert cell_eta(status[0], now) == pytest.approx(50.0 * 6)  # 2 rounds in 100 s, 6 left
+    # 400 s for 12 rounds; 16 rounds left over 2 jobs
+    assert sweep_eta(status, 2, now) == pytest.approx(400 / 12 * 16 / 2)
+    assert sweep_eta(status[2:], 2, now) is None and cell_eta(status[2], now) is None

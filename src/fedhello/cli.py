@@ -145,6 +145,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fedhello.run.sweep import parse_seeds, plan, run_sweep, split_list
 
     console = _console()
+    if args.jobs < 1:
+        raise FedHelloError(f"--jobs: {args.jobs} is not a number of parallel cells (1 or more)")
+    if args.jobs > 1 and not args.dry_run:
+        return _sweep_jobs(args, console)
     strategies = split_list(args.strategies, "--strategies")
     partitions = split_list(args.partitions, "--partitions")
     seeds = parse_seeds(args.seeds)
@@ -183,6 +187,71 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"error: {len(res['failed'])} cells would be refused: {', '.join(res['failed'])}", file=sys.stderr)
             return 2
         return 0
+    console.print(
+        f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
+        f" -> {args.out}/results.md"
+    )
+    if res["failed"]:
+        console.print(f"[red]failed cells: {', '.join(res['failed'])} (see {args.out}/failures.json)[/red]")
+        return 1
+    return 0
+
+
+def _sweep_jobs(args: argparse.Namespace, console) -> int:
+    """``fedhello sweep --jobs N``: N cells at once, each a ``python -m fedhello run`` process with
+    cores // N threads; one live table of every cell's state and ETA on a terminal, one line per
+    cell start and end otherwise."""
+    import time
+
+    from rich.live import Live
+    from rich.table import Table
+
+    from fedhello.report.hooks import write_sweep_reports
+    from fedhello.run.sweep import cell_eta, parse_seeds, run_sweep, split_list, sweep_eta, threads_per_job
+
+    def command(cfg_file, cell_dir, overwrite):
+        return [sys.executable, "-m", "fedhello", "run", "--config", str(cfg_file), "--out", str(cell_dir),
+                *(["--overwrite"] if overwrite else [])]
+
+    def clock(sec):
+        return "-" if sec is None else time.strftime("%H:%M:%S", time.gmtime(sec))
+
+    def table(status):
+        t = Table(title=f"sweep {args.out}: {args.jobs} jobs x {threads_per_job(args.jobs)} threads, "
+                        f"ETA {clock(sweep_eta(status, args.jobs))}", title_justify="left")
+        for col in ("cell", "state", "rounds", "ETA"):
+            t.add_column(col)
+        for e in status:
+            t.add_row(e["key"], e["state"], f"{e['rounds_done']}/{e['rounds']}", clock(cell_eta(e)))
+        return t
+
+    seen: dict[str, str] = {}
+
+    def plain(status):  # not a terminal: one line when a cell changes state
+        for e in status:
+            if seen.get(e["key"]) != e["state"]:
+                seen[e["key"]] = e["state"]
+                console.print(f"{e['key']}: {e['state']} ({e['rounds_done']}/{e['rounds']} rounds; "
+                              f"sweep ETA {clock(sweep_eta(status, args.jobs))})")
+
+    live = Live(console=console, transient=False, refresh_per_second=1) if console.is_terminal else None
+    show = (lambda st: live.update(table(st))) if live is not None else plain
+    try:
+        if live is not None:
+            live.start()
+        res = run_sweep(
+            args.config, split_list(args.strategies, "--strategies"), split_list(args.partitions, "--partitions"),
+            parse_seeds(args.seeds), args.out, sets=args.set, target=args.target, overwrite=args.overwrite,
+            after_cell=lambda out: write_sweep_reports(out, args.target), jobs=args.jobs, cell_command=command,
+            on_status=show,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: finished cells and each running cell's last round are kept; "
+              "run the same sweep command again to continue", file=sys.stderr)
+        return 130
+    finally:
+        if live is not None:
+            live.stop()
     console.print(
         f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
         f" -> {args.out}/results.md"
@@ -417,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "default: 90%% of the best final mean accuracy in each partition")
     sw.add_argument("--overwrite", action="store_true", help="replace cells that hold a run of another config")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N cells at once as separate processes, each with cores // N threads (default 1)")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="regenerate plots, TensorBoard scalars (and a sweep's results) from a directory")

@@ -34,6 +34,7 @@ from fedhello.federation.records import Summary, read_summary
 from fedhello.run.rundir import CONFIG, SUMMARY, RunDir, atomic_write_text
 from fedhello.run.sweep import SWEEP, Cell, read_failures
 
+PHASES = ("head_init", "train", "aggregate", "evaluate", "checkpoint")
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 DEFAULT_TARGET_SHARE = 0.9
@@ -58,6 +59,8 @@ CSV_COLUMNS = [
     "mean_client_train_time_s",
     "total_time_s_mean",
     "trainable_params_per_group",
+    # where a cell's time goes: summary.json's phase_time_s, mean over the finished seeds
+    *(f"time_{p}_s_mean" for p in PHASES),
 ]
 
 
@@ -175,6 +178,9 @@ def results_rows(out: str | Path, target: float | None = None,
                 "total_time_s_mean": _mean([c.summary["total_time_s"] for c in fin]),
                 "trainable_params_per_group": "/".join(str(int(p)) for p in params) if params else None,
                 "_cells": fin,
+                **{f"time_{p}_s_mean": _mean([c.summary["phase_time_s"][p] for c in fin
+                                              if isinstance(c.summary.get("phase_time_s"), dict)
+                                              and p in c.summary["phase_time_s"]]) for p in PHASES},
             })
         finals = [r["final_test_accuracy_mean"] for r in part_rows if r["final_test_accuracy_mean"] is not None]
         tgt = target if target is not None else (DEFAULT_TARGET_SHARE * max(finals) if finals else None)
@@ -271,6 +277,18 @@ def results_markdown(rows: list[dict], title: str = "Results", progress: tuple[i
                 f"| {_pm(r['best_val_test_accuracy_mean'], r['best_val_test_accuracy_std'])} | {rtt} "
                 f"| {upload} | {ttime} | {r['trainable_params_per_group'] or '-'} |"
             )
+    timed = [r for r in rows if r.get("time_train_s_mean") is not None]
+    if timed:
+        lines += ["", "## Where a cell's time goes", "",
+                  "Seconds per cell (mean over the finished seeds; summary.json's phase_time_s): the "
+                  "class-statistics round, allocation and local training, aggregation, evaluation, "
+                  "checkpoint writes; in brackets the share of the cell.", "",
+                  "| partition | strategy | " + " | ".join(PHASES) + " |", "|---|---|" + "---|" * len(PHASES)]
+        for r in timed:
+            vals = [r.get(f"time_{p}_s_mean") or 0.0 for p in PHASES]
+            tot = sum(vals) or 1.0
+            cells = " | ".join(f"{v:.1f} ({100 * v / tot:.0f}%)" for v in vals)
+            lines.append(f"| {r['partition']} | {r['strategy']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

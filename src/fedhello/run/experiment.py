@@ -601,6 +601,22 @@ def run_experiment(
         return _run(cfg, exp, rundir, ckpt, on_round, stop_after, runner_factory, reporter, progress)
 
 
+def keep_checkpoint_time(rundir: RunDir, records: list[dict]) -> None:
+    """The checkpoint time of the last checkpointed round, which only metrics.jsonl holds (it is
+    measured after that checkpoint was written), back into its record when resuming."""
+    if not records or "phase_time_s" not in records[-1]:
+        return
+    try:
+        saved = rundir.read_metrics()
+    except FedHelloError:
+        return
+    last = records[-1]
+    match = [r for r in saved if isinstance(r, dict) and r.get("round") == last.get("round")]
+    spent = (match[-1].get("phase_time_s") or {}).get("checkpoint") if match else None
+    if isinstance(spent, (int, float)) and not isinstance(spent, bool) and spent >= 0:
+        last["phase_time_s"]["checkpoint"] = float(spent)
+
+
 def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runner_factory, reporter,
          progress: ProgressHook = NO_PROGRESS) -> dict:
     if ckpt is not None:  # costs measured at the start stay those of the start (same allocations)
@@ -626,6 +642,7 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
     server.progress = progress
     if ckpt is not None:
         server.restore(ckpt, where=str(rundir.file(CHECKPOINT)))
+        keep_checkpoint_time(rundir, server.state.records)
         rundir.write_metrics(server.state.records)
         if not rundir.file(DATA).is_file():
             rundir.write_json(DATA, exp.data_info)

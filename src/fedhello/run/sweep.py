@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import yaml
+
 from fedhello.config import load_config
 from fedhello.errors import ConfigError, FedHelloError
 from fedhello.run.experiment import Reporter, check_model_fit, holds_config, run_experiment
-from fedhello.run.rundir import SUMMARY, RunDir, atomic_write_json
+from fedhello.run.rundir import SUMMARY, RunDir, atomic_write_json, atomic_write_text
 
 SWEEP = "sweep.json"
 FAILURES = "failures.json"
@@ -161,6 +165,9 @@ def run_sweep(
     on_cell: Callable[[int, int, Cell, int], None] | None = None,
     after_cell: Callable[[Path], None] | None = None,
     reporter: Callable[[Path], Reporter] | None = None,
+    jobs: int = 1,
+    cell_command: Callable[[Path, Path, bool], list[str]] | None = None,
+    on_status: Callable[[list[dict]], None] | None = None,
 ) -> dict[str, list[str]]:
     """Run the grid into ``out``; returns the cell keys that ran, were skipped and failed.
 
@@ -168,6 +175,12 @@ def run_sweep(
     ``on_round(cell, record, rounds)`` after each round, ``after_cell(out)`` after
     each cell and when the sweep stops (the CLI rewrites the results table there),
     ``reporter`` as in :func:`~fedhello.run.experiment.run_experiment` for every cell.
+
+    ``jobs`` > 1 runs that many cells at once, each in its own process
+    (:func:`run_parallel`): ``cell_command(config_file, cell_dir, overwrite)`` is the
+    command line of one cell's run (the CLI gives ``fedhello run``), and
+    ``on_status(cells)`` is called with every cell's state while they run
+    (``on_round``/``on_cell`` are not called then).
     """
     if target is not None and not 0 < target <= 1:
         raise ConfigError(f"--target: {target} is not an accuracy in (0, 1]")
@@ -201,6 +214,11 @@ def run_sweep(
         },
     )
     failures = read_failures(out)
+    if jobs > 1:
+        if cell_command is None:
+            raise ValueError("jobs > 1 needs cell_command")
+        run_parallel(cells, out, jobs, cell_command, overwrite, failures, done, on_status, after_cell)
+        return done
     for i, (cell, cfg) in enumerate(cells, 1):
         path = cell.dir(out)
         st = cell_status(path, cfg)
@@ -256,3 +274,144 @@ def _rounds_done(path: Path, status: str) -> int:
         return len(RunDir(path).read_metrics())
     except FedHelloError:
         return 0
+
+
+JOBS_DIR = ".jobs"
+
+
+def threads_per_job(jobs: int) -> int:
+    """CPU threads each of ``jobs`` parallel cells gets: the cores this process may use, split evenly (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
+
+
+def run_parallel(cells, out: Path, jobs: int, cell_command, overwrite: bool, failures: dict, done: dict,
+                 on_status=None, after_cell=None, poll_s: float = 1.0) -> None:
+    """Run the unfinished cells ``jobs`` at a time, each as its own process (``cell_command``).
+
+    Every process gets ``OMP_NUM_THREADS`` = cores // jobs so that the cells do not
+    oversubscribe the CPU. A cell's process writes its ordinary run directory (the
+    checkpoint after every round), so a killed sweep loses only the running cells'
+    rounds since their last checkpoint and the same command continues them. Its
+    console output goes to ``DIR/.jobs/<partition>-<strategy>-seed<S>.log``; a cell
+    that exits non-zero is recorded in failures.json with the log's last lines.
+    ``on_status`` gets one dict per cell (``key``, ``state``: done, skipped, waiting,
+    running, failed; ``rounds_done``, ``rounds``, ``started``, ``finished``: seconds
+    since the epoch or None) every ``poll_s`` seconds and when a cell changes state.
+    """
+    jobdir = out / JOBS_DIR
+    jobdir.mkdir(parents=True, exist_ok=True)
+    status: list[dict] = []
+    queue = []
+    for cell, cfg in cells:
+        st = cell_status(cell.dir(out), cfg)
+        entry = {"key": cell.key, "state": "waiting", "rounds": cfg.rounds,
+                 "rounds_done": _rounds_done(cell.dir(out), st), "started": None, "finished": None}
+        if st == "done":
+            entry.update(state="skipped", rounds_done=cfg.rounds)
+            done["skipped"].append(cell.key)
+            failures.pop(cell.key, None)
+        else:
+            queue.append((cell, cfg, entry))
+        status.append(entry)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_job(jobs)), MKL_NUM_THREADS=str(threads_per_job(jobs)))
+    running: dict = {}  # Popen -> (cell, entry, log file)
+
+    def report() -> None:
+        if on_status is not None:
+            on_status(status)
+
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell, cfg, entry = queue.pop(0)
+                name = cell.key.replace("/", "-")
+                cfg_file = jobdir / f"{name}.yaml"
+                atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                logf = open(jobdir / f"{name}.log", "ab")
+                proc = subprocess.Popen(cell_command(cfg_file, cell.dir(out), overwrite), stdout=logf,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                entry.update(state="running", started=time.time(), rounds_at_start=entry["rounds_done"])
+                running[proc] = (cell, entry, logf, jobdir / f"{name}.log")
+                report()
+            time.sleep(poll_s)
+            for proc in [p for p in running if p.poll() is not None]:
+                cell, entry, logf, logpath = running.pop(proc)
+                logf.close()
+                entry["finished"] = time.time()
+                if proc.returncode == 0:
+                    entry.update(state="done", rounds_done=entry["rounds"])
+                    failures.pop(cell.key, None)
+                    done["ran"].append(cell.key)
+                else:
+                    entry["state"] = "failed"
+                    tail = _tail(logpath)
+                    failures[cell.key] = {
+                        "strategy": cell.strategy, "partition": cell.partition, "seed": cell.seed,
+                        "error": f"exit status {proc.returncode}: {tail[-1] if tail else ''}".strip(),
+                        "traceback": "\n".join(tail),
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                    done["failed"].append(cell.key)
+                    log.error(f"  {cell.key} failed: {failures[cell.key]['error']} (log: {logpath})")
+                atomic_write_json(out / FAILURES, failures)
+                if after_cell is not None:
+                    after_cell(out)
+            for cell, entry, _, _ in running.values():
+                try:
+                    entry["rounds_done"] = len(RunDir(cell.dir(out)).read_metrics())
+                except (FedHelloError, OSError):
+                    pass
+            report()
+    finally:  # interrupted: stop the cells still running (each keeps its last checkpoint)
+        for proc, (_, _, logf, _) in running.items():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, (_, _, logf, _) in running.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            logf.close()
+    atomic_write_json(out / FAILURES, failures)
+    if after_cell is not None:
+        after_cell(out)
+
+
+def _tail(path: Path, n: int = 5) -> list[str]:
+    """The last ``n`` non-empty lines of a log file."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def cell_eta(entry: dict, now: float | None = None) -> float | None:
+    """Seconds until a running cell finishes, from its pace in this sweep (None before its first round here)."""
+    if entry["state"] != "running" or entry["started"] is None:
+        return None
+    done_here = entry["rounds_done"] - entry.get("rounds_at_start", 0)
+    if done_here <= 0:
+        return None
+    per_round = ((now or time.time()) - entry["started"]) / done_here
+    return per_round * (entry["rounds"] - entry["rounds_done"])
+
+
+def sweep_eta(status: list[dict], jobs: int, now: float | None = None) -> float | None:
+    """Seconds until the whole sweep finishes: the rounds left at the mean pace of the rounds
+    run so far in this sweep, shared by ``jobs`` processes (None before any round is done here)."""
+    now = now or time.time()
+    spent = done = 0.0
+    for e in status:
+        if e["started"] is None:
+            continue
+        spent += (e["finished"] or now) - e["started"]
+        done += e["rounds_done"] - e.get("rounds_at_start", 0)
+    if done <= 0:
+        return None
+    left = sum(e["rounds"] - e["rounds_done"] for e in status if e["state"] in ("waiting", "running"))
+    return spent / done * left / max(1, jobs)
