@@ -126,3 +126,35 @@ def test_result_files_and_bench_report(result, tmp_path, capsys):
     assert md.startswith("| figure | value | target | met |") and "`fim_max_rel_error`" in md
     assert main(["bench-report", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_the_whole_suite_runs_with_data(tiny_bert, tmp_path):
+    """`fedhello bench --data FOLDER` runs every part and probe (the scale probe's demo config
+    once inherited data.path from --data, which config validation refuses)."""
+    import csv
+
+    import torch
+
+    data = tmp_path / "b77"
+    data.mkdir()
+    intents = ["card_arrival", "lost_card", "top_up", "refund"]
+    words = "my card has not arrived yet please help me with the top up refund i lost it today".split()
+    for name, n in (("train.csv", 160), ("test.csv", 40)):
+        with open(data / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "category"])
+            for i in range(n):
+                w.writerow([" ".join(words[(i * 7 + k) % len(words)] for k in range(3 + i % 9)), intents[i % 4]])
+    before = torch.get_num_threads()
+    try:
+        rc = main(["bench", "--out", str(tmp_path / "o"), "--data", str(data), "--size", "tiny",
+                   "--model", str(tiny_bert), "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0
+    res = json.loads((tmp_path / "o" / "bench.json").read_text())
+    for key in ("engine_overhead_ratio", "freeze_time_ratio", "fim_speedup", "length_grouping_speedup",
+                "length_grouping_accuracy", "scale", "upload_bytes_per_group"):
+        assert key in res, key
+    assert [r["clients"] for r in res["scale"]] == [10, 40]
+    assert res["fisher"]["samples"] == 12
