@@ -177,3 +177,26 @@ def test_sweep_eta_from_the_pace_of_this_sweep():
     # 400 s for 12 rounds; 16 rounds left over 2 jobs
     assert sweep_eta(status, 2, now) == pytest.approx(400 / 12 * 16 / 2)
     assert sweep_eta(status[2:], 2, now) is None and cell_eta(status[2], now) is None
+
+
+def test_bf16_autocast_is_one_switch_off_by_default(tiny_bert, one_torch_thread):
+    import numpy as np
+    import torch
+
+    from fedhello.federation.client import FitTask, evaluate
+    from fedhello.run.experiment import prepare
+
+    assert build_config(raw(tiny_bert)).model.bf16 is False
+    exp = prepare(build_config(raw(tiny_bert, model={"bf16": True})))
+    batch = {k: v for k, v in exp.forward_batches(exp.global_state(), exp.test, np.arange(4)).__next__().items()
+             if k != "labels"}
+    seen = []
+    h = exp.model.base_model.model.bert.encoder.layer[0].attention.self.query.register_forward_hook(
+        lambda m, a, o: seen.append(o.dtype))
+    out = exp.model(**batch)
+    h.remove()
+    assert seen == [torch.bfloat16] and out.logits.dtype == torch.float32  # bf16 inside, float32 loss
+    ev = evaluate(exp.model, exp.test, np.arange(len(exp.test)), 16, exp.device)
+    assert 0 <= ev["accuracy"] <= 1 and np.isfinite(ev["loss"])
+    up = exp.trainer().fit(FitTask(0, 0, [0, 1], 0.01, 0), exp.global_state(), exp.partitions[0])
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in up.tensors.values())

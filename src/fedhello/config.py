@@ -68,6 +68,11 @@ class ModelConfig(_Strict):
         "such as minilm; else the model's own), model (its own: pooler output, [CLS], ...), mean (masked mean "
         "of the last hidden states); see fedhello.model.head.",
     )
+    bf16: bool = Field(
+        False,
+        description="bfloat16 autocast around every forward pass (training, evaluation, statistics, Fisher); "
+        "weights, gradients and optimizer state stay float32. For GPUs; untested on a GPU so far.",
+    )
 
 
 class LoraConfig(_Strict):

@@ -235,7 +235,25 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     if not layermap.head:
         raise ConfigError(f"model.name: {path}: the task head ({', '.join(head)}) was not made trainable")
     peft_model.to(device)
+    if cfg.model.bf16:
+        autocast_forward(peft_model, torch.device(device))
     return _with_pooling(Backbone(peft_model, tokenizer, layermap, mconf.model_type, processor), cfg, path)
+
+
+def autocast_forward(model: torch.nn.Module, device: torch.device) -> None:
+    """``model.bf16``: every forward pass of ``model`` under bfloat16 autocast, the one place it
+    is applied (training, evaluation, class statistics and Fisher scores all call the model).
+    The loss and backward run outside it, in float32 on the autocast logits, as autocast advises."""
+    forward = model.forward
+
+    def bf16_forward(*args, **kwargs):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            out = forward(*args, **kwargs)
+        if getattr(out, "logits", None) is not None:  # the loss in float32
+            out.logits = out.logits.float()
+        return out
+
+    model.forward = bf16_forward
 
 
 def _check_task_model(task: str, mconf, path: str) -> None:
