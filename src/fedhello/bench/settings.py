@@ -47,7 +47,7 @@ SIZES: dict[str, Sizes] = {
         scale_clients=(100, 1000, 10000), scale_samples=16000, scale_rounds=4,
     ),
     "quick": Sizes(
-        demo_samples=2000, engine_clients=100, engine_per_round=5, engine_rounds=2,
+        demo_samples=2000, engine_clients=100, engine_per_round=5, engine_rounds=5,
         freeze_batches=4, freeze_reps=2, fim_samples=100, fim_reps=2, pad_samples=160, pad_reps=3,
         acc_train=240, acc_test=200, acc_rounds=1,
         scale_clients=(100, 1000, 10000), scale_samples=14000, scale_rounds=2,

@@ -186,14 +186,12 @@ class LocalTrainer:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data: Encoded, indices: np.ndarray, batch_size: int, device, positive_class: int = 1,
-    batches: Sequence[dict[str, torch.Tensor]] | None = None,
+    model: torch.nn.Module, data: Encoded, indices: np.ndarray, batch_size: int, device, positive_class: int = 1
 ) -> dict[str, float]:
     """Mean cross-entropy and the metrics of :mod:`fedhello.metrics` of ``model`` on ``indices`` of ``data``.
 
     accuracy, macro_f1, micro_f1 always; f1_positive (F1 of class ``positive_class``)
-    when the model has two classes. ``batches``: the collated batches of ``indices``,
-    already formed (an evaluation cache); by default they are formed here, sorted by length.
+    when the model has two classes.
     """
     if len(indices) == 0:
         return {"accuracy": math.nan, "loss": math.nan, "num_samples": 0}
@@ -202,16 +200,13 @@ def evaluate(
     loss_sum, n, num_classes = 0.0, 0, 0
     preds: list[np.ndarray] = []
     labels: list[np.ndarray] = []
-    if batches is None:
-        batches = (collate(data, idx, device) for idx in eval_batches(lengths, indices, batch_size))
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for idx in eval_batches(lengths, indices, batch_size):
+        batch = collate(data, idx, device)
         loss, logits = _forward_loss(model, batch)
         preds.append(logits.argmax(-1).cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
         num_classes = int(logits.shape[-1])
-        size = len(batch["labels"])
-        loss_sum += float(loss) * size
-        n += size
+        loss_sum += float(loss) * len(idx)
+        n += len(idx)
     out = classification_metrics(np.concatenate(preds), np.concatenate(labels), num_classes, positive_class)
     return dict(out, loss=loss_sum / n, num_samples=n)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fedhello.model.state import State
+from fedhello.model.state import State, param_dict
 
 
 def is_lora_a(name: str) -> bool:
@@ -104,7 +104,7 @@ def set_state_padded(model: torch.nn.Module, state: State) -> None:
     A LoRA tensor with fewer components than the model's parameter fills the
     leading components; the rest of the parameter is set to zero.
     """
-    params = dict(model.named_parameters())
+    params = param_dict(model, state)
     for n, t in state.items():
         p = params[n]
         if tuple(t.shape) == tuple(p.shape):

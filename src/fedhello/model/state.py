@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -12,17 +13,33 @@ from fedhello.model.layermap import LayerMap
 
 State = dict[str, torch.Tensor]
 
+# model -> {name: parameter}: every client of a round looks parameters up by name several
+# times, and walking the module tree each time was a visible share of a small client's round
+_PARAMS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.nn.Parameter]]" = weakref.WeakKeyDictionary()
+
+
+def param_dict(model: torch.nn.Module, names: Iterable[str] = ()) -> dict[str, torch.nn.Parameter]:
+    """``dict(model.named_parameters())``, kept per model. fedhello never adds, removes or
+    replaces a built model's parameters (state is copied into them in place); the mapping is
+    rebuilt when one of ``names`` is not in it."""
+    cached = _PARAMS.get(model)
+    if cached is None or any(n not in cached for n in names):
+        cached = dict(model.named_parameters())
+        _PARAMS[model] = cached
+    return cached
+
 
 def get_state(model: torch.nn.Module, names: Iterable[str]) -> State:
     """Detached CPU copies of the named parameters."""
-    params = dict(model.named_parameters())
+    names = list(names)
+    params = param_dict(model, names)
     return {n: params[n].detach().to("cpu", copy=True) for n in names}
 
 
 @torch.no_grad()
 def set_state(model: torch.nn.Module, state: State) -> None:
     """Copy tensors into the named parameters in place (no new modules, no deep copy)."""
-    params = dict(model.named_parameters())
+    params = param_dict(model, state)
     for n, t in state.items():
         params[n].copy_(t)
 
@@ -42,7 +59,7 @@ def set_trainable(
         allowed = {n for n in allowed if ".lora_A." not in n}
     federated = set(layermap.all_names)
     trainable: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
+    for name, p in param_dict(model).items():
         on = name in allowed
         if name in federated or p.requires_grad:
             p.requires_grad_(on)
@@ -53,10 +70,9 @@ def set_trainable(
 
 def freeze_all(model: torch.nn.Module, layermap: LayerMap) -> None:
     """No federated tensor trainable (between clients, and for evaluation)."""
-    names = set(layermap.all_names)
-    for name, p in model.named_parameters():
-        if name in names:
-            p.requires_grad_(False)
+    params = param_dict(model, layermap.all_names)
+    for name in layermap.all_names:
+        params[name].requires_grad_(False)
 
 
 def state_nbytes(state: State) -> int:

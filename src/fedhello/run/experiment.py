@@ -139,13 +139,8 @@ class Experiment:
 
     def evaluator(self) -> Callable[..., dict]:
         """The Server's evaluator: load a global state, score it on validation and test
-        (``splits``: which of the two; both by default).
-
-        Text splits are batched (sorted by length) and padded once per run, not once per
-        evaluation (:func:`eval_batch_cache`); images are transformed per batch as before.
-        """
+        (``splits``: which of the two; both by default)."""
         bs = self.cfg.eval.batch_size
-        cache: dict[str, list | None] = {}
 
         def run(state: State, splits: Sequence[str] = ("val", "test")) -> dict:
             set_state(self.model, state)
@@ -153,10 +148,7 @@ class Experiment:
             out = {}
             for name in splits:
                 data = self.val if name == "val" else self.test
-                if name not in cache:
-                    cache[name] = eval_batch_cache(data, bs)
-                out[name] = evaluate(self.model, data, np.arange(len(data)), bs, self.device, positive_class=pc,
-                                     batches=cache[name])
+                out[name] = evaluate(self.model, data, np.arange(len(data)), bs, self.device, positive_class=pc)
             return out
 
         return run
@@ -290,20 +282,6 @@ class Experiment:
             # every LoRA layer has the same size in the supported families
             out.append(head + sum(sorted(per_layer)[: strat.trained_layers(b)]))
         return out
-
-
-def eval_batch_cache(data, batch_size: int, max_bytes: int = 512 << 20) -> list | None:
-    """A text split's evaluation batches (length-sorted, as ``eval_batches``), collated once on
-    the CPU for every later evaluation; None for data that collates itself (images) or whose
-    padded batches would exceed ``max_bytes``."""
-    if not isinstance(data, Encoded) or len(data) == 0:
-        return None
-    idx = list(eval_batches(data.lengths, np.arange(len(data)), batch_size))
-    width = data.num_choices or 1
-    size = sum(len(i) * int(data.lengths[i].max()) * width for i in idx) * 8 * len(data.features)
-    if size > max_bytes:
-        return None
-    return [collate(data, i) for i in idx]
 
 
 @dataclass
