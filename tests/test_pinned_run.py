@@ -23,7 +23,7 @@ from fedhello.run.rundir import RunDir
 
 PINNED = Path(__file__).parent / "data" / "pinned_run.json"
 # measurements of the machine, not of the computation (memory: counted, but by the torch version's kernels)
-TIMINGS = {"round_time_s", "train_time_s", "time_s", "train_cpu_time_s", "train_memory_bytes"}
+TIMINGS = {"round_time_s", "train_time_s", "time_s", "train_cpu_time_s", "train_memory_bytes", "phase_time_s"}
 
 
 def raw_config(model: Path) -> dict:

@@ -485,7 +485,8 @@ class Server:
         """The state after the last finished round, as :meth:`restore` takes it back.
 
         Keys: ``round``, ``global_state``, ``strategy_state`` and ``records`` (see
-        :func:`check_checkpoint`). The tensors are the server's own, not copies.
+        :func:`check_checkpoint`), and with ``eval.test: selected`` ``best`` (the best-validation
+        round and its global state, :func:`restore_best`). The tensors are the server's own, not copies.
         """
         out = {
             "round": self.state.round,
