@@ -198,7 +198,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep_jobs(args: argparse.Namespace, console) -> int:
-    """``fedhello sweep --jobs N``: N cells at once, each a ``python -m fedhello run`` process with
+    """``fedhello sweep --jobs N``: N cells at once, each a ``fedhello run`` process with
     cores // N threads; one live table of every cell's state and ETA on a terminal, one line per
     cell start and end otherwise."""
     import time
@@ -210,8 +210,8 @@ def _sweep_jobs(args: argparse.Namespace, console) -> int:
     from fedhello.run.sweep import cell_eta, parse_seeds, run_sweep, split_list, sweep_eta, threads_per_job
 
     def command(cfg_file, cell_dir, overwrite):
-        return [sys.executable, "-m", "fedhello", "run", "--config", str(cfg_file), "--out", str(cell_dir),
-                *(["--overwrite"] if overwrite else [])]
+        return [sys.executable, "-c", "import sys; from fedhello.cli import main; sys.exit(main(sys.argv[1:]))",
+                "run", "--config", str(cfg_file), "--out", str(cell_dir), *(["--overwrite"] if overwrite else [])]
 
     def clock(sec):
         return "-" if sec is None else time.strftime("%H:%M:%S", time.gmtime(sec))
