@@ -75,3 +75,30 @@ def test_good_update_passes_and_zero_samples_rejected():
     validate_update(upd(1, 5, {L0: torch.ones(2, 2), HEAD: torch.ones(3)}), [L0, HEAD], glob())
     with pytest.raises(UpdateError, match="num_samples"):
         validate_update(upd(1, 0, {L0: torch.ones(2, 2)}), [L0, HEAD], glob())
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"train_tokens": -5}, "client 1: train_tokens must be an integer >= 0, got -5"),
+        ({"train_batches": 2, "train_tokens": float("inf"), "train_max_batch_tokens": 8},
+         "client 1: train_tokens must be an integer >= 0, got inf"),
+        ({"train_batches": 1.5}, "client 1: train_batches must be an integer >= 0, got 1.5"),
+        ({"train_batches": 2 ** 60}, f"client 1: train_batches must be an integer >= 0, got {2 ** 60}"),
+        ({"train_batches": 2, "train_tokens": 100, "train_max_batch_tokens": 40},
+         "client 1: 2 batches of 100 tokens cannot have a largest batch of 40"),
+        ({"train_batches": 2, "train_tokens": 10, "train_max_batch_tokens": 40},
+         "client 1: 2 batches of 10 tokens cannot have a largest batch of 40"),
+        ({"train_cpu_time_s": float("nan")}, "client 1: train_cpu_time_s must be a finite number >= 0, got nan"),
+        ({"train_time_s": -1.0}, "client 1: train_time_s must be a finite number >= 0, got -1.0"),
+    ],
+)
+def test_tampered_cost_reports_are_refused(fields, message):
+    good = {L0: torch.ones(2, 2), HEAD: torch.ones(3)}
+    honest = ClientUpdate(1, 5, good, [], train_batches=2, train_tokens=100, train_max_batch_tokens=64)
+    validate_update(honest, [L0, HEAD], glob())
+    for k, v in fields.items():
+        setattr(honest, k, v)
+    with pytest.raises(UpdateError) as err:
+        validate_update(honest, [L0, HEAD], glob())
+    assert str(err.value) == message

@@ -300,6 +300,11 @@ def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
     ra, rb = a.read_metrics(), b.read_metrics()
     assert [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in ra] == \
            [[(c["id"], c["layers"], c["num_samples"]) for c in r["clients"]] for r in rb]
+    # the shape of what each client trained crosses the Flower path (ClientApp metrics -> records)
+    shape = ("train_batches", "train_tokens", "train_max_batch_tokens")
+    assert [[tuple(c[k] for k in shape) for c in r["clients"]] for r in ra] == \
+           [[tuple(c[k] for k in shape) for c in r["clients"]] for r in rb]
+    assert all(c["train_tokens"] > 0 for r in rb for c in r["clients"])
     assert all(r["failed_clients"] == [] for r in rb)
     # the default head protocol: the class-means statistics round went through Flower queries
     assert cfg.head.init == "class-means"

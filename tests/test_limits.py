@@ -11,7 +11,8 @@ from fedhello.allocation.base import ClientSlot
 from fedhello.allocation.patterns import PATTERNS
 from fedhello.allocation.preview import preview
 from fedhello.allocation.resources import (
-    Capacity, LayerCosts, Limits, LinearCost, ResourceModel, fits, max_count, window_floors,
+    BatchShape, Capacity, LayerCosts, Limits, LinearCost, ResourceModel, fits, max_count, predict_for_batches,
+    predict_for_shape, time_clock, window_floors,
 )
 from fedhello.allocation.samplers import inclusion_probabilities
 from fedhello.config import StrategyConfig, build_config
@@ -271,7 +272,7 @@ def test_limit_costs_per_group_and_plot(tmp_path):
     ]
     rows = limit_costs(recs, 2)
     assert rows[0]["memory_limit_bytes"] == 31e6 and rows[0]["predicted_memory_bytes"] == 31e6
-    assert rows[0]["train_memory_bytes"] == 30.5e6 and rows[0]["train_time_s"] == 0.2
+    assert rows[0]["train_memory_bytes"] == 30.5e6 and rows[0]["measured_time_s"] == 0.2
     assert rows[1]["memory_limit_bytes"] is None and rows[1]["train_memory_bytes"] is None
     assert limit_plot(recs, 2, "t", tmp_path / "limits.png").stat().st_size > 0
     assert limit_plot([{"clients": [{"group": 0}]}], 1, "t", tmp_path / "none.png") is None
@@ -299,12 +300,32 @@ def test_run_with_limits_and_no_profile_measures_costs_at_start(tiny_bert, tmp_p
     assert costs.num_layers == 3
     recs = RunDir(tmp_path / "run").read_metrics()
     limited = [c for r in recs for c in r["clients"] if c["group"] == 0]
+    assert costs.meta["tokens_per_batch"] == 8 * costs.meta["seq_len"] and time_clock(costs) == "cpu"
     for r in recs:
         for c in r["clients"]:
-            assert c["predicted_memory_bytes"] == pytest.approx(costs.memory_bytes(c["layers"]))
+            # the bound the limits are checked with: the worst-case step (max_steps 1: one step)
+            assert c["bound_memory_bytes"] == pytest.approx(costs.memory_bytes(c["layers"]))
+            assert c["bound_time_s"] == pytest.approx(costs.step_seconds(c["layers"]))
+            # the estimate: what the client reports it trained, priced by the profile
+            assert c["train_batches"] == 1 and 0 < c["train_max_batch_tokens"] == c["train_tokens"]
+            mem, sec = predict_for_batches(costs, c["layers"], [c["train_tokens"]])
+            assert (c["predicted_memory_bytes"], c["predicted_time_s"]) == (mem, sec)
+            assert c["predicted_memory_bytes"] <= c["bound_memory_bytes"] and c["predicted_time_clock"] == "cpu"
             assert c["train_memory_bytes"] > 0
     assert limited and all(c["memory_limit_bytes"] == 1e11 for c in limited)
     assert summary["max_memory_over_limit"] == pytest.approx(max(c["train_memory_bytes"] for c in limited) / 1e11)
+    # per group: measured over predicted, time on the CPU clock the profile measured
+    for g, row in enumerate(summary["cost_prediction"]):
+        cs = [c for r in recs for c in r["clients"] if c["group"] == g]
+        if not cs:
+            assert row is None
+            continue
+        mem = [c["train_memory_bytes"] / c["predicted_memory_bytes"] for c in cs]
+        tim = [c["train_cpu_time_s"] / c["predicted_time_s"] for c in cs]
+        assert row["client_rounds"] == len(cs) and row["time_clock"] == "cpu"
+        assert row["memory_measured_over_predicted_max"] == pytest.approx(max(mem))
+        assert row["memory_measured_over_predicted_median"] == pytest.approx(float(np.median(mem)))
+        assert row["time_measured_over_predicted_max"] == pytest.approx(max(tim))
 
 
 def test_allocate_command_previews_costs_under_limits(tmp_path, capsys):

@@ -38,8 +38,9 @@ def task_identity():
 class NodeGrid:
     """Nodes 100+i for clients i, each with a node config; train replies are honest no-op updates."""
 
-    def __init__(self, node_configs):
+    def __init__(self, node_configs, reply_metrics=None):
         self.node_configs = node_configs
+        self.reply_metrics = reply_metrics or {}  # client -> extra reply metrics (batch shape)
         self.sent: list[tuple[int, list[int]]] = []
 
     def get_node_ids(self):
@@ -62,16 +63,17 @@ class NodeGrid:
             # the LoRA tensors of the sent layers (BERT names: ...layer.<i>....lora_A/B...)
             mine = {n: g[n] for n in g if "lora_" in n and any(f".layer.{l}." in n for l in layers)}
             content = RecordDict({"arrays": ArrayRecord(mine),
-                                  "metrics": MetricRecord({"num-examples": 1, "train-loss": 1.0})})
+                                  "metrics": MetricRecord({"num-examples": 1, "train-loss": 1.0,
+                                                           **self.reply_metrics.get(cid, {})})})
             out.append(Message(content=content, reply_to=m))
         return out
 
 
-def setup(tiny_bert, tmp_path, node_limits):
+def setup(tiny_bert, tmp_path, node_limits, costs=COSTS3, reply_metrics=None):
     import yaml
 
     profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps({"costs": COSTS3.to_json()}))
+    profile.write_text(json.dumps({"costs": costs.to_json()}))
     raw = {
         "seed": 1, "rounds": 2, "device": "cpu",
         "model": {"name": str(tiny_bert), "max_length": 24},
@@ -86,7 +88,7 @@ def setup(tiny_bert, tmp_path, node_limits):
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     nodes = [{"partition-id": i, "num-partitions": 3, **node_limits.get(i, {})} for i in range(3)]
-    return tmp_path / "cfg.yaml", NodeGrid(nodes)
+    return tmp_path / "cfg.yaml", NodeGrid(nodes, reply_metrics)
 
 
 def test_node_memory_limit_reaches_the_allocation(tiny_bert, tmp_path, task_identity):
@@ -119,3 +121,29 @@ def test_bad_node_limits_are_refused_naming_the_node(tiny_bert, tmp_path, task_i
         run_on_grid(grid, {"config": str(cfg), "out": str(tmp_path / "run"), "wait-nodes-s": 5.0})
     assert str(err.value) == message
     assert grid.sent == []
+
+
+def test_batch_shape_travels_with_the_reply_and_tampered_shapes_are_refused(tiny_bert, tmp_path, task_identity):
+    from dataclasses import replace
+
+    from fedhello.allocation.resources import BatchShape, predict_for_shape
+    from fedhello.flower.server_app import run_on_grid
+    from fedhello.run.rundir import RunDir
+
+    costs = replace(COSTS3, meta={"tokens_per_batch": 192, "memory_state_base": 0.0, "memory_state": [1e6] * 3,
+                                  "time_source": "process CPU time"})
+    shape = {"train-batches": 2, "train-tokens": 300, "train-max-batch-tokens": 160}
+    cfg, grid = setup(tiny_bert, tmp_path, {}, costs, reply_metrics={
+        0: shape, 1: dict(shape, **{"train-tokens": -5}), 2: dict(shape, **{"train-max-batch-tokens": float("inf")})})
+    run_on_grid(grid, {"config": str(cfg), "out": str(tmp_path / "run"), "wait-nodes-s": 5.0})
+    recs = RunDir(tmp_path / "run").read_metrics()
+    for r in recs:
+        (c,) = r["clients"]  # only the honest node's reply is aggregated
+        assert c["id"] == 0 and (c["train_batches"], c["train_tokens"], c["train_max_batch_tokens"]) == (2, 300, 160)
+        mem, sec = predict_for_shape(costs, c["layers"], BatchShape(2, 300, 160))
+        assert (c["predicted_memory_bytes"], c["predicted_time_s"]) == (mem, sec)
+        assert c["bound_memory_bytes"] == costs.memory_bytes(c["layers"]) > mem  # a 160-token batch < 192
+        assert c["predicted_time_clock"] == "cpu"
+        failed = {f["id"]: f["reason"] for f in r["failed_clients"]}
+        assert failed == {1: "client 1: train_tokens must be an integer >= 0, got -5",
+                          2: "client 2: train_max_batch_tokens must be an integer >= 0, got inf"}

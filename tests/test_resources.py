@@ -96,3 +96,28 @@ def test_predict_for_batches_scales_time_by_tokens_and_bounds_memory():
     # a profile without the token meta (CUDA, older files): worst-case memory, steps x step time
     bare = LayerCosts(c.memory, c.step_time, c.upload)
     assert predict_for_batches(bare, [0], [10, 20, 30]) == pytest.approx((c.memory_bytes([0]), 3 * c.step_seconds([0])))
+
+
+def test_record_fields_keep_the_bound_and_price_the_reported_batches():
+    from fedhello.allocation.resources import BatchShape, Capacity, Limits, ResourceModel, predict_for_shape
+
+    c = LayerCosts(
+        memory=LinearCost(100.0, (10.0, 20.0), (5.0, 5.0)),
+        step_time=LinearCost(1.0, (0.5, 0.5), (0.25, 0.25)),
+        upload=(8.0, 8.0),
+        meta={"tokens_per_batch": 64, "memory_state": [4.0, 4.0], "memory_state_base": 2.0,
+              "time_source": "process CPU time"},
+    )
+    assert BatchShape.of([32, 16, 64]) == BatchShape(3, 112, 64) and BatchShape.of([]) == BatchShape(0, 0, 0)
+    rm = ResourceModel(c, {0: Capacity(Limits(memory_bytes=130.0), steps=3)})
+    rec = rm.predicted(0, [1], BatchShape(3, 96, 48))
+    # the bound: 3 steps of the worst case, {1}: memory 125, 1.75 s a step
+    assert rec["bound_memory_bytes"] == 125.0 and rec["bound_time_s"] == pytest.approx(3 * 1.75)
+    assert (rec["predicted_memory_bytes"], rec["predicted_time_s"]) == predict_for_shape(c, [1], BatchShape(3, 96, 48))
+    assert rec["predicted_time_s"] == pytest.approx(1.75 * 96 / 64)
+    assert rec["predicted_time_clock"] == "cpu" and rec["memory_limit_bytes"] == 130.0
+    # no shape reported (an older client): the prediction is the bound; a CUDA profile is on the wall clock
+    old = rm.predicted(0, [1])
+    assert (old["predicted_memory_bytes"], old["predicted_time_s"]) == (125.0, pytest.approx(3 * 1.75))
+    cuda = LayerCosts(c.memory, c.step_time, c.upload, meta={"device": "cuda", "time_source": "wall time"})
+    assert ResourceModel(cuda).predicted(1, [0])["predicted_time_clock"] == "wall"

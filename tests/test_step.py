@@ -153,3 +153,17 @@ def test_layer_sets_fit_every_single_and_top_block_and_hold_out_the_patterns():
     assert held == [[0, 3, 5], [0, 1, 2], [0, 1, 5], [0, 2, 3, 5], [0, 1, 2, 3], [0, 1, 4, 5]]
     assert len({tuple(s) for s in fit + held}) == len(fit) + len(held)
     assert np.all([s == sorted(s) for s in fit + held])
+
+
+def test_trainer_reports_the_padded_tokens_of_the_batches_it_trained(tiny_bert):
+    from fedhello.data.batching import train_batches
+
+    exp = prepare(build_config(tiny_raw(tiny_bert, train={"batch_size": 4, "lr": 0.01, "epochs": 2})))
+    idx = exp.partitions[0]
+    upd = exp.trainer().fit(FitTask(0, 0, [1], 0.01, seed=5), exp.global_state(), idx)
+    # replay the trainer's batches (seeded by the task): each is padded to its longest sample
+    rng = np.random.default_rng(5)
+    tokens = [len(b) * int(exp.train.lengths[b].max())
+              for _ in range(2) for b in train_batches(exp.train.lengths, idx, 4, rng, True)]
+    assert len(tokens) == 2 * -(-len(idx) // 4) and len(set(tokens)) > 1  # batches of different shapes
+    assert (upd.train_batches, upd.train_tokens, upd.train_max_batch_tokens) == (len(tokens), sum(tokens), max(tokens))

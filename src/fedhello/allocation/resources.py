@@ -428,11 +428,25 @@ class ResourceModel:
             raise ConfigError(nothing_fits(self.costs, self.capacities[s.id], self.name(s.id)))
         return replace(s, budget=min(s.budget, k), floors=floors)
 
-    def predicted(self, cid: int, layers: Iterable[int]) -> dict[str, float]:
-        """Record fields: ``predicted_memory_bytes``, ``predicted_time_s``, and the declared limits."""
+    def predicted(self, cid: int, layers: Iterable[int], shape: BatchShape | None = None) -> dict[str, Any]:
+        """Record fields of a client's round (docs/resources.md):
+
+        - ``bound_memory_bytes``, ``bound_time_s``: the worst case the limits are checked
+          against (every step on the profiled worst-case batch, local steps x step time);
+        - ``predicted_memory_bytes``, ``predicted_time_s``: the estimate of what it trained,
+          :func:`predict_for_shape` of the batches it reports (``shape``); the bound without one;
+        - ``predicted_time_clock``: what the time compares with, ``cpu`` (``train_cpu_time_s``)
+          or ``wall`` (``train_time_s``): :func:`time_clock` of the profile;
+        - the declared limits."""
         cap = self.capacities.get(cid)
+        layers = list(layers)
         p = predicted_cost(self.costs, cap, layers)
-        out = {"predicted_memory_bytes": p["memory"], "predicted_time_s": p["time"]}
+        out: dict[str, Any] = {"bound_memory_bytes": p["memory"], "bound_time_s": p["time"]}
+        if shape is not None and shape.batches > 0:
+            mem, sec = predict_for_shape(self.costs, layers, shape)
+        else:
+            mem, sec = p["memory"], p["time"]
+        out.update(predicted_memory_bytes=mem, predicted_time_s=sec, predicted_time_clock=time_clock(self.costs))
         if cap is not None:
             out.update(cap.limits.declared())
         return out
@@ -492,9 +506,41 @@ def group_capacities(limits: Sequence[Any] | None, groups: Sequence[int], sample
     return caps, where
 
 
+@dataclass(frozen=True)
+class BatchShape:
+    """What a client trained in a round: its number of batches (optimizer steps), their padded
+    tokens (rows x columns) in all, and the tokens of its largest batch. Without token ids
+    (images) a batch's tokens are its rows."""
+
+    batches: int
+    tokens: int
+    max_tokens: int
+
+    @classmethod
+    def of(cls, tokens: Sequence[int]) -> "BatchShape":
+        t = [int(x) for x in tokens]
+        return cls(len(t), sum(t), max(t, default=0))
+
+
+def time_clock(costs: LayerCosts) -> str:
+    """Which clock the profile's step time is on: ``cpu`` (process CPU time, ``fedhello profile``
+    on CPU: compare with a client's ``train_cpu_time_s``) or ``wall`` (CUDA: ``train_time_s``)."""
+    meta = costs.meta or {}
+    src = str(meta.get("time_source", "")).lower()
+    if "cpu time" in src or (not src and meta.get("device") == "cpu"):
+        return "cpu"
+    return "wall"
+
+
 def predict_for_batches(costs: LayerCosts, layers: Iterable[int], tokens: Sequence[int]) -> tuple[float, float]:
     """(peak training memory in bytes, training seconds) of training ``layers`` on batches of
-    ``tokens`` padded tokens each (rows x columns), from a profile of the worst-case batch.
+    ``tokens`` padded tokens each (rows x columns), from a profile of the worst-case batch:
+    :func:`predict_for_shape` of ``BatchShape.of(tokens)``."""
+    return predict_for_shape(costs, layers, BatchShape.of(tokens))
+
+
+def predict_for_shape(costs: LayerCosts, layers: Iterable[int], shape: BatchShape) -> tuple[float, float]:
+    """(peak training memory in bytes, training seconds) of training ``layers`` on ``shape``'s batches.
 
     ``costs`` holds the cost of one step on the profiled batch, ``meta["tokens_per_batch"]``
     tokens (the longest batch the data can form). A client's batches are shorter, so:
@@ -508,21 +554,21 @@ def predict_for_batches(costs: LayerCosts, layers: Iterable[int], tokens: Sequen
       linear scaling never predicts less than a batch of at most the profiled rows and
       columns needs: a bound, not an estimate.
 
-    Without those meta keys (a CUDA profile, an older file) memory is the worst case.
+    Without ``tokens_per_batch`` (an image model) every batch costs the profiled step; without
+    ``memory_state`` (a CUDA profile, an older file) memory is the worst case.
     With no batches: (0, 0).
     """
     layers = sorted({int(l) for l in layers})
-    tokens = [int(t) for t in tokens]
-    if not tokens:
+    if shape.batches <= 0:
         return 0.0, 0.0
     meta = costs.meta or {}
     ref = meta.get("tokens_per_batch")
-    if not isinstance(ref, (int, float)) or ref <= 0:
-        return costs.memory_bytes(layers), costs.step_seconds(layers) * len(tokens)
-    seconds = costs.step_seconds(layers) * sum(tokens) / ref
+    if isinstance(ref, bool) or not isinstance(ref, (int, float)) or ref <= 0:
+        return costs.memory_bytes(layers), costs.step_seconds(layers) * shape.batches
+    seconds = costs.step_seconds(layers) * shape.tokens / ref
     mem = costs.memory_bytes(layers)
     state = meta.get("memory_state")
     if isinstance(state, list) and len(state) == costs.num_layers:
         fixed = float(meta.get("memory_state_base", 0.0)) + sum(float(state[l]) for l in layers)
-        mem = fixed + (mem - fixed) * min(1.0, max(tokens) / ref)
+        mem = fixed + (mem - fixed) * min(1.0, shape.max_tokens / ref)
     return float(mem), float(seconds)

@@ -11,6 +11,7 @@ aggregate the head). Weights are sample counts (``samples``) or equal
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -62,6 +63,29 @@ def _is_count(n) -> bool:
     return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
 
 
+# far above any real round (2^50 tokens, bytes, seconds): a larger report is a lie, not a cost
+_COST_CAP = float(2 ** 50)
+
+
+def check_cost_report(update: ClientUpdate) -> None:
+    """Reject a reply whose reported costs cannot be real: its measured time, CPU time and memory
+    must be finite, >= 0 and below ``_COST_CAP``; the shape of what it trained (``train_batches``,
+    ``train_tokens``, ``train_max_batch_tokens``) integers in that range, the largest batch at most
+    the total, and the total at most batches x the largest (the server prices the round from them)."""
+    cid = update.client_id
+    for key in ("train_time_s", "train_cpu_time_s", "train_memory_bytes"):
+        v = getattr(update, key)
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        if not ok or not math.isfinite(v) or not 0 <= v < _COST_CAP:
+            raise UpdateError(f"client {cid}: {key} must be a finite number >= 0, got {v!r}")
+    n, tok, big = update.train_batches, update.train_tokens, update.train_max_batch_tokens
+    for key, v in (("train_batches", n), ("train_tokens", tok), ("train_max_batch_tokens", big)):
+        if not _is_count(v) or not 0 <= v < _COST_CAP:
+            raise UpdateError(f"client {cid}: {key} must be an integer >= 0, got {v!r}")
+    if big > tok or tok > n * big:
+        raise UpdateError(f"client {cid}: {n} batches of {tok} tokens cannot have a largest batch of {big}")
+
+
 def validate_update(
     update: ClientUpdate, expected: Iterable[str], reference: State, max_samples: int | None = None
 ) -> None:
@@ -81,6 +105,7 @@ def validate_update(
         raise UpdateError(f"client {cid}: num_samples must be a positive integer, got {n!r}")
     if max_samples is not None and n > max_samples:
         raise UpdateError(f"client {cid}: num_samples {n} is more than its {max_samples} training samples")
+    check_cost_report(update)
     if not isinstance(update.tensors, dict):
         raise UpdateError(f"client {cid}: tensors is not a mapping of names to tensors")
     for name, t in update.tensors.items():

@@ -22,7 +22,7 @@ from fedhello.model.head import class_counts, local_loss
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import set_state_padded, truncate_rank
 from fedhello.model.state import State, freeze_all, get_state, set_trainable, state_nbytes
-from fedhello.model.step import TrainingMemory, forward_loss, train_step
+from fedhello.model.step import TrainingMemory, batch_tokens, forward_loss, train_step
 
 
 @dataclass
@@ -53,6 +53,11 @@ class ClientUpdate:
     train_cpu_time_s: float = 0.0
     # peak training memory over its steps (CPU: counted, fedhello.model.step; CUDA: allocator peak)
     train_memory_bytes: int = 0
+    # the shape of what it trained (BatchShape): its batches, their padded tokens (rows x columns)
+    # in all and the tokens of its largest batch; the server prices its round from them
+    train_batches: int = 0
+    train_tokens: int = 0
+    train_max_batch_tokens: int = 0
     metrics: dict = field(default_factory=dict)
 
     @property
@@ -139,6 +144,7 @@ class LocalTrainer:
         torch.manual_seed(task.seed)
         model.train()
         total_loss, seen, steps = 0.0, 0, 0
+        tokens, max_tokens = 0, 0
         max_steps = self.cfg.max_steps
 
         def loss_fn(logits, labels):
@@ -153,6 +159,8 @@ class LocalTrainer:
             for idx in train_batches(self.lengths, indices, self.cfg.batch_size, rng, self.cfg.group_by_length):
                 batch = collate(self.data, idx, self.device)
                 loss = train_step(model, opt, batch, loss_fn, memory=memory).loss
+                n_tok = batch_tokens(batch)
+                tokens, max_tokens = tokens + n_tok, max(max_tokens, n_tok)
                 total_loss += float(loss) * len(idx)
                 seen += len(idx)
                 steps += 1
@@ -179,6 +187,9 @@ class LocalTrainer:
             train_time_s=time.perf_counter() - t0,
             train_cpu_time_s=time.process_time() - c0,
             train_memory_bytes=peak,
+            train_batches=steps,
+            train_tokens=tokens,
+            train_max_batch_tokens=max_tokens,
             # GPU only (CPU peaks are process-wide; fedhello bench measures CPU memory in fresh processes)
             metrics={"peak_memory_bytes": peak} if cuda else {},
         )

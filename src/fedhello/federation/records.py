@@ -36,8 +36,16 @@ class ClientRecord(TypedDict, total=False):
     train_loss: float  # its mean training loss
     rank: int  # its LoRA rank (rank-heterogeneous strategies only)
     peak_memory_bytes: int  # peak accelerator memory of its training (GPU runs only)
-    predicted_memory_bytes: float  # training memory the cost model predicts for its layers (with a cost model)
-    predicted_time_s: float  # local steps x predicted step time of its layers (with a cost model)
+    train_batches: int  # what it trained: its batches (optimizer steps),
+    train_tokens: int  # their padded tokens (rows x columns) in all,
+    train_max_batch_tokens: int  # and the tokens of its largest batch
+    # with a cost model (docs/resources.md): the estimate of its round from the batches it trained
+    # (resources.predict_for_shape) and the worst-case bound its limits were checked against
+    predicted_memory_bytes: float
+    predicted_time_s: float
+    predicted_time_clock: str  # "cpu": compare predicted_time_s with train_cpu_time_s; "wall": train_time_s
+    bound_memory_bytes: float  # the profiled worst-case step's memory for its layers
+    bound_time_s: float  # local steps x the worst-case step time
     memory_limit_bytes: float  # its declared limits (clients.limits, node config), where set
     time_limit_s: float
     upload_limit_bytes: float
@@ -72,7 +80,9 @@ class RoundRecord(TypedDict, total=False):
     lr: float
     clients: list[ClientRecord]
     failed_clients: list[dict]  # {id, reason}: gave up, unreachable or rejected
-    layer_probs: list[float]  # the strategy's per-layer inclusion probabilities (when it has them)
+    # the strategy's per-layer inclusion probabilities (when it has them), before any restriction to a
+    # client's limits (each client's draw renormalises them over its own window; docs/resources.md)
+    layer_probs: list[float]
     fim_scores: list[float]  # Fisher scores, on the rounds they were computed
     fim_tiers: list[int]
     head_init: HeadInitRecord  # round 0 only, with head.init: class-means
@@ -95,6 +105,9 @@ class Summary(TypedDict, total=False):
     failed_client_rounds: int
     max_memory_over_limit: float | None  # largest train_memory_bytes / memory_limit_bytes; None: no such client-round
     phase_time_s: dict[str, float]  # the rounds' phase_time_s summed (head_init, train, aggregate, evaluate, checkpoint)
+    # with a cost model, per group (None: no prediction): client_rounds, time_clock and
+    # {memory,time}_measured_over_predicted_{median,max} (server.cost_prediction)
+    cost_prediction: list[dict | None]
     head_init_upload_bytes: int
     head_init_time_s: float
     trainable_params_per_group: list[int]

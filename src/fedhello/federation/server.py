@@ -27,7 +27,7 @@ import torch
 
 from fedhello.allocation import ClientSlot, Strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
-from fedhello.allocation.resources import ResourceModel
+from fedhello.allocation.resources import BatchShape, ResourceModel
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
@@ -388,7 +388,11 @@ class Server:
                 "train_loss": u.train_loss,
                 **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),
                 **{k: v for k, v in u.metrics.items() if k == "peak_memory_bytes"},
-                **(self.resources.predicted(u.client_id, u.layers) if self.resources is not None else {}),
+                "train_batches": u.train_batches,
+                "train_tokens": u.train_tokens,
+                "train_max_batch_tokens": u.train_max_batch_tokens,
+                **(self.resources.predicted(u.client_id, u.layers, BatchShape(
+                    u.train_batches, u.train_tokens, u.train_max_batch_tokens)) if self.resources is not None else {}),
             }
             for u in updates
         ]
@@ -599,6 +603,28 @@ def max_memory_over_limit(records: list[RoundRecord]) -> float | None:
     return max(ratios) if ratios else None
 
 
+def cost_prediction(records: list[RoundRecord], n_groups: int) -> list[dict | None]:
+    """Per resource group (None: no client-round with a prediction), how measured cost compares with
+    the batch-aware prediction: median and max over its client-rounds of ``train_memory_bytes /
+    predicted_memory_bytes`` and of the measured time over ``predicted_time_s``, the measured time on
+    the profile's clock (``predicted_time_clock``: ``train_cpu_time_s`` on ``cpu``, else ``train_time_s``)."""
+    out: list[dict | None] = []
+    for g in range(n_groups):
+        cs = [c for r in records for c in r.get("clients", []) if c.get("group") == g and c.get("predicted_memory_bytes")]
+        if not cs:
+            out.append(None)
+            continue
+        mem = [c["train_memory_bytes"] / c["predicted_memory_bytes"] for c in cs if c.get("train_memory_bytes") is not None]
+        tim = [c["train_cpu_time_s" if c.get("predicted_time_clock") == "cpu" else "train_time_s"] / c["predicted_time_s"]
+               for c in cs if c.get("predicted_time_s")]
+        row: dict = {"client_rounds": len(cs), "time_clock": cs[0].get("predicted_time_clock")}
+        for key, vals in (("memory", mem), ("time", tim)):
+            row[f"{key}_measured_over_predicted_median"] = float(np.median(vals)) if vals else None
+            row[f"{key}_measured_over_predicted_max"] = max(vals) if vals else None
+        out.append(row)
+    return out
+
+
 def summarize(cfg, records: list[RoundRecord]) -> Summary:
     """summary.json from the metrics records (selection on validation, never on test).
 
@@ -631,6 +657,8 @@ def summarize(cfg, records: list[RoundRecord]) -> Summary:
         "failed_client_rounds": sum(len(r.get("failed_clients", [])) for r in records),
         "max_memory_over_limit": max_memory_over_limit(records),
         "phase_time_s": phase_totals(records),
+        **({"cost_prediction": cost_prediction(records, len(cfg.clients.budgets))}
+           if any("predicted_memory_bytes" in c for r in records for c in r.get("clients", [])) else {}),
         **head_cost,  # type: ignore[typeddict-item]
     }
     names = sorted({k[len("test_"):] for r in records for k in r if k.startswith("test_")} - {"accuracy", "loss"})

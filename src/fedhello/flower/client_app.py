@@ -91,7 +91,8 @@ def train(msg: Message, context: Context) -> Message:
 
     Refuses a task for another client than this node's partition. The reply
     carries only the trained tensors and the metrics ``num-examples``,
-    ``train-loss``, ``train-time-s``, ``train-cpu-time-s`` and ``train-memory-bytes``.
+    ``train-loss``, ``train-time-s``, ``train-cpu-time-s``, ``train-memory-bytes`` and the shape of
+    what it trained: ``train-batches``, ``train-tokens``, ``train-max-batch-tokens``.
     """
     from fedhello.federation.client import FitTask
 
@@ -108,7 +109,9 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
                             "train-time-s": float(time.perf_counter() - t0),
                             "train-cpu-time-s": float(upd.train_cpu_time_s),
-                            "train-memory-bytes": int(upd.train_memory_bytes)})
+                            "train-memory-bytes": int(upd.train_memory_bytes),
+                            "train-batches": int(upd.train_batches), "train-tokens": int(upd.train_tokens),
+                            "train-max-batch-tokens": int(upd.train_max_batch_tokens)})
     return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
 
 

@@ -139,6 +139,10 @@ class FedHelloStrategy:
                     train_time_s=float(metrics.get("train-time-s", 0.0)),
                     train_cpu_time_s=float(metrics.get("train-cpu-time-s", 0.0)),
                     train_memory_bytes=int(metrics.get("train-memory-bytes", 0)),
+                    # as sent: screening (check_cost_report) refuses anything but counts >= 0
+                    train_batches=metrics.get("train-batches", 0),
+                    train_tokens=metrics.get("train-tokens", 0),
+                    train_max_batch_tokens=metrics.get("train-max-batch-tokens", 0),
                 ))
             except Exception as err:  # malformed content: the node failed this round
                 got.setdefault(cid, []).append(

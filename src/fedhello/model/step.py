@@ -48,6 +48,13 @@ def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     return (F.cross_entropy(logits, labels) if loss_fn is None else loss_fn(logits, labels)), logits
 
 
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """A batch's padded tokens, rows x columns of its ``input_ids`` (what ``fedhello profile``
+    calls ``tokens_per_batch``); its rows when it has no token ids (images)."""
+    ids = batch.get("input_ids")
+    return int(ids.numel()) if ids is not None else int(batch["labels"].shape[0])
+
+
 def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
     try:
         st = t.untyped_storage()

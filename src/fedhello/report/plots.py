@@ -205,42 +205,56 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
     return written
 
 
-# (record key of the limit, of the prediction, of the measure, panel title, scale)
+# (record key of the limit, of the worst-case bound, of the prediction, of the measure, panel title, scale);
+# the measured time is on the profile's clock (measured_time)
 _LIMIT_PANELS = (
-    ("memory_limit_bytes", "predicted_memory_bytes", "train_memory_bytes", "training memory (MB)", 1e-6),
-    ("time_limit_s", "predicted_time_s", "train_time_s", "training time per round (s)", 1.0),
+    ("memory_limit_bytes", "bound_memory_bytes", "predicted_memory_bytes", "train_memory_bytes",
+     "training memory (MB)", 1e-6),
+    ("time_limit_s", "bound_time_s", "predicted_time_s", "measured_time_s", "training time per round (s)", 1.0),
 )
 
 
+def measured_time(c: dict) -> float | None:
+    """A client record's measured training time on the clock its prediction is on
+    (``predicted_time_clock``): ``train_cpu_time_s`` for ``cpu`` (a CPU profile times CPU
+    seconds), ``train_time_s`` otherwise."""
+    v = c.get("train_cpu_time_s" if c.get("predicted_time_clock") == "cpu" else "train_time_s")
+    return None if v is None else float(v)
+
+
 def limit_costs(records: list[dict], n_groups: int) -> list[dict[str, Any]]:
-    """Per resource group, for memory and time: the declared limit and the largest predicted and
-    measured cost over its client-rounds (None where not recorded): keys are the record keys of
-    :data:`_LIMIT_PANELS` (``memory_limit_bytes``, ``predicted_memory_bytes``, ``train_memory_bytes``, ...)."""
+    """Per resource group, for memory and time: the declared limit and the largest worst-case bound,
+    predicted and measured cost over its client-rounds (None where not recorded): keys are the record
+    keys of :data:`_LIMIT_PANELS` (``memory_limit_bytes``, ``bound_memory_bytes``, ``predicted_memory_bytes``,
+    ``train_memory_bytes``, ...), the measured time as ``measured_time_s`` (:func:`measured_time`)."""
     out = []
     for g in range(n_groups):
         cs = [c for r in records for c in r.get("clients", []) if c.get("group") == g]
         row: dict[str, Any] = {"client_rounds": len(cs)}
         for keys in _LIMIT_PANELS:
-            for k in keys[:3]:
-                vals = [float(c[k]) for c in cs if c.get(k) is not None]
+            for k in keys[:4]:
+                vals = [measured_time(c) if k == "measured_time_s" else c.get(k) for c in cs]
+                vals = [float(v) for v in vals if v is not None]
                 row[k] = max(vals) if vals else None
         out.append(row)
     return out
 
 
 def limit_plot(records: list[dict], n_groups: int, title: str, path: Path) -> Path | None:
-    """limits.png: per group, the declared limit (black bar) against the largest predicted and measured
-    cost, for memory and time; None (nothing written) when no client record carries a prediction."""
+    """limits.png: per group, the declared limit (black bar) against the largest worst-case bound (what
+    the limit is checked with), predicted (from the batches trained) and measured cost, for memory and
+    time (on the profile's clock); None (nothing written) when no client record carries a prediction."""
     if not any(c.get("predicted_memory_bytes") is not None for r in records for c in r.get("clients", [])):
         return None
     rows = limit_costs(records, n_groups)
     fig = _figure(figsize=(4.2 * len(_LIMIT_PANELS), 3.6))
     axes = np.atleast_1d(fig.subplots(1, len(_LIMIT_PANELS)))
     x = np.arange(n_groups)
-    for ax, (lim, pred, meas, label, scale) in zip(axes, _LIMIT_PANELS):
-        for i, (key, name, color) in enumerate(((pred, "predicted (max)", "C0"), (meas, "measured (max)", "C1"))):
+    for ax, (lim, bound, pred, meas, label, scale) in zip(axes, _LIMIT_PANELS):
+        bars = ((bound, "bound (max)", "C2"), (pred, "predicted (max)", "C0"), (meas, "measured (max)", "C1"))
+        for i, (key, name, color) in enumerate(bars):
             vals = [np.nan if r[key] is None else scale * r[key] for r in rows]
-            ax.bar(x + (i - 0.5) * 0.38, vals, width=0.36, color=color, label=name)
+            ax.bar(x + (i - 1) * 0.27, vals, width=0.25, color=color, label=name)
         for g, r in enumerate(rows):
             if r[lim] is not None:
                 ax.hlines(scale * r[lim], g - 0.45, g + 0.45, colors="k", linewidth=2,
@@ -250,7 +264,7 @@ def limit_plot(records: list[dict], n_groups: int, title: str, path: Path) -> Pa
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"declared limits, predicted and measured cost per group: {title}")
+    fig.suptitle(f"declared limits, worst-case bound, predicted and measured cost per group: {title}")
     return _save(fig, path)
 
 

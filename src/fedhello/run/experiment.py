@@ -254,10 +254,24 @@ class Experiment:
             return None
         return lambda state: self.fisher(state, self.calib, np.arange(len(self.calib)))
 
+    def counts_under_limits(self) -> list[int]:
+        """Per group, the count of LoRA layers its clients may train: ``clients.budgets`` and, under
+        declared limits, the largest count a client of the group affords within them
+        (:meth:`~fedhello.allocation.resources.ResourceModel.slot`)."""
+        from fedhello.allocation import ClientSlot
+
+        budgets = list(self.cfg.clients.budgets)
+        if self.resources is None:
+            return budgets
+        return [max((self.resources.slot(ClientSlot(cid, g, b)).budget
+                     for cid, grp in enumerate(self.groups) if grp == g), default=b)
+                for g, b in enumerate(budgets)]
+
     def trainable_params_per_group(self) -> list[int]:
         """Trainable LoRA (+ head, unless frozen) parameters of a client of each group.
 
-        As many LoRA layers as the strategy trains for the group's budget, at the
+        As many LoRA layers as the strategy trains for the group's count (its budget, under
+        limits :meth:`counts_under_limits`), at the
         group's LoRA rank (rank strategies), without the A matrices under FFA; 0 for
         a group the strategy never samples (Exclusive's weak groups).
         """
@@ -270,7 +284,7 @@ class Experiment:
         # the head counts where clients train it (head.train local or federated), not when frozen
         head = sum(params[n].numel() for n in self.layermap.head) if cfg.head.train != "frozen" else 0
         out = []
-        for g, b in enumerate(cfg.clients.budgets):
+        for g, b in enumerate(self.counts_under_limits()):
             if not strat.eligible(ClientSlot(-1, g, b)):
                 out.append(0)
                 continue
@@ -408,6 +422,7 @@ def write_setup(rundir: RunDir, exp: Experiment) -> None:
             "budgets": cfg.clients.budgets,
             "fractions": cfg.clients.fractions,
             "trainable_params_per_group": exp.trainable_params_per_group(),
+            **({"counts_under_limits": exp.counts_under_limits()} if exp.resources is not None else {}),
             "num_layers": exp.layermap.num_layers,
         },
     )
