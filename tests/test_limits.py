@@ -243,6 +243,11 @@ def test_preview_and_run_draw_the_same_sets(tiny_bert, tmp_path, one_torch_threa
             assert c["predicted_memory_bytes"] <= (lim or 1e9) * 1e6
             assert len(c["layers"]) == [1, 2, 3][c["group"]]
     assert LayerCosts.load(tmp_path / "run" / "profile.json").to_json() == COSTS3.to_json()
+    # clients.json: the configured budgets, and the counts the limits leave (what the params count)
+    setup = json.loads((tmp_path / "run" / "clients.json").read_text())
+    assert setup["budgets"] == [3, 3, 3] and setup["counts_under_limits"] == [1, 2, 3]
+    p = setup["trainable_params_per_group"]
+    assert p[0] < p[1] < p[2] and p[1] - p[0] == p[2] - p[1]  # one LoRA layer more per group
 
 
 def test_run_refuses_an_impossible_limit_before_touching_the_run_dir(tiny_bert, tmp_path):
