@@ -210,7 +210,8 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
 _LIMIT_PANELS = (
     ("memory_limit_bytes", "bound_memory_bytes", "predicted_memory_bytes", "train_memory_bytes",
      "training memory (MB)", 1e-6),
-    ("time_limit_s", "bound_time_s", "predicted_time_s", "measured_time_s", "training time per round (s)", 1.0),
+    ("time_limit_s", "bound_time_s", "predicted_time_s", "measured_time_s",
+     "training time per round (s, on the profile's clock)", 1.0),
 )
 
 
