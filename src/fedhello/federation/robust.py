@@ -23,9 +23,10 @@ runtime (in-process and Flower replies go through :class:`~fedhello.federation.s
   median; and per class its mean is pulled towards the coordinate-wise median of the
   holders' means, to at most ``norm_bound`` times their median distance.
 - **Fisher scores** (:func:`combine_scores`): the claimed count is capped at the
-  partition size; each client's score vector is normalised to sum 1, pulled towards the
-  coordinate-wise median the same way, and the vectors are averaged weighted by the
-  capped counts, so one client moves the combined scores by at most its share of samples.
+  partition size; each client's score vector has its norm clipped to ``norm_bound`` times
+  the clients' lower median norm, and the vectors are averaged weighted by the capped
+  counts (SPEC 2.3's rule, exact for honest clients), so one client moves the combined
+  scores by at most ``norm_bound`` median clients of its share of samples.
 
 ``aggregation.norm_bound: 0`` turns the bounds off (counts are capped and malformed
 messages refused regardless). docs/threat-model.md says what remains possible.
@@ -182,15 +183,19 @@ def stats_problem(sums: np.ndarray, counts: np.ndarray, norm_sum: float, max_sam
 def combine_scores(
     scores: Sequence[tuple[np.ndarray, int]], bound: float
 ) -> tuple[np.ndarray, int]:
-    """Per-layer Fisher scores of several clients ``(scores (L,), capped count)`` combined: each
-    normalised to sum 1 (all-zero vectors stay zero), pulled towards the median (:func:`clip_to_median`)
-    and averaged weighted by the counts; returns (scores, vectors clipped). Scores only matter
-    up to scale (tiers are k-means on log scores, weights are proportional)."""
-    vecs = []
-    for s, _ in scores:
-        s = np.asarray(s, dtype=np.float64)
-        total = s.sum()
-        vecs.append(s / total if total > 0 else s)
-    v, clipped = clip_to_median(np.stack(vecs), bound)
+    """Per-layer Fisher scores of several clients ``(scores (L,), capped count)`` combined as SPEC 2.3
+    says, the average weighted by the (capped) sample counts, after each vector's norm is clipped to
+    ``bound`` x the lower median norm of the clients' vectors; returns (scores, vectors clipped).
+
+    Honest clients' vectors lie within the bound, so their combination is exactly the weighted
+    average; an inflated vector counts as at most ``bound`` median clients of its sample share."""
+    vecs = np.stack([np.asarray(s, dtype=np.float64) for s, _ in scores])
+    clipped = 0
+    if bound > 0 and vecs.shape[0] >= 2:
+        norms = np.linalg.norm(vecs, axis=1)
+        limit = bound * _lower_median(list(norms))
+        over = norms > limit
+        vecs[over] *= (limit / norms[over])[:, None]
+        clipped = int(over.sum())
     w = np.array([float(n) for _, n in scores])
-    return (v * w[:, None]).sum(axis=0) / w.sum(), clipped
+    return (vecs * w[:, None]).sum(axis=0) / w.sum(), clipped
