@@ -451,6 +451,10 @@ def add_deploy_parser(sub) -> None:
 
     add_kit_parser(sub)  # ``fedhello deploy-kit``: the same deployment, for real hosts
 
+    from fedhello.flower.node_worker import add_worker_parser
+
+    add_worker_parser(sub)  # ``fedhello node-worker``: started by the kit's supernode.sh
+
 
 def cmd_deploy_local(args) -> int:
     """``fedhello deploy-local``: :func:`deploy_local` with the command's options.

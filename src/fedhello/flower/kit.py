@@ -166,7 +166,7 @@ def superlink_script(port: int, bind: str, insecure: bool) -> str:
            "--disable-runtime-dependency-installation"]
     return (_HEAD.format(what="The SuperLink: Fleet, Control and Runtime APIs on one port"
                          + ("" if insecure else ", TLS, only registered SuperNodes may join."))
-            + 'export FLWR_HOME="${FLWR_HOME:-$HERE/flwr-home}"\n'
+            + 'export FLWR_HOME="${FLWR_HOME:-$HERE/flwr-home}"\n' + POLL
             + "exec " + _q(cmd) + ' "$@"\n')
 
 
@@ -214,7 +214,7 @@ def supernode_script(i: int, address: str, insecure: bool, nc: str, max_wait_s: 
     cmd = ["flower-supernode", *tls, "--superlink", address, "--host", "127.0.0.1",
            "--port", "$FEDHELLO_NODE_API_PORT", "--max-wait-time", "$FEDHELLO_MAX_WAIT_S", "--node-config", "$NODE_CONFIG"]
     return (_HEAD.format(what=f"SuperNode {i}: client {i} of the experiment, trains on its own data.")
-            + 'export FLWR_HOME="${FLWR_HOME:-$HERE/flwr-home}"\n'
+            + 'export FLWR_HOME="${FLWR_HOME:-$HERE/flwr-home}"\n' + POLL
             + "# Node config: which client this node is (partition-id, num-partitions), where its data is\n"
             + "# (data-path, default: the experiment's data.path) and its resource group (budget=B, one of\n"
             + "# clients.budgets; default: the group the experiment gives client I). Per-node resource limits\n"
@@ -224,7 +224,23 @@ def supernode_script(i: int, address: str, insecure: bool, nc: str, max_wait_s: 
             + f'FEDHELLO_NODE_API_PORT="${{FEDHELLO_NODE_API_PORT:-{NODE_API_PORT}}}"\n'
             + "# give up (exit non-zero) when the SuperLink cannot be reached for this many seconds\n"
             + f'FEDHELLO_MAX_WAIT_S="${{FEDHELLO_MAX_WAIT_S:-{float(max_wait_s)!r}}}"\n'
+            + WORKER
             + "exec " + _q(cmd) + ' "$@"\n')
+
+
+POLL = """# Flower's SuperExec looks for new app tasks every second by default: 0.2 s shortens every round
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
+"""
+
+WORKER = """# The node worker keeps the backbone, tokenized data and partition loaded across rounds (Flower
+# starts a fresh ClientApp process for every message; it hands its work to the worker). It exits
+# with this SuperNode. FEDHELLO_NODE_WORKER=off: every ClientApp process loads them itself.
+if [ "${FEDHELLO_NODE_WORKER:-}" != "off" ]; then
+  FEDHELLO_NODE_WORKER="$(mktemp -d /tmp/fedhello-node.XXXXXX)/worker.sock"  # a Unix socket path must be short
+  export FEDHELLO_NODE_WORKER
+  fedhello node-worker --socket "$FEDHELLO_NODE_WORKER" --parent $$ >> node-worker.log 2>&1 &
+fi
+"""
 
 
 README = """# Fed-HeLLo deployment kit
