@@ -17,6 +17,7 @@ skips them); the default ``pytest`` runs them. Every test stops every process it
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -32,7 +33,7 @@ pytest.importorskip("flwr")
 from fedhello.errors import FedHelloError  # noqa: E402
 from fedhello.flower.kit import make_node_key, write_kit  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
-from test_flower_app import ckpt_state, flower_env, max_diff, tiny_raw  # noqa: E402,F401
+from test_flower_app import ckpt_state, flower_env, max_diff, task_identity, tiny_exp, tiny_raw  # noqa: E402,F401
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -159,6 +160,30 @@ def test_node_worker_computes_what_the_client_app_computes(tmp_path, tiny_bert):
     assert not sock.parent.exists()  # the worker removed its socket and its private directory
 
 
+def test_superlink_error_reply_for_a_lost_node_is_that_clients_one_failure(tiny_exp, task_identity):
+    """When a node goes away mid-round, the SuperLink answers its message with an error of its
+    own (src node = the SuperLink): that is a failure of the client the message was for, once,
+    not an unasked reply plus a missing one."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    from fedhello.federation.client import ClientFailure, FitTask
+    from fedhello.flower.strategy import FedHelloStrategy
+
+    node_of = {0: 100, 1: 101}
+    st = FedHelloStrategy(tiny_exp.layermap, "{}", node_of)
+    st.plan([FitTask(client_id=c, round=0, layers=[0], lr=0.1, seed=0) for c in (0, 1)])
+    msgs = st.configure_train(1, tiny_exp.global_state())
+    for m in msgs:  # what the Grid does when it pushes them
+        m.metadata.__dict__["_message_id"] = m.object_id
+    lost = Message(Error(code=5, reason="node unavailable"), reply_to=msgs[1])
+    lost.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    out = st.collect([lost])
+    assert [(r.client_id, type(r).__name__) for r in out] == [(0, "ClientFailure"), (1, "ClientFailure")]
+    assert "no reply" in out[0].reason and "node unavailable" in out[1].reason
+    assert all(isinstance(r, ClientFailure) for r in out) and len(out) == 2
+
+
 # -- the kit's commands on loopback -------------------------------------------------------------
 
 def _wait(p: subprocess.Popen, timeout: float) -> int:
@@ -258,3 +283,69 @@ def test_kit_commands_on_loopback_admit_the_invited_and_refuse_the_rest(flower_e
     # each node's ClientApps handed their work to the node's worker
     for i in range(2):
         assert "train for partition" in (kit / f"supernode-{i}" / "node-worker.log").read_text()
+
+
+# -- deploy-local: faults ----------------------------------------------------------------------
+
+@pytest.mark.flower_deploy
+def test_deploy_local_node_restart_rejoins_and_all_nodes_dead_stops_the_run(flower_env, tiny_bert):
+    """TLS and node authentication on (deploy-local's default). Node 2 is stopped and restarted
+    from its script after round 1 and trains again later (after a crash, SIGKILL, the SuperLink
+    refuses the restarted node until Flower's heartbeat timeout, up to 60 s: supernode.sh keeps
+    trying, too slow for this test); a node with a wrong SuperLink address and an
+    uninvited one give up and are reported; when every node is dead the run stops with one
+    error after the round timeout, and the finished rounds stay in the run directory."""
+    from fedhello.flower.deploy import deploy_local, free_port
+
+    tmp = flower_env
+    cfg_path = tmp / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, rounds=8, clients={
+        "num_clients": 3, "per_round": 3, "fractions": [0.5, 0.5], "budgets": [1, 3]})))
+    feds, lines, state = [], [], {"killed_all": None}
+
+    def on_started(fed):
+        feds.append(fed)
+        kit = fed.kit
+        fed._start("wrong-address", [
+            "flower-supernode", "--root-certificates", str(kit / "supernode-0" / "ca.crt"),
+            "--auth-supernode-private-key", str(kit / "supernode-0" / "node.key"),
+            "--superlink", f"127.0.0.1:{free_port()}", "--host", "127.0.0.1", "--port", str(free_port()),
+            "--max-wait-time", "5", "--node-config", "partition-id=0 num-partitions=3"], fed.host_env("rogue"))
+        priv, _ = make_node_key()
+        (tmp / "rogue.key").write_bytes(priv)
+        os.chmod(tmp / "rogue.key", 0o600)
+        fed._start("uninvited", [
+            "flower-supernode", "--root-certificates", str(kit / "supernode-0" / "ca.crt"),
+            "--auth-supernode-private-key", str(tmp / "rogue.key"), "--superlink", f"127.0.0.1:{fed.port}",
+            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", "partition-id=0 num-partitions=3"],
+            fed.host_env("rogue"))
+
+    def on_round(rec):
+        fed = feds[0]
+        if rec["round"] == 0:
+            fed.restart("supernode-2")  # stop its process group (node, ClientApps, worker), then its script again
+        elif state["killed_all"] is None and rec["round"] >= 1 and any(c["id"] == 2 for c in rec["clients"]):
+            for i in range(3):
+                fed.kill(f"supernode-{i}", signal.SIGTERM)
+            state["killed_all"] = rec["round"]
+
+    with pytest.raises(FedHelloError) as err:
+        deploy_local(cfg_path, [], tmp / "deploy", 3, round_timeout=20, workdir=tmp / "wd",
+                     on_started=on_started, on_round=on_round, log=lines.append)
+    for fed in feds:
+        fed.stop()
+    assert feds and all(p.poll() is not None for p in feds[0].procs.values())
+    msg = str(err.value)
+    assert "\n" not in msg and "no eligible client is available" in msg and "finished rounds kept" in msg, msg
+    recs = RunDir(tmp / "deploy").read_metrics()
+    k = state["killed_all"]
+    assert k is not None and k >= 1, recs  # node 2 trained again after its restart
+    assert [c["id"] for c in recs[0]["clients"]] == [0, 1, 2]
+    assert len(recs) >= k + 1 and len(recs) < 8  # the rounds before the deaths are kept; the run stopped early
+    assert all(np.isfinite(r["test_accuracy"]) for r in recs)
+    assert not (tmp / "deploy" / "summary.json").exists()
+    warned = [m for m in lines if m.startswith("warning: ")]
+    assert any(m.startswith("warning: wrong-address exited") and "could not establish a connection" in m
+               for m in warned), lines
+    assert any(m.startswith("warning: uninvited exited") and "Failed to activate SuperNode" in m for m in warned), lines
+    assert not any("supernode-" in m for m in warned), lines  # nodes killed on purpose are not news

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import psutil
 
 from fedhello.errors import FedHelloError
+from fedhello.flower.kit import CONNECTION
 
 APP_PYPROJECT_HEAD = """[build-system]
 requires = ["setuptools>=77"]
@@ -135,10 +136,11 @@ class LocalFederation:
                     self.host_env(f"supernode-{i}", FEDHELLO_NODE_API_PORT=str(free_port()),
                                   FEDHELLO_MAX_WAIT_S=str(self.max_wait_s)))
 
-    def restart(self, name: str) -> None:
-        """Kill ``supernode-I`` (SIGKILL, its whole process group) and start it again from its script."""
-        self.kill(name)
-        self.procs[name].wait(timeout=10)
+    def restart(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop ``supernode-I`` (``sig`` to its process group: SIGTERM is a clean stop, SIGKILL a
+        crash) and start it again from its script."""
+        self.kill(name, sig)
+        self.procs[name].wait(timeout=30)
         self.start_supernode(int(name.rsplit("-", 1)[1]))
 
     def cli(self, script: str, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
@@ -329,7 +331,7 @@ def deploy_local(
                 if not rundir.file("summary.json").exists():
                     raise FedHelloError(
                         f"the Flower run ended ({status}) without a summary"
-                        f"{_server_error(fed.log_tail('superlink', 200))}; "
+                        f"{_server_error(_flwr(fed, 'log', str(run_id), CONNECTION, '--show'))}; "
                         f"{len(recs)} finished rounds kept in {out}; logs in {wd}"
                     )
             if fed.procs["superlink"].poll() is not None:
@@ -362,11 +364,14 @@ def keep_logs(workdir: Path, out: Path) -> Path | None:
 
 
 def _server_error(log: str) -> str:
-    """``": <the ServerApp's last fedhello error>"`` from the SuperLink's log, or ""."""
+    """``": <the ServerApp's last error>"`` from the run's log (``flwr log --show``), or ""."""
     lines = [_ANSI.sub("", line).strip() for line in log.splitlines()]
     for line in reversed(lines):
-        if "FedHelloError" in line or line.startswith("error:"):
-            return ": " + line.split("FedHelloError:", 1)[-1].strip()[:300]
+        if "FedHelloError:" in line:
+            return ": " + line.split("FedHelloError:", 1)[1].strip()[:300]
+    for line in reversed(lines):
+        if "Error:" in line and not line.startswith("File "):
+            return ": " + line[:300]
     return ""
 
 
@@ -412,18 +417,24 @@ def _run_id(stdout: str) -> int | None:
         return None
 
 
+def _flwr(fed: LocalFederation, *args: str) -> str:
+    """The output of ``flwr ARGS`` over the kit's connection (the one register.sh / submit.sh wrote); "" on failure."""
+    env = dict(fed.env, FLWR_HOME=str(fed.kit / "superlink" / "flwr-home"))
+    try:
+        sub = subprocess.run([_bin("flwr"), *args], env=env, cwd=fed.workdir, capture_output=True, text=True,
+                             timeout=30)
+        return sub.stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def _run_status(fed: LocalFederation, run_id: int | None) -> str | None:
     """The run's status as ``flwr ls`` tells it (e.g. 'finished:completed'), None if unknown."""
     if run_id is None:
         return None
     try:
-        from fedhello.flower.kit import CONNECTION
-
-        # the connection (with the kit's CA) that register.sh / submit.sh wrote
-        env = dict(fed.env, FLWR_HOME=str(fed.kit / "superlink" / "flwr-home"))
-        sub = subprocess.run([_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
-                             env=env, cwd=fed.workdir, capture_output=True, text=True, timeout=30)
-        data = json.loads(sub.stdout[sub.stdout.index("{"):])
+        out = _flwr(fed, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        data = json.loads(out[out.index("{"):])
         runs = data.get("runs") or []
         return str(runs[0].get("status")) if runs else None
     except Exception:

@@ -209,7 +209,7 @@ def node_config(i: int, nodes: int, data_path: str | None, budget: int | None) -
     return nc
 
 
-def supernode_script(i: int, address: str, insecure: bool, nc: str, max_wait_s: float) -> str:
+def supernode_script(i: int, address: str, insecure: bool, nc: str, max_wait_s: float, rejoin_s: float = 90.0) -> str:
     tls = ["--insecure"] if insecure else ["--root-certificates", "ca.crt", "--auth-supernode-private-key", "node.key"]
     cmd = ["flower-supernode", *tls, "--superlink", address, "--host", "127.0.0.1",
            "--port", "$FEDHELLO_NODE_API_PORT", "--max-wait-time", "$FEDHELLO_MAX_WAIT_S", "--node-config", "$NODE_CONFIG"]
@@ -222,24 +222,32 @@ def supernode_script(i: int, address: str, insecure: bool, nc: str, max_wait_s: 
             + f"NODE_CONFIG={shlex.quote(nc)}\n"
             + "# the node's Runtime API, for its ClientApp processes: loopback only\n"
             + f'FEDHELLO_NODE_API_PORT="${{FEDHELLO_NODE_API_PORT:-{NODE_API_PORT}}}"\n'
-            + "# give up (exit non-zero) when the SuperLink cannot be reached for this many seconds\n"
+            + "# each attempt gives up (exits non-zero) when the SuperLink cannot be reached for this many seconds\n"
             + f'FEDHELLO_MAX_WAIT_S="${{FEDHELLO_MAX_WAIT_S:-{float(max_wait_s)!r}}}"\n'
+            + "# A node restarted after a crash is refused until the SuperLink notices that the old one is\n"
+            + "# gone (Flower's heartbeat timeout: up to 60 s; a clean stop tells it at once), and a key that\n"
+            + "# was never registered is refused for good: try again for FEDHELLO_REJOIN_S seconds, then give up.\n"
+            + f'FEDHELLO_REJOIN_S="${{FEDHELLO_REJOIN_S:-{float(rejoin_s):g}}}"\n'
             + WORKER
-            + "exec " + _q(cmd) + ' "$@"\n')
+            + "START=$SECONDS\nwhile true; do\n  STATUS=0\n  " + _q(cmd) + ' "$@" || STATUS=$?\n'
+            + '  if [ "$STATUS" -eq 0 ] || [ $((SECONDS - START)) -ge "${FEDHELLO_REJOIN_S%.*}" ]; then exit "$STATUS"; fi\n'
+            + '  echo "supernode.sh: flower-supernode exited with status $STATUS; trying again in 5 s" >&2\n'
+            + "  sleep 5\ndone\n")
 
-
-POLL = """# Flower's SuperExec looks for new app tasks every second by default: 0.2 s shortens every round
-export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
-"""
 
 WORKER = """# The node worker keeps the backbone, tokenized data and partition loaded across rounds (Flower
 # starts a fresh ClientApp process for every message; it hands its work to the worker). It exits
-# with this SuperNode. FEDHELLO_NODE_WORKER=off: every ClientApp process loads them itself.
+# with this script. FEDHELLO_NODE_WORKER=off: every ClientApp process loads them itself.
 if [ "${FEDHELLO_NODE_WORKER:-}" != "off" ]; then
   FEDHELLO_NODE_WORKER="$(mktemp -d /tmp/fedhello-node.XXXXXX)/worker.sock"  # a Unix socket path must be short
   export FEDHELLO_NODE_WORKER
   fedhello node-worker --socket "$FEDHELLO_NODE_WORKER" --parent $$ >> node-worker.log 2>&1 &
 fi
+"""
+
+
+POLL = """# Flower's SuperExec looks for new app tasks every second by default: 0.2 s shortens every round
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
 """
 
 
@@ -269,7 +277,10 @@ Every host needs fedhello installed (it brings Flower); copy one folder onto eac
   SuperLink does not authenticate Control API users.
 - Environment knobs: `FEDHELLO_OUT`, `FEDHELLO_OVERWRITE=true`, `FEDHELLO_ROUND_TIMEOUT` (submit.sh);
   `FEDHELLO_NODE_API_PORT` (two nodes on one host need different ones), `FEDHELLO_MAX_WAIT_S`
-  (supernode.sh: how long a node retries an unreachable SuperLink before it exits).
+  (how long a node retries an unreachable SuperLink before it exits), `FEDHELLO_REJOIN_S`
+  (supernode.sh tries again this long when the SuperLink refuses the node: a node restarted
+  after a crash is refused until Flower's heartbeat timeout, up to 60 s, has passed),
+  `FEDHELLO_NODE_WORKER=off` (no node worker: every round loads the model again).
 """
 
 

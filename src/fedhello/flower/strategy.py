@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from fedhello.errors import FedHelloError
@@ -96,6 +97,7 @@ class FedHelloStrategy:
         self.ttl = ttl
         self._tasks: list[FitTask] = []
         self._sent: dict[int, FitTask] = {}  # node id -> task of the current round
+        self._messages: list[Message] = []  # the current round's train messages
 
     def client_of(self, node_id: int) -> int | None:
         """The client id of Flower node ``node_id`` (None: no client of this run)."""
@@ -128,6 +130,7 @@ class FedHelloStrategy:
             messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
                                     group_id=str(server_round), ttl=self.ttl))
             self._sent[nid] = task
+        self._messages = messages  # their ids, set when the Grid pushes them, name SuperLink error replies
         return messages
 
     def collect(self, replies: Iterable[Message]) -> list[ClientUpdate | ClientFailure]:
@@ -142,6 +145,11 @@ class FedHelloStrategy:
         unasked: list[ClientFailure] = []
         for msg in replies:
             nid = msg.metadata.src_node_id
+            if nid == SUPERLINK_NODE_ID and msg.has_error():
+                # the SuperLink answers for a node that went away (Flower's NODE_UNAVAILABLE): the
+                # failure is the client's whose message this replies to
+                dst = {m.metadata.message_id: m.metadata.dst_node_id for m in self._messages}
+                nid = dst.get(msg.metadata.reply_to_message_id, nid)
             task = self._sent.get(nid)
             if task is None:
                 cid = self.client_of(nid)
