@@ -218,7 +218,7 @@ def supernode_script(i: int, address: str, insecure: bool, nc: str, max_wait_s: 
             + "# Node config: which client this node is (partition-id, num-partitions), where its data is\n"
             + "# (data-path, default: the experiment's data.path) and its resource group (budget=B, one of\n"
             + "# clients.budgets; default: the group the experiment gives client I). Per-node resource limits\n"
-            + "# go here too, as more key=value items.\n"
+            + "# go here too, as more key=value items: memory-mb=M time-s=T upload-mb=U (any subset).\n"
             + f"NODE_CONFIG={shlex.quote(nc)}\n"
             + "# the node's Runtime API, for its ClientApp processes: loopback only\n"
             + f'FEDHELLO_NODE_API_PORT="${{FEDHELLO_NODE_API_PORT:-{NODE_API_PORT}}}"\n'
@@ -268,7 +268,8 @@ Every host needs fedhello installed (it brings Flower); copy one folder onto eac
 - `supernode-I/`: `node.key` is node I's private key (owner-only: never copy it elsewhere),
   `ca.crt` lets it check the SuperLink's certificate. `supernode.sh` holds its node config:
   `partition-id`, `num-partitions`, `data-path` (where the node's copy of the dataset is),
-  the resource group (`budget=`), and the place for per-node limits.
+  the resource group (`budget=`), and the place for per-node limits
+  (`memory-mb=`, `time-s=`, `upload-mb=`).
 - Nobody joins who was not invited: the SuperLink accepts only TLS connections with a
   certificate the kit's CA signed, and only SuperNodes whose public key `register.sh`
   registered. The CA's key was never written: no one can issue another certificate for it.
