@@ -239,8 +239,11 @@ WORKER = """# The node worker keeps the backbone, tokenized data and partition l
 # starts a fresh ClientApp process for every message; it hands its work to the worker). It exits
 # with this script. FEDHELLO_NODE_WORKER=off: every ClientApp process loads them itself.
 if [ "${FEDHELLO_NODE_WORKER:-}" != "off" ]; then
-  FEDHELLO_NODE_WORKER="$(mktemp -d /tmp/fedhello-node.XXXXXX)/worker.sock"  # a Unix socket path must be short
-  export FEDHELLO_NODE_WORKER
+  WORKER_DIR="$(mktemp -d /tmp/fedhello-node.XXXXXX)"  # private (0700); a Unix socket path must be short
+  trap 'rm -rf "$WORKER_DIR"' EXIT
+  trap 'exit 143' TERM
+  trap 'exit 130' INT
+  export FEDHELLO_NODE_WORKER="$WORKER_DIR/worker.sock"
   fedhello node-worker --socket "$FEDHELLO_NODE_WORKER" --parent $$ >> node-worker.log 2>&1 &
 fi
 """
