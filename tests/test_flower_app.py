@@ -1,4 +1,4 @@
-"""Fed-HeLLo on Flower: strategy (malicious replies), Flower simulation runtime, loopback deployment, a killed node.
+"""Fed-HeLLo on Flower: strategy (malicious replies) and Flower's simulation runtime.
 
 What runs where:
 - test_malicious_*: the Flower strategy and the Server loop with crafted Flower
@@ -6,8 +6,7 @@ What runs where:
 - test_simulation_runtime_equals_in_process: Flower's simulation runtime
   (``flwr.simulation.run_simulation``: the real ServerApp and ClientApp exchanging
   Messages through the simulation SuperLink, ClientApps in Ray actors).
-- test_deployment_*: ``deploy_local``: a SuperLink and SuperNodes as real
-  processes on 127.0.0.1, the app submitted with ``flwr run``.
+- loopback deployments (SuperLink and SuperNodes as processes): tests/test_flower_deploy.py.
 Every test keeps FLWR_HOME, RAY_TMPDIR and TMPDIR inside its tmp_path and stops
 every process it started.
 """
@@ -15,7 +14,6 @@ every process it started.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
@@ -318,62 +316,5 @@ def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
            json.loads((tmp / "inproc" / "clients.json").read_text())
 
 
-# -- loopback deployment ----------------------------------------------------------------------
-
-def _all_dead(fed) -> bool:
-    return all(p.poll() is not None for p in fed.procs.values())
-
-
-def test_deployment_on_loopback_matches_in_process(flower_env, tiny_bert):
-    from fedhello.flower.deploy import deploy_local
-
-    tmp = flower_env
-    cfg_path = tmp / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, clients={
-        "num_clients": 2, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]})))
-    feds = []
-    try:
-        summary = deploy_local(cfg_path, [], tmp / "deploy", 2, round_timeout=120, workdir=tmp / "wd",
-                               on_started=feds.append)
-    finally:
-        for fed in feds:
-            fed.stop()
-    assert feds and _all_dead(feds[0])
-    assert summary["rounds"] == 2 and (tmp / "deploy" / "summary.json").exists()
-    assert summary["failed_client_rounds"] == 0
-    run_experiment(load_config(cfg_path), tmp / "inproc")
-    assert max_diff(ckpt_state(tmp / "inproc"), ckpt_state(tmp / "deploy")) <= 1e-6
-
-
-def test_deployment_survives_a_killed_node(flower_env, tiny_bert):
-    from fedhello.flower.deploy import deploy_local
-
-    tmp = flower_env
-    cfg_path = tmp / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, rounds=3, clients={
-        "num_clients": 3, "per_round": 3, "fractions": [0.5, 0.5], "budgets": [1, 3]})))
-    feds = []
-
-    def on_round(rec):
-        if rec["round"] == 0:
-            feds[0].kill("supernode-2")  # SIGKILL to the node's process group, mid-run
-
-    try:
-        summary = deploy_local(cfg_path, [], tmp / "deploy", 3, round_timeout=90, workdir=tmp / "wd",
-                               on_started=feds.append, on_round=on_round)
-    finally:
-        for fed in feds:
-            fed.stop()
-    assert _all_dead(feds[0])
-    recs = RunDir(tmp / "deploy").read_metrics()
-    assert summary["rounds"] == 3 and len(recs) == 3
-    assert [c["id"] for c in recs[0]["clients"]] == [0, 1, 2]
-    failed_at = [r["round"] for r in recs if any(f["id"] == 2 for f in r["failed_clients"])]
-    assert failed_at, recs
-    first = failed_at[0]
-    assert sorted(c["id"] for c in recs[first]["clients"]) == [0, 1]  # the round aggregated what came
-    if first + 1 < len(recs):  # the next round samples only nodes that are up
-        nxt = recs[first + 1]
-        assert sorted(c["id"] for c in nxt["clients"]) == [0, 1] and nxt["failed_clients"] == []
-    assert all(math.isfinite(r["test_accuracy"]) for r in recs)
-    assert np.isclose(summary["failed_client_rounds"], sum(len(r["failed_clients"]) for r in recs))
+# The loopback deployment tests (deploy-local, the deployment kit, refusals and faults) are in
+# tests/test_flower_deploy.py.

@@ -5,7 +5,12 @@
   :class:`FlowerRunner` (the :class:`~fedhello.federation.server.ClientRunner` over a Flower ``Grid``)
 - :mod:`fedhello.flower.server_app`: ``app`` (ServerApp); never imports the client app
 - :mod:`fedhello.flower.client_app`: ``app`` (ClientApp)
-- :mod:`fedhello.flower.deploy`: ``fedhello deploy-local`` (SuperLink + N SuperNodes on loopback)
+- :mod:`fedhello.flower.kit`: ``fedhello deploy-kit`` (a throwaway CA, the server certificate, one
+  key per node and each host's scripts: TLS and SuperNode authentication)
+- :mod:`fedhello.flower.deploy`: ``fedhello deploy-local`` (that kit's scripts on loopback: SuperLink +
+  N SuperNodes as processes)
+- :mod:`fedhello.flower.node_worker`: ``fedhello node-worker`` (keeps a SuperNode's backbone and data
+  loaded across rounds; the ClientApp process Flower starts per message hands it the work)
 
 Messages (``flwr.app.MessageType``; contents as ``RecordDict`` keys). A state
 (tensor name -> torch tensor) travels as Flower's own ``ArrayRecord(state)`` and

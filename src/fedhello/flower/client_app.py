@@ -24,6 +24,13 @@ built once per process and cached at module level (keyed by config, partition
 and data path); the ClientApp reuses :func:`fedhello.run.experiment.prepare`
 and :class:`~fedhello.federation.client.LocalTrainer`, so a node's update is the
 one the in-process engine computes for that client.
+
+Flower's deployment runtime starts a fresh ClientApp process for every message, so
+that cache would last one message. A SuperNode started from a deployment kit
+therefore has a node worker beside it (:mod:`fedhello.flower.node_worker`, socket in
+``FEDHELLO_NODE_WORKER``): a long-lived process that keeps them loaded across
+rounds; the ClientApp hands it each message's work (:func:`compute`, the same
+code) and never imports torch itself. Without a worker the ClientApp computes here.
 """
 
 from __future__ import annotations
@@ -85,6 +92,59 @@ def _client(experiment_json: str, pid: int, data_path: str | None):
     return exp, trainer
 
 
+def compute(op: str, header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+    """The work of one message on numpy arrays: ``op`` is ``train``, ``fisher`` or ``class_stats``.
+
+    ``header``: ``experiment`` (the resolved config as JSON), ``partition-id``,
+    ``data-path`` (or None) and, for ``train``, the task (``round``, ``layers``, ``lr``,
+    ``seed``, ``rank``); ``arrays``: the global adapter. Returns (reply arrays, reply
+    metrics). The one code path of the ClientApp and of the node worker
+    (:mod:`fedhello.flower.node_worker`), so both compute the same update.
+    """
+    import torch
+
+    pid, data_path = int(header["partition-id"]), header.get("data-path")
+    exp, trainer = _client(str(header["experiment"]), pid, data_path)
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    if op == "train":
+        from fedhello.federation.client import FitTask
+
+        task = FitTask(client_id=pid, round=int(header["round"]), layers=[int(x) for x in header["layers"]],
+                       lr=float(header["lr"]), seed=int(header["seed"]),
+                       rank=int(header["rank"]) if header.get("rank") is not None else None)
+        t0 = time.perf_counter()
+        upd = trainer.fit(task, state, exp.partitions[pid])
+        return ({k: t.detach().cpu().numpy() for k, t in upd.tensors.items()},
+                {"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
+                 "train-time-s": float(time.perf_counter() - t0),
+                 "train-cpu-time-s": float(upd.train_cpu_time_s),
+                 "train-memory-bytes": int(upd.train_memory_bytes),
+                 "train-batches": int(upd.train_batches), "train-tokens": int(upd.train_tokens),
+                 "train-max-batch-tokens": int(upd.train_max_batch_tokens)})
+    if op == "fisher":
+        scores, n = exp.client_fisher(pid, state)  # the subsample the in-process runner scores too
+        return {"scores": np.asarray(scores, dtype=np.float64)}, {"num-examples": int(n)}
+    if op == "class_stats":
+        sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
+        return ({"sums": np.asarray(sums, dtype=np.float64), "counts": np.asarray(counts, dtype=np.float64)},
+                {"norm-sum": float(norm_sum)})
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def _run(op: str, msg: Message, context: Context, **task) -> Message:
+    """Compute ``op`` for ``msg`` (in the node worker when one serves this node, else here); the reply."""
+    from fedhello.flower.node_worker import call_worker
+
+    pid, _, data_path, _ = _node(context)
+    header = dict(task, experiment=str(msg.content.config_records["config"]["experiment"]),
+                  **{"partition-id": pid, "data-path": data_path})
+    arrays = {k: v.numpy() for k, v in msg.content.array_records["arrays"].items()}
+    got = call_worker(op, header, arrays)
+    out, metrics = got if got is not None else compute(op, header, arrays)
+    return Message(content=RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in out.items()}),
+                                       "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One client's round (``@app.train()``): train the task's layers, reply with the update.
@@ -94,32 +154,12 @@ def train(msg: Message, context: Context) -> Message:
     ``train-loss``, ``train-time-s``, ``train-cpu-time-s``, ``train-memory-bytes`` and the shape of
     what it trained: ``train-batches``, ``train-tokens``, ``train-max-batch-tokens``.
     """
-    from fedhello.federation.client import FitTask
-
-    pid, _, data_path, _ = _node(context)
+    pid, _, _, _ = _node(context)
     c = msg.content.config_records["config"]
     if int(c["client-id"]) != pid:
         raise ValueError(f"task for client {c['client-id']} sent to partition {pid}")
-    exp, trainer = _client(str(c["experiment"]), pid, data_path)
-    state = msg.content.array_records["arrays"].to_torch_state_dict()
-    task = FitTask(client_id=pid, round=int(c["round"]), layers=[int(x) for x in c["layers"]],
-                   lr=float(c["lr"]), seed=int(c["seed"]), rank=int(c["rank"]) if "rank" in c else None)
-    t0 = time.perf_counter()
-    upd = trainer.fit(task, state, exp.partitions[pid])
-    metrics = MetricRecord({"num-examples": int(upd.num_samples), "train-loss": float(upd.train_loss),
-                            "train-time-s": float(time.perf_counter() - t0),
-                            "train-cpu-time-s": float(upd.train_cpu_time_s),
-                            "train-memory-bytes": int(upd.train_memory_bytes),
-                            "train-batches": int(upd.train_batches), "train-tokens": int(upd.train_tokens),
-                            "train-max-batch-tokens": int(upd.train_max_batch_tokens)})
-    return Message(content=RecordDict({"arrays": ArrayRecord(upd.tensors), "metrics": metrics}), reply_to=msg)
-
-
-def _query_input(msg: Message, context: Context):
-    """(partition id, experiment, global state) of a query that carries the global adapter."""
-    pid, _, data_path, _ = _node(context)
-    exp, _ = _client(str(msg.content.config_records["config"]["experiment"]), pid, data_path)
-    return pid, exp, msg.content.array_records["arrays"].to_torch_state_dict()
+    return _run("train", msg, context, round=int(c["round"]), layers=[int(x) for x in c["layers"]],
+                lr=float(c["lr"]), seed=int(c["seed"]), rank=int(c["rank"]) if "rank" in c else None)
 
 
 @app.query("hello")
@@ -133,21 +173,10 @@ def hello(msg: Message, context: Context) -> Message:
 @app.query("fisher")
 def fisher(msg: Message, context: Context) -> Message:
     """Per-layer Fisher scores of the global adapter on this client's data (``query.fisher``)."""
-    pid, exp, state = _query_input(msg, context)
-    scores, n = exp.client_fisher(pid, state)  # the subsample the in-process runner scores too
-    return Message(content=RecordDict({
-        "arrays": ArrayRecord({"scores": Array(np.asarray(scores, dtype=np.float64))}),
-        "metrics": MetricRecord({"num-examples": int(n)}),
-    }), reply_to=msg)
+    return _run("fisher", msg, context)
 
 
 @app.query("class_stats")
 def class_stats(msg: Message, context: Context) -> Message:
     """The class-means head's statistics round, before round 1 (``query.class_stats``)."""
-    pid, exp, state = _query_input(msg, context)
-    sums, counts, norm_sum = exp.class_stats(state, exp.partitions[pid])
-    return Message(content=RecordDict({
-        "arrays": ArrayRecord({"sums": Array(np.asarray(sums, dtype=np.float64)),
-                               "counts": Array(np.asarray(counts, dtype=np.float64))}),
-        "metrics": MetricRecord({"norm-sum": float(norm_sum)}),
-    }), reply_to=msg)
+    return _run("class_stats", msg, context)

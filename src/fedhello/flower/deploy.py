@@ -1,10 +1,14 @@
 """``fedhello deploy-local``: a real Flower deployment on this machine's loopback.
 
-Starts one SuperLink and N SuperNodes as separate processes on free
-127.0.0.1 ports (insecure: loopback only), submits the Fed-HeLLo app with
-``flwr run`` (its connection lives in a private ``FLWR_HOME``), waits for the
-run to end (summary.json in the run directory, or the run's final status), and
-stops every process it started: on success, on error and on Ctrl-C.
+Writes a deployment kit for 127.0.0.1 (:mod:`fedhello.flower.kit`: a throwaway CA,
+a server certificate, one key pair per node) and runs its scripts as a user would on
+separate hosts, each with its own ``FLWR_HOME``: the SuperLink with TLS and SuperNode
+authentication, every node's key registered, N SuperNodes, and the Fed-HeLLo app
+submitted with ``flwr run`` over TLS (``--insecure``: the same without TLS and
+authentication). It waits for the run to end (summary.json in the run directory, or
+the run's final status), reports a process that exits on its own (a refused node, an
+unreachable SuperLink) with Flower's reason, and stops every process it started: on
+success, on error and on Ctrl-C. Only loopback addresses are used.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +31,7 @@ from typing import Callable, Sequence
 import psutil
 
 from fedhello.errors import FedHelloError
+from fedhello.flower.kit import CONNECTION
 
 APP_PYPROJECT_HEAD = """[build-system]
 requires = ["setuptools>=77"]
@@ -89,41 +95,74 @@ def _toml_value(v) -> str:
 
 
 class LocalFederation:
-    """The processes of one loopback deployment; :meth:`stop` ends all of them."""
+    """The processes of one loopback deployment, started from a kit's scripts
+    (:mod:`fedhello.flower.kit`); :meth:`stop` ends all of them.
 
-    def __init__(self, workdir: Path, env: dict[str, str]):
+    Each host of the kit gets its own ``FLWR_HOME`` under ``workdir/homes``, as on
+    separate machines; every process's output goes to ``workdir/NAME.log``.
+    """
+
+    def __init__(self, workdir: Path, env: dict[str, str], kit: Path | None = None, max_wait_s: float = 30.0):
         self.workdir = workdir
         self.env = env
+        self.kit = kit if kit is not None else workdir / "kit"
+        self.max_wait_s = max_wait_s
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = 0
+        self.reported: set[str] = set()  # processes whose exit has been reported
 
-    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "wb")
-        p = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    def host_env(self, host: str, **extra: str) -> dict[str, str]:
+        """The environment of a process of ``host``: its own FLWR_HOME, plus ``extra``."""
+        home = self.workdir / "homes" / host
+        home.mkdir(parents=True, exist_ok=True)
+        return dict(self.env, FLWR_HOME=str(home), **extra)
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        p = subprocess.Popen(cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=self.workdir, start_new_session=True)
         log.close()
         self.procs[name] = p
+        self.reported.discard(name)
         return p
 
     def start_superlink(self) -> None:
-        """Start the SuperLink (insecure, loopback) on a free port, kept in :attr:`port`."""
-        self.port = free_port()
-        self._start("superlink", [
-            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-            "--disable-runtime-dependency-installation",
-        ])
+        """Start the kit's ``superlink/superlink.sh`` (its port: :attr:`port`)."""
+        self._start("superlink", ["bash", str(self.kit / "superlink" / "superlink.sh")], self.host_env("superlink"))
 
-    def start_supernode(self, i: int, node_config: str) -> None:
-        """Start SuperNode ``i`` with ``node_config`` (``partition-id=I num-partitions=N ...``)."""
-        self._start(f"supernode-{i}", [
-            _bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-            "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config,
-        ])
+    def start_supernode(self, i: int) -> None:
+        """Start the kit's ``supernode-I/supernode.sh`` (again, when it ran before: a restart)."""
+        self._start(f"supernode-{i}", ["bash", str(self.kit / f"supernode-{i}" / "supernode.sh")],
+                    self.host_env(f"supernode-{i}", FEDHELLO_NODE_API_PORT=str(free_port()),
+                                  FEDHELLO_MAX_WAIT_S=str(self.max_wait_s)))
+
+    def restart(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop ``supernode-I`` (``sig`` to its process group: SIGTERM is a clean stop, SIGKILL a
+        crash) and start it again from its script."""
+        self.kill(name, sig)
+        self.procs[name].wait(timeout=30)
+        self.start_supernode(int(name.rsplit("-", 1)[1]))
+
+    def cli(self, script: str, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
+        """Run the SuperLink host's ``script`` (register.sh, submit.sh) with ``args``; its output is captured."""
+        return subprocess.run(["bash", str(self.kit / "superlink" / script), *args],
+                              env=self.host_env("superlink", **extra), cwd=self.workdir,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def exited(self) -> list[str]:
+        """One line for each process that exited since the last call (its exit code and Flower's reason)."""
+        out = []
+        for name, p in self.procs.items():
+            if p.poll() is not None and name not in self.reported:
+                self.reported.add(name)
+                out.append(f"{name} exited (code {p.returncode}){exit_reason(self.log_tail(name, 60))}")
+        return out
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process group of ``name`` if its leader still runs."""
         p = self.procs.get(name)
         if p is not None and p.poll() is None:
+            self.reported.add(name)  # killed on purpose: not news
             _killpg(p.pid, sig)
 
     def stop(self) -> None:
@@ -163,6 +202,24 @@ class LocalFederation:
         return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def exit_reason(log: str) -> str:
+    """``": <reason>"`` from a Flower process's log tail (the lines after its last ``Exit Code:``), or ""."""
+    lines = [_ANSI.sub("", line).strip() for line in log.splitlines()]
+    at = max((k for k, line in enumerate(lines) if "Exit Code:" in line), default=None)
+    if at is None:
+        return ""
+    why = []
+    for line in lines[at + 1:]:
+        if not line or line.startswith("For more information"):
+            break
+        why.append(line)
+    code = lines[at].split("Exit Code:", 1)[1].strip()
+    return f": Flower exit code {code}: " + " ".join(why)[:400]
+
+
 def deploy_local(
     config: str | Path | None,
     overrides: Sequence[str],
@@ -174,17 +231,26 @@ def deploy_local(
     budgets: Sequence[int] | None = None,
     timeout: float = 3600.0,
     workdir: str | Path | None = None,
+    insecure: bool = False,
     on_round: Callable[[dict], None] | None = None,
     on_started: Callable[[LocalFederation], None] | None = None,
     log: Callable[[str], None] = lambda m: None,
 ) -> dict:
     """Run the experiment on a loopback deployment of ``nodes`` SuperNodes; returns the summary.
 
+    The deployment is a kit (:func:`fedhello.flower.kit.write_kit`) for 127.0.0.1 whose
+    scripts run here: TLS with a throwaway CA and SuperNode authentication with one
+    registered key per node, unless ``insecure``.
     ``budgets``: optional per-node ``budget=`` node config (node i declares budgets[i]).
     ``on_round`` gets each new metrics record as the run directory grows;
     ``on_started`` gets the federation once every process is up (tests kill nodes with it).
+    A process that exits on its own (a refused or unreachable node, say) is reported with
+    ``log``, with Flower's reason.
     """
+    import yaml
+
     from fedhello.config import load_config
+    from fedhello.flower.kit import write_kit
     from fedhello.run.experiment import open_rundir
     from fedhello.run.rundir import RunDir
 
@@ -207,18 +273,19 @@ def deploy_local(
     own_tmp = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    (wd / "app").mkdir(exist_ok=True)
-    (wd / "app" / "pyproject.toml").write_text(app_pyproject())
-    (wd / "experiment.yaml").write_text(__import__("yaml").safe_dump(cfg.to_dict(), sort_keys=False))
+    port = free_port()
+    kit = write_kit(wd / "kit", nodes, f"127.0.0.1:{port}", experiment_yaml=yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                    budgets=budgets, round_timeout=round_timeout, insecure=insecure, overwrite=True)
     env = dict(os.environ)
-    env.update(FLWR_HOME=str(wd / "flwr-home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     src_root = Path(__file__).resolve().parents[2]  # the fedhello package's parent, for app processes
     # Flower starts its helper processes (flower-superexec, flwr-serverapp, ...) by name
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(src_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    fed = LocalFederation(wd, env)
+    fed = LocalFederation(wd, env, kit)
+    fed.port = port
     seen = 0
     old_term = None
     if threading.current_thread() is threading.main_thread():
@@ -228,32 +295,22 @@ def deploy_local(
         old_term = signal.signal(signal.SIGTERM, _term)
     try:
         fed.start_superlink()
-        for i in range(nodes):
-            nc = f"partition-id={i} num-partitions={nodes}"
-            if budgets is not None:
-                nc += f" budget={int(budgets[i])}"
-            fed.start_supernode(i, nc)
-        home = wd / "flwr-home"
-        home.mkdir(exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-            f'address = "127.0.0.1:{fed.port}"\ninsecure = true\n'
-        )
         _wait_port(fed, timeout=30)
+        reg = fed.cli("register.sh")
+        if reg.returncode != 0:
+            raise FedHelloError(f"registering the SuperNodes' keys failed: {(reg.stdout + reg.stderr).strip()[-500:]}")
+        for i in range(nodes):
+            fed.start_supernode(i)
         if on_started is not None:
             on_started(fed)
-        run_config = " ".join(f"{key}={_toml_value(value)}" for key, value in {
-            "config": str(wd / "experiment.yaml"), "out": str(out), "overwrite": bool(overwrite),
-            "round-timeout": float(round_timeout), "min-nodes": int(nodes),
-        }.items())  # the other keys keep their defaults
-        sub = subprocess.run(
-            [_bin("flwr"), "run", str(wd / "app"), "loopback", "--run-config", run_config, "--format", "json"],
-            env=env, cwd=wd, capture_output=True, text=True, timeout=120,
-        )
+        sub = fed.cli("submit.sh", "--format", "json", FEDHELLO_OUT=str(out),
+                      FEDHELLO_OVERWRITE="true" if overwrite else "false",
+                      FEDHELLO_ROUND_TIMEOUT=repr(float(round_timeout)))
         if sub.returncode != 0:
             raise FedHelloError(f"flwr run failed: {(sub.stdout + sub.stderr).strip()[-500:]}")
         run_id = _run_id(sub.stdout)
-        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{fed.port} ({nodes} SuperNodes; "
+        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{port} "
+            f"({'INSECURE' if insecure else 'TLS, SuperNode authentication'}; {nodes} SuperNodes; "
             f"logs in {wd}" + (f", kept in {out / DEPLOY_LOGS} when it ends)" if own_tmp else ")"))
         rundir = RunDir(out)
         deadline = time.monotonic() + timeout
@@ -266,13 +323,16 @@ def deploy_local(
             if rundir.file("summary.json").exists() and len(recs) >= cfg.rounds:
                 time.sleep(0.5)
                 return rundir.read_json("summary.json")
-            status = _run_status(env, wd, run_id)
+            for line in fed.exited():
+                log(f"warning: {line}")
+            status = _run_status(fed, run_id)
             if status and status.startswith("finished") and not rundir.file("summary.json").exists():
                 time.sleep(2)
                 if not rundir.file("summary.json").exists():
                     raise FedHelloError(
-                        f"the Flower run ended ({status}) without a summary; SuperLink log tail:\n"
-                        + fed.log_tail("superlink")
+                        f"the Flower run ended ({status}) without a summary"
+                        f"{_server_error(_flwr(fed, 'log', str(run_id), CONNECTION, '--show'))}; "
+                        f"{len(recs)} finished rounds kept in {out}; logs in {wd}"
                     )
             if fed.procs["superlink"].poll() is not None:
                 raise FedHelloError("the SuperLink exited; its log:\n" + fed.log_tail("superlink"))
@@ -301,6 +361,18 @@ def keep_logs(workdir: Path, out: Path) -> Path | None:
     for f in logs:
         shutil.copyfile(f, dest / f.name)
     return dest
+
+
+def _server_error(log: str) -> str:
+    """``": <the ServerApp's last error>"`` from the run's log (``flwr log --show``), or ""."""
+    lines = [_ANSI.sub("", line).strip() for line in log.splitlines()]
+    for line in reversed(lines):
+        if "FedHelloError:" in line:
+            return ": " + line.split("FedHelloError:", 1)[1].strip()[:300]
+    for line in reversed(lines):
+        if "Error:" in line and not line.startswith("File "):
+            return ": " + line[:300]
+    return ""
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -345,14 +417,24 @@ def _run_id(stdout: str) -> int | None:
         return None
 
 
-def _run_status(env: dict, wd: Path, run_id: int | None) -> str | None:
+def _flwr(fed: LocalFederation, *args: str) -> str:
+    """The output of ``flwr ARGS`` over the kit's connection (the one register.sh / submit.sh wrote); "" on failure."""
+    env = dict(fed.env, FLWR_HOME=str(fed.kit / "superlink" / "flwr-home"))
+    try:
+        sub = subprocess.run([_bin("flwr"), *args], env=env, cwd=fed.workdir, capture_output=True, text=True,
+                             timeout=30)
+        return sub.stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _run_status(fed: LocalFederation, run_id: int | None) -> str | None:
     """The run's status as ``flwr ls`` tells it (e.g. 'finished:completed'), None if unknown."""
     if run_id is None:
         return None
     try:
-        sub = subprocess.run([_bin("flwr"), "ls", "loopback", "--run-id", str(run_id),
-                              "--format", "json"], env=env, cwd=wd, capture_output=True, text=True, timeout=30)
-        data = json.loads(sub.stdout[sub.stdout.index("{"):])
+        out = _flwr(fed, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        data = json.loads(out[out.index("{"):])
         runs = data.get("runs") or []
         return str(runs[0].get("status")) if runs else None
     except Exception:
@@ -372,7 +454,17 @@ def add_deploy_parser(sub) -> None:
     p.add_argument("--round-timeout", type=float, default=120.0,
                    help="seconds to wait for a round's replies; later ones count as failed (default 120)")
     p.add_argument("--budgets", default=None, help="comma-separated budget each node declares (node config budget=)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS and no SuperNode authentication (default: both, with a throwaway CA and node keys)")
     p.set_defaults(func=cmd_deploy_local)
+
+    from fedhello.flower.kit import add_kit_parser
+
+    add_kit_parser(sub)  # ``fedhello deploy-kit``: the same deployment, for real hosts
+
+    from fedhello.flower.node_worker import add_worker_parser
+
+    add_worker_parser(sub)  # ``fedhello node-worker``: started by the kit's supernode.sh
 
 
 def cmd_deploy_local(args) -> int:
@@ -406,7 +498,7 @@ def cmd_deploy_local(args) -> int:
         progress.start(STARTUP, None)  # SuperLink, SuperNodes: no step count, elapsed time shown
         summary = deploy_local(
             args.config, args.set, args.out, args.nodes, overwrite=args.overwrite, round_timeout=args.round_timeout,
-            budgets=budgets, on_round=on_round, log=lambda m: console.print(m), on_started=on_started,
+            budgets=budgets, insecure=args.insecure, on_round=on_round, log=lambda m: console.print(m), on_started=on_started,
         )
     if summary.get("final_test_accuracy") is not None:
         console.print(f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  run directory: {args.out}")

@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 from fedhello.errors import FedHelloError
@@ -51,6 +52,33 @@ from fedhello.model.state import State
 def _reason(msg: Message) -> str:
     err = msg.error
     return f"node error {err.code}: {' '.join(str(err.reason).split())[:300]}"
+
+
+POLL_S = 0.2  # seconds between two looks for replies
+
+
+def exchange(grid: Grid, msgs: Sequence[Message], timeout: float | None) -> list[Message]:
+    """``grid.send_and_receive(msgs, timeout=timeout)``, looking for replies every :data:`POLL_S` seconds.
+
+    Flower's own ``send_and_receive`` of the deployment runtime's Grid looks every 3
+    seconds, which puts a floor of up to 3 s on every round. A Grid without
+    ``push_messages``/``pull_messages`` gets its own ``send_and_receive``.
+    """
+    import time
+
+    if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
+        return list(grid.send_and_receive(msgs, timeout=timeout))
+    pending = set(grid.push_messages(msgs))
+    end = None if timeout is None else time.monotonic() + timeout
+    out: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        out += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or (end is not None and time.monotonic() >= end):
+            break
+        time.sleep(POLL_S)
+    return out
 
 
 class FedHelloStrategy:
@@ -69,6 +97,7 @@ class FedHelloStrategy:
         self.ttl = ttl
         self._tasks: list[FitTask] = []
         self._sent: dict[int, FitTask] = {}  # node id -> task of the current round
+        self._messages: list[Message] = []  # the current round's train messages
 
     def client_of(self, node_id: int) -> int | None:
         """The client id of Flower node ``node_id`` (None: no client of this run)."""
@@ -101,6 +130,7 @@ class FedHelloStrategy:
             messages.append(Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN,
                                     group_id=str(server_round), ttl=self.ttl))
             self._sent[nid] = task
+        self._messages = messages  # their ids, set when the Grid pushes them, name SuperLink error replies
         return messages
 
     def collect(self, replies: Iterable[Message]) -> list[ClientUpdate | ClientFailure]:
@@ -115,6 +145,11 @@ class FedHelloStrategy:
         unasked: list[ClientFailure] = []
         for msg in replies:
             nid = msg.metadata.src_node_id
+            if nid == SUPERLINK_NODE_ID and msg.has_error():
+                # the SuperLink answers for a node that went away (Flower's NODE_UNAVAILABLE): the
+                # failure is the client's whose message this replies to
+                dst = {m.metadata.message_id: m.metadata.dst_node_id for m in self._messages}
+                nid = dst.get(msg.metadata.reply_to_message_id, nid)
             task = self._sent.get(nid)
             if task is None:
                 cid = self.client_of(nid)
@@ -175,7 +210,7 @@ class FlowerRunner:
         self.strategy.plan(tasks)
         rnd = tasks[0].round + 1 if tasks else 0
         msgs = self.strategy.configure_train(rnd, global_state)
-        replies = self.grid.send_and_receive(msgs, timeout=self.timeout) if msgs else []
+        replies = exchange(self.grid, msgs, self.timeout) if msgs else []
         results = self.strategy.collect(replies)
         self.missed = {r.client_id for r in results if isinstance(r, ClientFailure)}
         return results
@@ -193,7 +228,7 @@ class FlowerRunner:
             msgs.append(Message(content=RecordDict({"arrays": arrays, "config": cfg}), dst_node_id=nid,
                                 message_type=f"{MessageType.QUERY}.{action}", ttl=self.strategy.ttl))
             asked[nid] = cid
-        for msg in self.grid.send_and_receive(msgs, timeout=self.timeout):
+        for msg in exchange(self.grid, msgs, self.timeout):
             cid = asked.pop(msg.metadata.src_node_id, None)  # one reply per asked node
             if cid is not None:
                 yield cid, msg
