@@ -10,20 +10,16 @@ os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import make_tiny_bert, torch_threads  # noqa: E402
 
 BANKING77 = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "banking77").resolve()
 
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread for a module: tiny models on a shared CPU run faster without thread
-    contention, and float reductions (so pinned numbers) do not depend on the thread count."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    """One torch thread for a module (see ``helpers.torch_threads``)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -31,28 +27,6 @@ def banking77() -> Path:
     if not (BANKING77 / "train.csv").is_file():
         pytest.skip("the Banking77 copy beside the repository (shared/data/banking77) is absent")
     return BANKING77
-
-
-def make_tiny_bert(path: Path, num_layers: int = 3) -> Path:
-    """A random-weight BERT classifier with MiniLM's tokenizer, saved as a model folder."""
-    import shutil
-
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from fedhello.model import resolve_model_path
-
-    src = Path(resolve_model_path("minilm"))
-    cfg = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(cfg).save_pretrained(path)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).exists():
-            shutil.copy(src / name, path / name)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ from fedhello.bench.run import run_suite, write_results
 from fedhello.bench.settings import Settings
 from fedhello.bench.suite import freeze_configs
 from fedhello.cli import main
+from helpers import torch_threads
+
+pytestmark = pytest.mark.bench
 
 FREEZE_KEYS = {"top_half", "bottom_half", "bottleneck", "lr0_all"}
 
@@ -21,13 +24,8 @@ def _positive(x) -> bool:
 
 @pytest.fixture(scope="module")
 def result(tiny_bert):
-    import torch
-
-    before = torch.get_num_threads()
-    try:
+    with torch_threads(None):  # the suite sets its own thread count
         return run_suite(Settings(model=str(tiny_bert), size="tiny", threads=1, max_length=24), log=lambda m: None)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_bench_json_has_every_figure(result):
@@ -133,8 +131,6 @@ def test_the_whole_suite_runs_with_data(tiny_bert, tmp_path):
     once inherited data.path from --data, which config validation refuses)."""
     import csv
 
-    import torch
-
     data = tmp_path / "b77"
     data.mkdir()
     intents = ["card_arrival", "lost_card", "top_up", "refund"]
@@ -145,12 +141,9 @@ def test_the_whole_suite_runs_with_data(tiny_bert, tmp_path):
             w.writerow(["text", "category"])
             for i in range(n):
                 w.writerow([" ".join(words[(i * 7 + k) % len(words)] for k in range(3 + i % 9)), intents[i % 4]])
-    before = torch.get_num_threads()
-    try:
+    with torch_threads(None):  # the bench sets its own thread count
         rc = main(["bench", "--out", str(tmp_path / "o"), "--data", str(data), "--size", "tiny",
                    "--model", str(tiny_bert), "--threads", "1"])
-    finally:
-        torch.set_num_threads(before)
     assert rc == 0
     res = json.loads((tmp_path / "o" / "bench.json").read_text())
     for key in ("engine_overhead_ratio", "freeze_time_ratio", "fim_speedup", "length_grouping_speedup",

@@ -22,21 +22,13 @@ from fedhello.config import build_config
 from fedhello.errors import ConfigError, DataError
 from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
+from helpers import merged, small_raw
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def raw_cfg(tiny_bert, **kw) -> dict:
-    raw = {
-        "seed": 2, "rounds": 1, "device": "cpu",
-        "model": {"name": str(tiny_bert), "max_length": 24},
-        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.15},
-        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedra"},
-        "train": {"batch_size": 8, "lr": 0.05, "max_steps": 2},
-    }
-    raw.update(kw)
-    return raw
+    return merged(small_raw(tiny_bert, rounds=1, device="cpu", model={"max_length": 24}), kw, replace=True)
 
 
 def cli(capsys, *argv):

@@ -9,6 +9,7 @@ import yaml
 from fedhello.cli import main
 from fedhello.config import build_config, load_config
 from fedhello.errors import ConfigError
+from helpers import DROP, small_raw
 
 
 def write_cfg(tmp_path, raw, name="cfg.yaml"):
@@ -145,12 +146,10 @@ def test_shipped_configs_validate(capsys):
 
 
 def tiny_cfg(tmp_path, tiny_bert):
-    return write_cfg(tmp_path, {
-        "seed": 0, "rounds": 2, "model": {"name": str(tiny_bert), "max_length": 24},
-        "data": {"format": "demo", "demo_samples": 120},
-        "clients": {"num_clients": 4, "per_round": 2, "budgets": [1, 2, 3]},
-        "strategy": {"name": "fedit"},
-    })
+    return write_cfg(tmp_path, small_raw(
+        tiny_bert, seed=0, model={"max_length": 24}, data={"val_fraction": DROP},
+        clients={"fractions": DROP, "budgets": [1, 2, 3]}, strategy={"name": "fedit"}, train=DROP,
+    ))
 
 
 REFUSED = [

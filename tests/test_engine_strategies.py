@@ -11,22 +11,18 @@ from fedhello.federation import simulation
 from fedhello.run import experiment
 from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
+from helpers import merged, small_raw
 
 
 def cfg_for(tiny_bert, **over):
-    raw = {
-        "seed": 1,
-        "rounds": 3,
-        "model": {"name": str(tiny_bert), "max_length": 32},
-        "data": {"format": "demo", "demo_samples": 200, "val_fraction": 0.1},
-        "partition": {"name": "dirichlet", "alpha": 1.0},
-        "clients": {"num_clients": 6, "per_round": 3, "fractions": [1 / 3, 1 / 3, 1 / 3], "budgets": [1, 2, 3]},
-        "strategy": {"name": "fedhello", "warmup_rounds": 1, "fim_every": 1, "fim_samples": 20},
-        "train": {"batch_size": 8, "lr": 0.003, "max_steps": 2},
-    }
-    for key, value in over.items():
-        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
-    return build_config(raw)
+    raw = small_raw(
+        tiny_bert, seed=1, rounds=3, data={"demo_samples": 200, "val_fraction": 0.1},
+        partition={"name": "dirichlet", "alpha": 1.0},
+        clients={"num_clients": 6, "per_round": 3, "fractions": [1 / 3, 1 / 3, 1 / 3], "budgets": [1, 2, 3]},
+        strategy={"name": "fedhello", "warmup_rounds": 1, "fim_every": 1, "fim_samples": 20},
+        train={"lr": 0.003},
+    )
+    return build_config(merged(raw, over))
 
 
 @pytest.mark.parametrize("name", available_strategies())

@@ -11,24 +11,16 @@ from fedhello.config import build_config
 from fedhello.errors import FedHelloError
 from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
+from helpers import merged, small_raw
 
 PHASES = {"head_init", "train", "aggregate", "evaluate", "checkpoint"}
 
 
 def raw(model_path, **kw) -> dict:
-    out = {
-        "seed": 1, "rounds": 5, "device": "cpu",
-        "model": {"name": str(model_path), "max_length": 24},
-        "data": {"format": "demo", "demo_samples": 200, "val_fraction": 0.2},
-        "partition": {"name": "iid"},
-        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedra", "fim_samples": 10},
-        "train": {"batch_size": 8, "lr": 0.05, "max_steps": 2},
-        "eval": {"every": 1, "batch_size": 16},
-    }
-    for k, v in kw.items():
-        out[k] = dict(out.get(k, {}), **v) if isinstance(v, dict) else v
-    return out
+    out = small_raw(model_path, seed=1, rounds=5, device="cpu", model={"max_length": 24},
+                    data={"demo_samples": 200, "val_fraction": 0.2}, partition={"name": "iid"},
+                    strategy={"fim_samples": 10}, eval={"every": 1, "batch_size": 16})
+    return merged(out, kw)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,11 @@ NUM_LABELS = 3
 VOCAB = 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models: thread start-up dominates, and parallel test jobs oversubscribe the CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_bert():
+def tiny_peft_bert():
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -80,8 +74,8 @@ def _batches():
     return [_batch(gen, 5, 7), _batch(gen, 3, 13), _batch(gen, 4, 4)]
 
 
-def test_vectorised_equals_loop_on_padded_batches(tiny_bert):
-    model, lm = tiny_bert
+def test_vectorised_equals_loop_on_padded_batches(tiny_peft_bert):
+    model, lm = tiny_peft_bert
     fast = fisher_layer_scores(model, lm, _batches())
     slow = fisher_layer_scores_loop(model, lm, _batches())
     assert fast.shape == (3,)
@@ -89,8 +83,8 @@ def test_vectorised_equals_loop_on_padded_batches(tiny_bert):
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=0)
 
 
-def test_scores_average_over_samples_not_batches(tiny_bert):
-    model, lm = tiny_bert
+def test_scores_average_over_samples_not_batches(tiny_peft_bert):
+    model, lm = tiny_peft_bert
     gen = torch.Generator().manual_seed(2)
     one, three = _batch(gen, 1, 6), _batch(gen, 3, 9)
     f1 = fisher_layer_scores(model, lm, [one])
@@ -99,8 +93,8 @@ def test_scores_average_over_samples_not_batches(tiny_bert):
     np.testing.assert_allclose(both, (1 * f1 + 3 * f3) / 4, rtol=1e-6)
 
 
-def test_score_is_squared_gradient_of_log_likelihood(tiny_bert):
-    model, lm = tiny_bert
+def test_score_is_squared_gradient_of_log_likelihood(tiny_peft_bert):
+    model, lm = tiny_peft_bert
     gen = torch.Generator().manual_seed(3)
     b = _batch(gen, 1, 8)
     model.eval()
@@ -118,8 +112,8 @@ def test_score_is_squared_gradient_of_log_likelihood(tiny_bert):
     assert fisher_layer_scores(model, lm, [b])[1] == pytest.approx(expected, rel=1e-5)
 
 
-def test_padding_does_not_change_a_sample_score(tiny_bert):
-    model, lm = tiny_bert
+def test_padding_does_not_change_a_sample_score(tiny_peft_bert):
+    model, lm = tiny_peft_bert
     gen = torch.Generator().manual_seed(4)
     b = _batch(gen, 1, 10)
     n = int(b["attention_mask"].sum())
@@ -129,8 +123,8 @@ def test_padding_does_not_change_a_sample_score(tiny_bert):
     )
 
 
-def test_model_state_restored(tiny_bert):
-    model, lm = tiny_bert
+def test_model_state_restored(tiny_peft_bert):
+    model, lm = tiny_peft_bert
     params = dict(model.named_parameters())
     frozen = list(lm.layers[0])  # a client that does not train layer 0
     for n in frozen:
@@ -243,8 +237,8 @@ def test_weights():
         tier_weights([0, 3], 3)
 
 
-def test_length_buckets_give_the_same_scores(tiny_bert):
-    model, lm = tiny_bert
+def test_length_buckets_give_the_same_scores(tiny_peft_bert):
+    model, lm = tiny_peft_bert
     gen = torch.Generator().manual_seed(5)
     big = _batch(gen, 9, 12)  # one right-padded batch of 9 samples of different lengths
     slow = fisher_layer_scores_loop(model, lm, [big])
@@ -268,3 +262,4 @@ def test_length_buckets_cut_and_trim():
     # left padding is left alone
     left = {k: v.flip(1) for k, v in b.items()}
     assert len(_length_buckets(left, labels, 2)) == 1
+

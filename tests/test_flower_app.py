@@ -31,21 +31,14 @@ from fedhello.run.experiment import prepare, run_experiment  # noqa: E402
 from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
 from conftest import screen_and_aggregate  # noqa: E402
+from helpers import merged, small_raw, torch_threads  # noqa: E402
 
 
 def tiny_raw(model, **kw) -> dict:
-    raw = {
-        "seed": 1, "rounds": 2, "device": "cpu",
-        "model": {"name": str(model), "max_length": 24},
-        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.2},
-        "partition": {"name": "iid"},
-        "clients": {"num_clients": 3, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedra"},
-        "train": {"batch_size": 8, "lr": 0.01, "max_steps": 2},
-        "eval": {"every": 1, "batch_size": 64},
-    }
-    raw.update(kw)
-    return raw
+    raw = small_raw(model, seed=1, device="cpu", model={"max_length": 24}, data={"val_fraction": 0.2},
+                    partition={"name": "iid"}, clients={"num_clients": 3}, train={"lr": 0.01},
+                    eval={"every": 1, "batch_size": 64})
+    return merged(raw, kw, replace=True)
 
 
 @pytest.fixture
@@ -267,6 +260,7 @@ def test_run_config_defaults_are_stated_once():
 
 # -- Flower simulation runtime -------------------------------------------------------------
 
+@pytest.mark.flower
 def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
     from flwr.simulation import run_simulation
 
@@ -279,12 +273,8 @@ def test_simulation_runtime_equals_in_process(flower_env, tiny_bert):
     cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, strategy={
         "name": "fedhello", "warmup_rounds": 0, "fim_source": "clients", "fim_every": 1, "fim_samples": 10})))
     cfg = load_config(cfg_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # Ray actors run 1 thread: same kernels, same float sums
-    try:
+    with torch_threads(1):  # Ray actors run 1 thread: same kernels, same float sums
         run_experiment(cfg, tmp / "inproc")
-    finally:
-        torch.set_num_threads(threads)
     run_simulation(
         make_app({"config": str(cfg_path), "out": str(tmp / "flower"), "round-timeout": 300.0}),
         client_app.app, num_supernodes=3,

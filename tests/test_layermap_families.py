@@ -7,28 +7,14 @@ from peft import LoraConfig, get_peft_model
 from fedhello.errors import ConfigError
 from fedhello.model.backbone import default_target_modules
 from fedhello.model.layermap import LayerMap
+from helpers import tiny_model
+
+
+HEADS = {"vit": "classifier", "roberta": "classifier", "distilbert": "classifier", "llama": "score"}
 
 
 def tiny(family: str, n: int):
-    import transformers as T
-
-    torch.manual_seed(0)
-    if family == "vit":
-        cfg = T.ViTConfig(hidden_size=16, num_hidden_layers=n, num_attention_heads=2, intermediate_size=32,
-                          image_size=8, patch_size=4, num_labels=3)
-        return T.ViTForImageClassification(cfg), "classifier"
-    if family == "roberta":
-        cfg = T.RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=n, num_attention_heads=2,
-                              intermediate_size=32, num_labels=3)
-        return T.RobertaForSequenceClassification(cfg), "classifier"
-    if family == "distilbert":
-        cfg = T.DistilBertConfig(vocab_size=50, dim=16, n_layers=n, n_heads=2, hidden_dim=32, num_labels=3)
-        return T.DistilBertForSequenceClassification(cfg), "classifier"
-    if family == "llama":
-        cfg = T.LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=n, num_attention_heads=2,
-                            num_key_value_heads=2, intermediate_size=32, num_labels=3, pad_token_id=0)
-        return T.LlamaForSequenceClassification(cfg), "score"
-    raise AssertionError(family)
+    return tiny_model(family, n), HEADS[family]
 
 
 @pytest.mark.parametrize("family", ["vit", "roberta", "distilbert", "llama"])

@@ -17,6 +17,7 @@ from fedhello.allocation.resources import (
 from fedhello.allocation.samplers import inclusion_probabilities
 from fedhello.config import StrategyConfig, build_config
 from fedhello.errors import ConfigError, FedHelloError
+from helpers import DROP, merged, small_raw
 
 L = 6
 # own costs differ per layer (the window must take the worst k-subset, not the top block)
@@ -198,19 +199,12 @@ def test_preview_restricts_and_prices(tmp_path):
 
 def cfg_for(tiny_bert, **over):
     """A 2-round run of the tiny 3-layer BERT on demo data (as tests/test_engine_strategies.py)."""
-    raw = {
-        "seed": 1,
-        "rounds": 2,
-        "model": {"name": str(tiny_bert), "max_length": 32},
-        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.1},
-        "partition": {"name": "dirichlet", "alpha": 1.0},
-        "clients": {"num_clients": 6, "per_round": 3, "budgets": [1, 2, 3]},
-        "strategy": {"name": "fedra"},
-        "train": {"batch_size": 8, "lr": 0.003, "max_steps": 1},
-    }
-    for key, value in over.items():
-        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
-    return build_config(raw)
+    raw = small_raw(
+        tiny_bert, seed=1, data={"val_fraction": 0.1}, partition={"name": "dirichlet", "alpha": 1.0},
+        clients={"num_clients": 6, "per_round": 3, "fractions": DROP, "budgets": [1, 2, 3]},
+        train={"lr": 0.003, "max_steps": 1},
+    )
+    return build_config(merged(raw, over))
 
 
 COSTS3 = LayerCosts(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_bert
+from helpers import make_tiny_bert
 from fedhello.config import build_config
 from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir

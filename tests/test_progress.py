@@ -11,6 +11,7 @@ from fedhello.config import build_config
 from fedhello.console import RichProgress
 from fedhello.federation.progress import CLIENTS, EVALUATION, ROUNDS, STATISTICS
 from fedhello.run.experiment import run_experiment
+from helpers import DROP, merged, small_raw
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,15 +31,9 @@ class Recorder:
 
 
 def tiny_cfg(tiny_bert, **over):
-    raw = {
-        "seed": 1, "rounds": 3, "model": {"name": str(tiny_bert), "max_length": 32},
-        "data": {"format": "demo", "demo_samples": 100, "val_fraction": 0.15},
-        "clients": {"num_clients": 5, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedra"}, "train": {"batch_size": 8, "max_steps": 1},
-        "eval": {"every": 2}, "head": {"init": "class-means"},
-    }
-    raw.update(over)
-    return build_config(raw)
+    raw = small_raw(tiny_bert, seed=1, rounds=3, data={"demo_samples": 100}, clients={"num_clients": 5},
+                    train={"lr": DROP, "max_steps": 1}, eval={"every": 2}, head={"init": "class-means"})
+    return build_config(merged(raw, over, replace=True))
 
 
 def test_run_reports_every_long_step_to_the_hook(tiny_bert, tmp_path):

@@ -17,6 +17,7 @@ from fedhello.run.experiment import prepare, run_experiment
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.rank import max_rank, pad_rank, set_state_padded, truncate_rank
 from fedhello.run.rundir import RunDir
+from helpers import small_raw
 
 A = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight"
 B = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.default.weight"
@@ -257,18 +258,11 @@ def test_padded_rank_training_equals_a_small_rank_lora_with_scaled_alpha():
 
 
 def cfg_for(tiny_bert, name, ffa=False, rounds=2):
-    return build_config({
-        "seed": 2,
-        "rounds": rounds,
-        "model": {"name": str(tiny_bert), "max_length": 32},
-        "lora": {"r": 4, "alpha": 8, "ffa": ffa},
-        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.15},
-        "partition": {"name": "iid"},
-        "clients": {"num_clients": 6, "per_round": 4, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": name},
-        "train": {"batch_size": 8, "lr": 0.01, "max_steps": 3},
-        "head": {"train": "federated", "init": "random"},  # uploads below count the head
-    })
+    return build_config(small_raw(
+        tiny_bert, rounds=rounds, lora={"r": 4, "alpha": 8, "ffa": ffa}, partition={"name": "iid"},
+        clients={"num_clients": 6, "per_round": 4}, strategy={"name": name}, train={"lr": 0.01, "max_steps": 3},
+        head={"train": "federated", "init": "random"},  # uploads below count the head
+    ))
 
 
 def test_ffa_client_keeps_a_and_uploads_no_a(tiny_bert):

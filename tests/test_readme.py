@@ -19,6 +19,7 @@ from fedhello.model.adapter import export_adapter
 from fedhello.report.export import predict_logits
 from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir
+from helpers import merged, small_raw
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXTS = ["my card was declined at the shop", "how do I top up my account", "the exchange rate looks wrong"]
@@ -38,17 +39,7 @@ def readme_snippet(adapter: Path, texts: list[str]) -> str:
 
 
 def small_cfg(model_path: Path, **over) -> dict:
-    raw = {
-        "seed": 2,
-        "rounds": 2,
-        "model": {"name": str(model_path), "max_length": 32, "pooling": "mean"},
-        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.15},
-        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedra"},
-        "train": {"batch_size": 8, "lr": 0.05, "max_steps": 3},
-    }
-    raw.update(over)
-    return raw
+    return merged(small_raw(model_path, model={"pooling": "mean"}, train={"max_steps": 3}), over, replace=True)
 
 
 @pytest.fixture(scope="module")

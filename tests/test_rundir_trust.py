@@ -25,22 +25,15 @@ from fedhello.errors import FedHelloError
 from fedhello.report.hooks import RunReporter
 from fedhello.run.experiment import run_experiment
 from fedhello.run.rundir import RunDir, atomic_torch_save
+from helpers import merged, small_raw
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def raw_cfg(tiny_bert, data=None, **kw) -> dict:
-    raw = {
-        "seed": 2, "rounds": 2, "device": "cpu",
-        "model": {"name": str(tiny_bert), "max_length": 24},
-        "data": data or {"format": "demo", "demo_samples": 120, "val_fraction": 0.15},
-        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedra"},
-        "train": {"batch_size": 8, "lr": 0.05, "max_steps": 2},
-    }
-    raw.update(kw)
-    return raw
+    raw = small_raw(tiny_bert, device="cpu", model={"max_length": 24})
+    return merged(raw, dict(kw, **({"data": data} if data else {})), replace=True)
 
 
 def cli(capsys, *argv):

@@ -15,6 +15,7 @@ from fedhello.model.step import TrainingMemory, train_step
 from fedhello.allocation.resources import LayerCosts
 from fedhello.run.experiment import prepare
 from fedhello.run.profile import layer_sets, measure_costs
+from helpers import DROP, merged, small_raw
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -81,18 +82,9 @@ def test_parameters_gradients_and_adamw_state_are_counted():
 
 
 def tiny_raw(model, **over) -> dict:
-    raw = {
-        "seed": 0,
-        "rounds": 1,
-        "model": {"name": str(model), "max_length": 32},
-        "data": {"format": "demo", "demo_samples": 60, "val_fraction": 0.2},
-        "partition": {"name": "iid"},
-        "clients": {"num_clients": 2, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 2]},
-        "strategy": {"name": "fedra"},
-        "train": {"batch_size": 4, "lr": 0.01},
-    }
-    raw.update(over)
-    return raw
+    raw = small_raw(model, seed=0, rounds=1, data={"demo_samples": 60, "val_fraction": 0.2}, partition={"name": "iid"},
+                    clients={"num_clients": 2, "budgets": [1, 2]}, train={"batch_size": 4, "lr": 0.01, "max_steps": DROP})
+    return merged(raw, over, replace=True)
 
 
 def test_trainer_records_the_memory_that_follows_the_lowest_layer(tiny_bert):

@@ -15,6 +15,7 @@ from fedhello.run import sweep as sweep_module
 from fedhello.run.experiment import run_experiment
 from fedhello.run.sweep import Cell, partition_overrides, run_sweep
 from fedhello.run.rundir import RunDir
+from helpers import DROP, small_raw
 
 STRATEGIES = ["fedit", "fedra"]
 PARTITIONS = ["iid", "pat-2"]
@@ -26,15 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def base_config(tiny_bert, path):
-    raw = {
-        "rounds": 2,
-        "model": {"name": str(tiny_bert), "max_length": 32},
-        "data": {"format": "demo", "demo_samples": 120, "val_fraction": 0.15},
-        "clients": {"num_clients": 4, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]},
-        "strategy": {"name": "fedit", "warmup_rounds": 1, "fim_every": 1, "fim_samples": 10},
-        "train": {"batch_size": 8, "lr": 0.01, "max_steps": 2},
-        "eval": {"every": 1, "batch_size": 64},
-    }
+    raw = small_raw(tiny_bert, seed=DROP, strategy={"name": "fedit", "warmup_rounds": 1, "fim_every": 1, "fim_samples": 10},
+                    train={"lr": 0.01}, eval={"every": 1, "batch_size": 64})
     path.write_text(yaml.safe_dump(raw))
     return path
 

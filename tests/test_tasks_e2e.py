@@ -7,7 +7,6 @@ PNGs of scikit-learn's 8x8 digits).
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,9 @@ from fedhello.config import build_config
 from fedhello.run.experiment import prepare, run_experiment
 from fedhello.model import resolve_model_path
 from fedhello.run.rundir import RunDir
+from helpers import copy_tokenizer
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SMALL = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
-
-
-def copy_tokenizer(dst: Path) -> None:
-    src = Path(resolve_model_path("minilm"))
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copy(src / name, dst / name)
 
 
 def save(model, path: Path) -> Path:

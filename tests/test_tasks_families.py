@@ -1,42 +1,11 @@
 """Model families of every task: default LoRA targets, and a LayerMap of exactly num_hidden_layers LoRA layers."""
 
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 
 from fedhello.model.backbone import HEAD_MODULES, default_target_modules, num_hidden_layers
 from fedhello.model.layermap import LayerMap
-
-SMALL = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32)
-
-
-def tiny(family: str, n: int):
-    import transformers as T
-
-    torch.manual_seed(0)
-    if family == "bert-mc":
-        return T.BertForMultipleChoice(T.BertConfig(vocab_size=50, num_hidden_layers=n, **SMALL))
-    if family == "roberta-mc":
-        return T.RobertaForMultipleChoice(T.RobertaConfig(vocab_size=50, num_hidden_layers=n, **SMALL))
-    if family == "distilbert-mc":
-        return T.DistilBertForMultipleChoice(T.DistilBertConfig(vocab_size=50, dim=16, n_layers=n, n_heads=2, hidden_dim=32))
-    if family == "deberta-v2":
-        return T.DebertaV2ForSequenceClassification(
-            T.DebertaV2Config(vocab_size=50, num_hidden_layers=n, num_labels=3, **SMALL))
-    if family == "deit":
-        return T.DeiTForImageClassification(
-            T.DeiTConfig(image_size=8, patch_size=4, num_hidden_layers=n, num_labels=3, **SMALL))
-    if family == "vit":
-        return T.ViTForImageClassification(
-            T.ViTConfig(image_size=8, patch_size=4, num_hidden_layers=n, num_labels=3, **SMALL))
-    if family in ("mistral", "qwen2", "llama"):
-        cls = {"mistral": (T.MistralConfig, T.MistralForSequenceClassification),
-               "qwen2": (T.Qwen2Config, T.Qwen2ForSequenceClassification),
-               "llama": (T.LlamaConfig, T.LlamaForSequenceClassification)}[family]
-        return cls[1](cls[0](vocab_size=50, num_hidden_layers=n, num_key_value_heads=2, num_labels=3,
-                             pad_token_id=0, **SMALL))
-    raise AssertionError(family)
-
+from helpers import tiny_model as tiny
 
 EXPECTED_TARGETS = {
     "bert-mc": [["query", "value"]],
