@@ -11,13 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedhello.allocation.fisher import (
-    fisher_layer_scores,
-    fisher_layer_scores_loop,
-    kmeans_tiers,
-    score_weights,
-    tier_weights,
-)
+from fedhello.allocation.fisher import kmeans_tiers, score_weights, tier_weights
+from fedhello.model.fisher import fisher_layer_scores, fisher_layer_scores_loop, length_buckets
 from fedhello.model.layermap import LayerMap
 
 NUM_LABELS = 3
@@ -247,13 +242,12 @@ def test_length_buckets_give_the_same_scores(tiny_peft_bert):
 
 
 def test_length_buckets_cut_and_trim():
-    from fedhello.allocation.fisher import _length_buckets
 
     gen = torch.Generator().manual_seed(6)
     b = _batch(gen, 5, 10)
     labels = b.pop("labels")
     lengths = b["attention_mask"].sum(1)
-    pieces = _length_buckets(b, labels, 2)
+    pieces = length_buckets(b, labels, 2)
     assert [len(lab) for _, lab in pieces] == [2, 2, 1]
     got = torch.cat([p["attention_mask"].sum(1) for p, _ in pieces])
     assert got.tolist() == sorted(lengths.tolist())
@@ -261,5 +255,20 @@ def test_length_buckets_cut_and_trim():
         assert p["input_ids"].shape[1] == int(p["attention_mask"].sum(1).max())
     # left padding is left alone
     left = {k: v.flip(1) for k, v in b.items()}
-    assert len(_length_buckets(left, labels, 2)) == 1
+    assert len(length_buckets(left, labels, 2)) == 1
 
+
+def test_the_log_likelihood_is_a_hook(tiny_peft_bert):
+    """A task passes its own log-likelihood: twice the class log-likelihood gives four times
+    the Fisher (squared gradients), in the vectorised scorer and the loop alike."""
+    from fedhello.model.fisher import class_log_likelihoods
+
+    model, lm = tiny_peft_bert
+
+    def doubled(m, inputs, labels):
+        return 2.0 * class_log_likelihoods(m, inputs, labels)
+
+    base = fisher_layer_scores(model, lm, _batches()[:1])
+    np.testing.assert_allclose(fisher_layer_scores(model, lm, _batches()[:1], log_likelihood=doubled), 4 * base, rtol=1e-5)
+    np.testing.assert_allclose(fisher_layer_scores_loop(model, lm, _batches()[:1], log_likelihood=doubled), 4 * base,
+                               rtol=1e-4)

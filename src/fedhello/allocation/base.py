@@ -27,7 +27,7 @@ ScoreProvider = Callable[[], np.ndarray]
 
 Calling it returns an array of length L (one finite score per LoRA layer, layer 0
 nearest the input): the empirical Fisher information of the *current* global
-model (:mod:`fedhello.allocation.fisher`). The runtime builds it each round from a
+model (:mod:`fedhello.model.fisher`). The runtime builds it each round from a
 server-held calibration set or from the sampled clients' scores
 (``strategy.fim_source``); it is costly, so a strategy should call it only in the
 rounds where it needs fresh scores, and at most once per round.

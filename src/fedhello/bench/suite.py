@@ -18,7 +18,7 @@ import torch
 
 import fedhello
 from fedhello.allocation import build_strategy
-from fedhello.allocation.fisher import _length_buckets, _split_batch, fisher_layer_scores, fisher_layer_scores_loop
+from fedhello.model.fisher import fisher_layer_scores, fisher_layer_scores_loop, length_buckets, split_batch
 from fedhello.allocation.patterns import deterministic_layers
 from fedhello.bench.common import (
     autocast,
@@ -445,7 +445,7 @@ def bench_fisher(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
             "mean_tokens_per_sample": float(data.lengths[idx].mean()),
             # after fisher_layer_scores re-cuts the batches into length buckets of 16
             "padded_tokens_per_sample_bucketed": float(
-                sum(p["input_ids"].numel() for b in bucketed for p, _ in _length_buckets(*_split_batch(b, dev), 16)) / n
+                sum(p["input_ids"].numel() for b in bucketed for p, _ in length_buckets(*split_batch(b, dev), 16)) / n
             ),
             "padded_tokens_per_sample_unbucketed": float(sum(b["input_ids"].numel() for b in padded) / n),
         },

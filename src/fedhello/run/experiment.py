@@ -155,7 +155,7 @@ class Experiment:
 
     def fisher(self, state: State, data: Encoded, indices: np.ndarray) -> np.ndarray:
         """Per-layer empirical Fisher scores (length L) of ``state`` on ``indices`` of ``data``."""
-        from fedhello.allocation.fisher import fisher_layer_scores
+        from fedhello.model.fisher import fisher_layer_scores
 
         return fisher_layer_scores(self.model, self.layermap, self.forward_batches(state, data, indices))
 
