@@ -310,6 +310,25 @@ def test_cli_allocate(capsys):
         run_allocate(parser.parse_args("allocate --strategy nope".split()))
 
 
+
+def test_cli_allocate_has_a_flag_per_strategy_option():
+    """allocate's strategy flags are generated from the config's strategy section: one per key,
+    each reaching the strategy config with its type (no list of flags kept beside the schema)."""
+    from fedhello.cli import _strategy_options
+    from fedhello.config import StrategyConfig
+
+    parser = argparse.ArgumentParser()
+    add_allocate_parser(parser.add_subparsers(dest="command"))
+    flags = {a.dest: a for a in parser._subparsers._group_actions[0].choices["allocate"]._actions}
+    assert {f"strategy_{k}" for k in StrategyConfig.model_fields if k != "name"} <= set(flags)
+    args = parser.parse_args("allocate --strategy hetlora --fim-scale raw --prob-floor 0.5 --fim-tiers 4 "
+                             "--ranks 4,8,12 --sampler weighted_without_replacement".split())
+    assert _strategy_options(args) == {"fim_scale": "raw", "prob_floor": 0.5, "fim_tiers": 4, "ranks": [4, 8, 12],
+                                       "sampler": "weighted_without_replacement"}
+    with pytest.raises(SystemExit):
+        parser.parse_args("allocate --strategy fedra --fim-scale sqrt".split())  # a Literal's values only
+
+
 ADVERSARIAL = [
     np.array([1e-12] * (L - 1) + [1e6]),  # the collapse seen on pat-10: all mass on the top layer
     np.array([0.0] * (L - 1) + [1.0]),

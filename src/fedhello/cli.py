@@ -340,7 +340,6 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     )
     # checked by the strategy registry, which suggests the closest name
     p.add_argument("--strategy", required=True, metavar="NAME", help=f"one of {', '.join(available_strategies())}")
-    p.add_argument("--pattern", default=None, choices=_choices("pattern"), help="geometric pattern")
     p.add_argument("--layers", type=int, default=12, help="number of LoRA layers L (default 12)")
     p.add_argument("--budgets", default="6,9,12", help="layers per resource group, e.g. 6,9,12")
     p.add_argument("--fractions", default=None, help="client share per group, e.g. 1/3,1/3,1/3 (default equal)")
@@ -349,14 +348,8 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=10, help="rounds to preview (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scores", default=None, help="fixed per-layer Fisher scores s0,s1,... for FIM strategies")
-    p.add_argument("--fim-every", type=int, default=None, help="strategy.fim_every")
-    p.add_argument("--warmup-rounds", type=int, default=None, help="strategy.warmup_rounds")
-    p.add_argument("--combine", default=None, choices=_choices("combine"), help="strategy.combine")
-    p.add_argument("--sampler", default=None, choices=_choices("sampler"), help="strategy.sampler")
-    p.add_argument("--fim-weights", default=None, choices=_choices("fim_weights"), help="strategy.fim_weights")
-    p.add_argument("--fim-tiers", type=int, default=None, help="strategy.fim_tiers")
     p.add_argument("--lora-r", type=int, default=16, help="global LoRA rank lora.r (rank strategies; default 16)")
-    p.add_argument("--ranks", default=None, help="strategy.ranks: LoRA rank per group for hetlora/flexlora, e.g. 8,12,16")
+    _add_strategy_flags(p)
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="profile.json of 'fedhello profile': adds each client's predicted cost")
     p.add_argument("--limits", default=None, metavar="YAML",
@@ -369,13 +362,58 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _choices(key: str) -> list[str]:
-    """The values a Literal key of the strategy config accepts."""
+def _strategy_flags() -> list[tuple[str, str, object]]:
+    """(flag, key, kind) per option of the config's ``strategy`` section, read from its schema:
+    ``--fim-every`` sets ``strategy.fim_every``. kind: the Literal's values (a list), int, float,
+    or ``list`` for a list of integers given as ``8,12,16``."""
     import typing
 
     from fedhello.config import StrategyConfig
 
-    return list(typing.get_args(StrategyConfig.model_fields[key].annotation))
+    out = []
+    for key, field in StrategyConfig.model_fields.items():
+        if key == "name":
+            continue  # --strategy
+        args = [a for a in typing.get_args(field.annotation) if a is not type(None)] or [field.annotation]
+        if typing.get_origin(field.annotation) is typing.Literal:
+            kind: object = list(typing.get_args(field.annotation))
+        elif args[0] in (int, float):
+            kind = args[0]
+        elif typing.get_origin(args[0]) is list and typing.get_args(args[0]) == (int,):
+            kind = list
+        else:  # pragma: no cover - a new option type needs a parser here
+            raise TypeError(f"strategy.{key}: no command-line form for {field.annotation}")
+        out.append(("--" + key.replace("_", "-"), key, kind))
+    return out
+
+
+def _add_strategy_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ``strategy`` option (:func:`_strategy_flags`); unset, the config's default."""
+    from fedhello.config import StrategyConfig
+
+    for flag, key, kind in _strategy_flags():
+        field = StrategyConfig.model_fields[key]
+        kw: dict[str, object] = {"default": None, "dest": f"strategy_{key}"}
+        if isinstance(kind, list):
+            kw["choices"] = kind
+        elif kind is list:
+            kw["metavar"] = "N,N,..."
+        else:
+            kw["type"], kw["metavar"] = kind, "N" if kind is int else "X"
+        desc = (field.description or "").replace("%", "%%")
+        p.add_argument(flag, help=f"strategy.{key}: {desc} (default {field.default})", **kw)
+
+
+def _strategy_options(args: argparse.Namespace) -> dict[str, object]:
+    """The ``strategy`` options given on the command line, by config key."""
+    from fedhello.config import parse_ints
+
+    out = {}
+    for flag, key, kind in _strategy_flags():
+        value = getattr(args, f"strategy_{key}")
+        if value is not None:
+            out[key] = parse_ints(flag, value) if kind is list else value
+    return out
 
 
 def _allocate_limits(args: argparse.Namespace) -> dict:
@@ -406,9 +444,10 @@ def run_allocate(args: argparse.Namespace) -> int:
     from fedhello.allocation.preview import preview, render_distribution, render_rounds
     from fedhello.config import parse_ints, parse_numbers
 
+    options = _strategy_options(args)
     result = preview(
         strategy=args.strategy,
-        pattern=args.pattern,
+        pattern=options.pop("pattern", None),
         layers=args.layers,
         budgets=parse_ints("--budgets", args.budgets),
         fractions=parse_numbers("--fractions", args.fractions, allow_fraction=True) if args.fractions else None,
@@ -417,15 +456,9 @@ def run_allocate(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         seed=args.seed,
         scores=parse_numbers("--scores", args.scores) if args.scores else None,
-        fim_every=args.fim_every,
-        warmup_rounds=args.warmup_rounds,
-        combine=args.combine,
-        sampler=args.sampler,
-        fim_weights=args.fim_weights,
-        fim_tiers=args.fim_tiers,
         lora_r=args.lora_r,
-        ranks=parse_ints("--ranks", args.ranks) if args.ranks else None,
         **_allocate_limits(args),
+        **options,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -53,8 +53,9 @@ def preview(
 ) -> dict[str, Any]:
     """Allocations of ``rounds`` rounds as a JSON-able dict.
 
-    ``options`` are further StrategyConfig fields (``fim_every``, ``warmup_rounds``,
-    ``combine``, ``sampler``, ``fim_weights``, ``fim_tiers``, ``ranks``); ``lora_r``
+    ``options`` are further StrategyConfig fields by key (``fim_every``, ``warmup_rounds``,
+    ``ranks``, ...: any key of the ``strategy`` section, as ``fedhello allocate`` passes
+    every flag generated from it); ``lora_r``
     is the global LoRA rank, from which rank strategies (hetlora, flexlora) derive
     each client's rank (then in its record as ``rank``). Returns
     ``{"layers": L, "strategy": name, "budgets": [...], "rounds": [{"round": t,
