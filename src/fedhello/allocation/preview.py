@@ -92,6 +92,29 @@ def preview(
     if int(lora_r) < 1:
         raise ConfigError("--lora-r must be at least 1")
 
+    provider = _score_provider(scores, L)
+    groups = assign_groups(clients, fractions, seed)
+    slots = client_slots(groups, budgets)
+    resources = _resource_model(costs, limits, steps, groups, L, len(budgets))
+    if resources is not None:
+        resources.check_clients(strat, slots)
+        slots = [resources.slot(s) for s in slots]
+    eligible = [s.id for s in slots if strat.eligible(s)]
+    if not eligible:
+        raise ConfigError(f"strategy {strategy}: no client is eligible")
+
+    out_rounds = []
+    for t in range(rounds):
+        chosen = [slots[i] for i in sample_clients(eligible, per_round, seed, t)]
+        plan = strat.allocate(t, chosen, allocation_rng(seed, t), provider)
+        if resources is not None:
+            resources.check_plan(strat, plan.allocations)
+        out_rounds.append(_round_record(t, chosen, plan, strat, int(lora_r), resources))
+    return {"layers": L, "strategy": strategy, "pattern": cfg.pattern, "budgets": budgets, "rounds": out_rounds}
+
+
+def _score_provider(scores: Sequence[float] | None, L: int):
+    """The constant score provider of ``--scores`` (without them: one that refuses to score)."""
     if scores is not None:
         fixed = np.asarray([float(s) for s in scores], dtype=float)
         if fixed.size != L:
@@ -105,53 +128,45 @@ def preview(
         def provider() -> np.ndarray:
             raise ConfigError(SCORES_REQUIRED)
 
-    groups = assign_groups(clients, fractions, seed)
-    slots = client_slots(groups, budgets)
-    resources = None
+    return provider
+
+
+def _resource_model(costs, limits, steps, groups: Sequence[int], L: int, num_groups: int) -> ResourceModel | None:
+    """The clients' capacities under ``limits`` priced by ``costs`` (None without a profile)."""
     if limits is not None and costs is None:
         raise ConfigError("--limits needs --profile (a cost profile that prices layer sets)")
-    if costs is not None:
-        if costs.num_layers != L:
-            raise ConfigError(f"--profile prices {costs.num_layers} layers but --layers is {L}")
-        if limits is not None and len(limits) != len(budgets):
-            raise ConfigError(f"--limits has {len(limits)} mappings but --budgets has {len(budgets)} groups")
-        per_client = [int(steps)] * clients if isinstance(steps, int) else [int(x) for x in steps]
-        caps = {
-            i: Capacity(limits[g] if limits is not None else Limits(), per_client[i]) for i, g in enumerate(groups)
-        }
-        resources = ResourceModel(costs, caps, {i: f"--limits[{g}]" for i, g in enumerate(groups)})
-        resources.check_clients(strat, slots)
-        slots = [resources.slot(s) for s in slots]
-    eligible = [s.id for s in slots if strat.eligible(s)]
-    if not eligible:
-        raise ConfigError(f"strategy {strategy}: no client is eligible")
+    if costs is None:
+        return None
+    if costs.num_layers != L:
+        raise ConfigError(f"--profile prices {costs.num_layers} layers but --layers is {L}")
+    if limits is not None and len(limits) != num_groups:
+        raise ConfigError(f"--limits has {len(limits)} mappings but --budgets has {num_groups} groups")
+    per_client = [int(steps)] * len(groups) if isinstance(steps, int) else [int(x) for x in steps]
+    caps = {i: Capacity(limits[g] if limits is not None else Limits(), per_client[i]) for i, g in enumerate(groups)}
+    return ResourceModel(costs, caps, {i: f"--limits[{g}]" for i, g in enumerate(groups)})
 
-    out_rounds = []
-    for t in range(rounds):
-        chosen = [slots[i] for i in sample_clients(eligible, per_round, seed, t)]
-        plan = strat.allocate(t, chosen, allocation_rng(seed, t), provider)
-        if resources is not None:
-            resources.check_plan(strat, plan.allocations)
-        rec: dict[str, Any] = {
-            "round": t,
-            "clients": [
-                {"id": c.id, "group": c.group, "budget": c.budget, "layers": [int(x) for x in plan.allocations[c.id]]}
-                for c in chosen
-            ],
-        }
-        if strat.uses_ranks:
-            for c, item in zip(chosen, rec["clients"]):
-                item["rank"] = strat.client_rank(c, int(lora_r))
-        if resources is not None:
-            for c, item in zip(chosen, rec["clients"]):
-                p = predicted_cost(costs, resources.capacities[c.id], item["layers"])
-                item["predicted"] = {"memory_bytes": p["memory"], "time_s": p["time"], "upload_bytes": p["upload"]}
-                if resources.limited(c.id):
-                    item["limits"] = resources.capacities[c.id].limits.declared()
-        if plan.info:
-            rec["info"] = plan.info
-        out_rounds.append(rec)
-    return {"layers": L, "strategy": strategy, "pattern": cfg.pattern, "budgets": budgets, "rounds": out_rounds}
+
+def _round_record(t: int, chosen, plan, strat, lora_r: int, resources: ResourceModel | None) -> dict[str, Any]:
+    """One round of the preview: its clients with their layers (and rank, predicted cost, limits)."""
+    rec: dict[str, Any] = {
+        "round": t,
+        "clients": [
+            {"id": c.id, "group": c.group, "budget": c.budget, "layers": [int(x) for x in plan.allocations[c.id]]}
+            for c in chosen
+        ],
+    }
+    if strat.uses_ranks:
+        for c, item in zip(chosen, rec["clients"]):
+            item["rank"] = strat.client_rank(c, lora_r)
+    if resources is not None:
+        for c, item in zip(chosen, rec["clients"]):
+            p = predicted_cost(resources.costs, resources.capacities[c.id], item["layers"])
+            item["predicted"] = {"memory_bytes": p["memory"], "time_s": p["time"], "upload_bytes": p["upload"]}
+            if resources.limited(c.id):
+                item["limits"] = resources.capacities[c.id].limits.declared()
+    if plan.info:
+        rec["info"] = plan.info
+    return rec
 
 
 def layer_counts(preview_dict: dict[str, Any]) -> np.ndarray:

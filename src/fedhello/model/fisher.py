@@ -157,6 +157,51 @@ def length_buckets(inputs: dict[str, Any], labels: "torch.Tensor", bucket_size: 
 # --------------------------------------------------------------------------- scores
 
 
+def _lora_linears(model: "nn.Module", names_by_layer) -> tuple[dict[str, "nn.Linear"], dict[str, tuple[str, str]]]:
+    """The ``nn.Linear`` modules holding the LoRA parameters, by module name, and parameter name ->
+    (module name, ``weight``/``bias``); anything else is refused (the loop scores it)."""
+    from torch import nn
+
+    modules: dict[str, nn.Linear] = {}
+    param_of: dict[str, tuple[str, str]] = {}
+    for names in names_by_layer:
+        for n in names:
+            mod_name, attr = n.rsplit(".", 1)
+            mod = model.get_submodule(mod_name)
+            if not isinstance(mod, nn.Linear) or attr not in ("weight", "bias"):
+                raise NotImplementedError(
+                    f"vectorised Fisher supports LoRA nn.Linear weights/biases only, not {n!r} "
+                    f"({type(mod).__name__}); use fisher_layer_scores_loop"
+                )
+            modules[mod_name] = mod
+            param_of[n] = (mod_name, attr)
+    return modules, param_of
+
+
+def _add_squared_grads(calls, grads, bsz: int, param_of: dict[str, tuple[str, str]], sq_sum: dict[str, float]) -> None:
+    """Add each sample's squared weight and bias gradients to ``sq_sum``: from the recorded
+    (module, input ``x``, output) calls and the output gradients ``dz``, the per-sample weight
+    gradient ``einsum('bto,bti->boi', dz, x)`` (calls of one module summed before squaring)."""
+    import torch
+
+    per_sample: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for (mod_name, x, _), dz in zip(calls, grads):
+            if dz is None:
+                continue
+            x3 = x.reshape(bsz, -1, x.shape[-1]).to(dz.dtype)
+            dz3 = dz.reshape(bsz, -1, dz.shape[-1])
+            acc = per_sample.setdefault(mod_name, {})
+            gw = torch.einsum("bto,bti->boi", dz3, x3)
+            acc["weight"] = acc["weight"] + gw if "weight" in acc else gw
+            gb = dz3.sum(dim=1)
+            acc["bias"] = acc["bias"] + gb if "bias" in acc else gb
+        for n, (mod_name, attr) in param_of.items():
+            g = per_sample.get(mod_name, {}).get(attr)
+            if g is not None:
+                sq_sum[n] += float(g.double().pow(2).sum())
+
+
 def fisher_layer_scores(
     model: nn.Module, layermap, batches: Iterable[Mapping[str, Any]], bucket_size: int = 16,
     log_likelihood: LogLikelihood = class_log_likelihoods,
@@ -172,24 +217,9 @@ def fisher_layer_scores(
     bucket mostly adds padding). ``log_likelihood``: the task's per-sample log-likelihood.
     """
     import torch
-    from torch import nn
 
     names_by_layer, params = lora_params(model, layermap)
-    # parameter name -> (module name, attribute): lora_A/lora_B are nn.Linear modules
-    modules: dict[str, nn.Linear] = {}
-    param_of: dict[str, tuple[str, str]] = {}
-    for names in names_by_layer:
-        for n in names:
-            mod_name, attr = n.rsplit(".", 1)
-            mod = model.get_submodule(mod_name)
-            if not isinstance(mod, nn.Linear) or attr not in ("weight", "bias"):
-                raise NotImplementedError(
-                    f"vectorised Fisher supports LoRA nn.Linear weights/biases only, not {n!r} "
-                    f"({type(mod).__name__}); use fisher_layer_scores_loop"
-                )
-            modules[mod_name] = mod
-            param_of[n] = (mod_name, attr)
-
+    modules, param_of = _lora_linears(model, names_by_layer)
     all_params = [params[n] for names in names_by_layer for n in names]
     device = _device(model)
     sq_sum = {n: 0.0 for n in param_of}  # float64 sums over samples of squared per-sample grads
@@ -216,29 +246,13 @@ def fisher_layer_scores(
                 calls.clear()
                 with torch.enable_grad():
                     ll = log_likelihood(model, inputs, labels)
-                    bsz = labels.shape[0]
                     outs = [z for _, _, z in calls]
                     if not outs:
                         raise RuntimeError("no LoRA module ran in the forward pass (adapters merged or disabled?)")
                     grads = torch.autograd.grad(ll.sum(), outs, allow_unused=True)
-                per_sample: dict[str, dict[str, torch.Tensor]] = {}
-                with torch.no_grad():
-                    for (mod_name, x, _), dz in zip(calls, grads):
-                        if dz is None:
-                            continue
-                        x3 = x.reshape(bsz, -1, x.shape[-1]).to(dz.dtype)
-                        dz3 = dz.reshape(bsz, -1, dz.shape[-1])
-                        acc = per_sample.setdefault(mod_name, {})
-                        gw = torch.einsum("bto,bti->boi", dz3, x3)
-                        acc["weight"] = acc["weight"] + gw if "weight" in acc else gw
-                        gb = dz3.sum(dim=1)
-                        acc["bias"] = acc["bias"] + gb if "bias" in acc else gb
-                    for n, (mod_name, attr) in param_of.items():
-                        g = per_sample.get(mod_name, {}).get(attr)
-                        if g is not None:
-                            sq_sum[n] += float(g.double().pow(2).sum())
+                _add_squared_grads(calls, grads, labels.shape[0], param_of, sq_sum)
                 calls.clear()
-                total += bsz
+                total += labels.shape[0]
     finally:
         for h in handles:
             h.remove()
