@@ -154,9 +154,28 @@ def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
         bare_t.append(tb)
         ratios.append(te / tb)
         log(f"  engine round {t}/{rounds}: engine {te:.2f}s, bare {tb:.2f}s, ratio {te / tb:.3f}")
-    # communication per client per round, by resource group (all clients of a group are equal)
+    communication = bench_communication(cfg, lm, server.state.global_state, comm)
+    return {
+        "engine_overhead_ratio": median(ratios),
+        "engine": {
+            "ratio_of_totals": sum(engine_t) / sum(bare_t),
+            "per_round_ratios": ratios,
+            "interleaving": "per client, alternating engine-first / bare-first",
+            "engine_round_s": engine_t,
+            "bare_round_s": bare_t,
+            "clients_per_round": cfg.clients.per_round,
+            "num_clients": cfg.clients.num_clients,
+            "strategy": cfg.strategy.name,
+            "evaluation": "excluded (no evaluation due in the timed rounds)",
+        },
+        **communication,
+    }
+
+
+def bench_communication(cfg, lm, gstate, comm: dict[int, dict[str, set]]) -> dict[str, Any]:
+    """Bytes per client per round by resource group (all clients of a group are equal), checked
+    against the uploads measured in the engine's rounds (``comm``: group -> measured byte counts)."""
     head = list(lm.head)
-    gstate = server.state.global_state
     fedit_up = state_nbytes({n: gstate[n] for n in lm.names_for(range(lm.num_layers)) if n in gstate})
     download = state_nbytes(gstate)
     upload_per_group: dict[str, int] = {}
@@ -175,18 +194,6 @@ def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
         )
     upload_per_group["fedit"] = fedit_up
     return {
-        "engine_overhead_ratio": median(ratios),
-        "engine": {
-            "ratio_of_totals": sum(engine_t) / sum(bare_t),
-            "per_round_ratios": ratios,
-            "interleaving": "per client, alternating engine-first / bare-first",
-            "engine_round_s": engine_t,
-            "bare_round_s": bare_t,
-            "clients_per_round": cfg.clients.per_round,
-            "num_clients": cfg.clients.num_clients,
-            "strategy": cfg.strategy.name,
-            "evaluation": "excluded (no evaluation due in the timed rounds)",
-        },
         "upload_bytes_per_group": upload_per_group,
         "communication": {
             "groups": groups_detail,
