@@ -189,18 +189,8 @@ def run_sweep(
         raise FedHelloError(f"--out {out} exists and is not a directory")
     cells = plan(config, strategies, partitions, seeds, sets)
     done: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
-    if dry_run:  # every cell is validated as `fedhello validate` does; refused cells are listed as failed
-        from fedhello.run.validate import validate_config
-
-        for i, (cell, cfg) in enumerate(cells, 1):
-            try:
-                validate_config(cfg)
-                st = cell_status(cell.dir(out), cfg)
-            except FedHelloError as err:
-                st = "refused: " + " ".join(str(err).split())
-                done["failed"].append(cell.key)
-            log.info(f"[{i}/{len(cells)}] {cell.key:<40} {cfg.rounds} rounds  {st}  -> {cell.dir(out)}")
-        return done
+    if dry_run:
+        return _dry_run(cells, out, done)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         out / SWEEP,
@@ -244,14 +234,7 @@ def run_sweep(
             raise
         except Exception as err:  # a failed cell is recorded and the sweep goes on
             msg = " ".join(str(err).split()) or type(err).__name__
-            failures[cell.key] = {
-                "strategy": cell.strategy,
-                "partition": cell.partition,
-                "seed": cell.seed,
-                "error": f"{type(err).__name__}: {msg}",
-                "traceback": traceback.format_exc(limit=-3),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            failures[cell.key] = _failure(cell, f"{type(err).__name__}: {msg}", traceback.format_exc(limit=-3))
             done["failed"].append(cell.key)
             log.error(f"  failed: {type(err).__name__}: {msg} (recorded in {out / FAILURES})")
         else:
@@ -264,6 +247,34 @@ def run_sweep(
     if after_cell is not None:
         after_cell(out)
     return done
+
+
+def _dry_run(cells, out: Path, done: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``--dry-run``: every cell is validated as `fedhello validate` does and listed with its
+    status; refused cells are listed as failed. Nothing is written."""
+    from fedhello.run.validate import validate_config
+
+    for i, (cell, cfg) in enumerate(cells, 1):
+        try:
+            validate_config(cfg)
+            st = cell_status(cell.dir(out), cfg)
+        except FedHelloError as err:
+            st = "refused: " + " ".join(str(err).split())
+            done["failed"].append(cell.key)
+        log.info(f"[{i}/{len(cells)}] {cell.key:<40} {cfg.rounds} rounds  {st}  -> {cell.dir(out)}")
+    return done
+
+
+def _failure(cell: Cell, error: str, trace: str) -> dict[str, Any]:
+    """A failed cell's entry in the sweep's failures file."""
+    return {
+        "strategy": cell.strategy,
+        "partition": cell.partition,
+        "seed": cell.seed,
+        "error": error,
+        "traceback": trace,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _rounds_done(path: Path, status: str) -> int:
@@ -349,12 +360,8 @@ def run_parallel(cells, out: Path, jobs: int, cell_command, overwrite: bool, fai
                 else:
                     entry["state"] = "failed"
                     tail = _tail(logpath)
-                    failures[cell.key] = {
-                        "strategy": cell.strategy, "partition": cell.partition, "seed": cell.seed,
-                        "error": f"exit status {proc.returncode}: {tail[-1] if tail else ''}".strip(),
-                        "traceback": "\n".join(tail),
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    }
+                    error = f"exit status {proc.returncode}: {tail[-1] if tail else ''}".strip()
+                    failures[cell.key] = _failure(cell, error, "\n".join(tail))
                     done["failed"].append(cell.key)
                     log.error(f"  {cell.key} failed: {failures[cell.key]['error']} (log: {logpath})")
                 atomic_write_json(out / FAILURES, failures)
