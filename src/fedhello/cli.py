@@ -276,17 +276,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``fedhello predict``: classify each ``--text`` with a finished run's exported adapter.
+    """``fedhello predict``: score inputs with a finished run's exported adapter, any task.
 
-    Prints one tab-separated line per text: label, probability, text.
+    Prints one tab-separated line per input: label, probability, text (and its
+    ``--pair``); multiple choice: option index (from 0), option, probability, text
+    (and question); images: label, probability, file.
     """
     from fedhello.report.export import predict
     from fedhello.run.experiment import pick_device
 
-    pairs = args.pair or None
-    res = predict(args.run, args.text, pick_device(args.device, "--device"), pairs=pairs)
-    for i, (text, (label, prob, _)) in enumerate(zip(args.text, res)):
-        print(f"{label}\t{prob:.3f}\t{text}" + (f"\t{pairs[i]}" if pairs else ""))
+    texts, pairs = args.text or [], args.pair or None
+    res = predict(args.run, texts, pick_device(args.device, "--device"), pairs=pairs, choices=args.choice or None,
+                  images=args.image or None)
+    for i, (k, name, prob, _) in enumerate(res):
+        if args.image:
+            print(f"{name}\t{prob:.3f}\t{args.image[i]}")
+            continue
+        head = f"{k}\t{name}" if args.choice else name
+        print(f"{head}\t{prob:.3f}\t{texts[i]}" + (f"\t{pairs[i]}" if pairs else ""))
     return 0
 
 
@@ -528,11 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--adapter", action="store_true", help="also re-export the PEFT adapter from checkpoint.pt")
     rp.set_defaults(func=cmd_report)
 
-    pr = sub.add_parser("predict", help="classify texts with a finished run's exported adapter")
+    pr = sub.add_parser("predict", help="classify texts, text pairs, multiple-choice questions or images with a "
+                        "finished run's exported adapter")
     pr.add_argument("--run", required=True, metavar="DIR", help="run directory (with adapter/)")
-    pr.add_argument("--text", action="append", required=True, help="a text to classify (repeatable)")
+    pr.add_argument("--text", action="append", default=[],
+                    help="a text to classify; multiple choice: a passage (repeatable)")
     pr.add_argument("--pair", action="append", default=[],
-                    help="text-pair adapters: the second text of each --text, in the same order (repeatable)")
+                    help="text-pair adapters: the second text of each --text; multiple choice: its question "
+                    "(optional); in the same order (repeatable)")
+    pr.add_argument("--choice", action="append", default=[],
+                    help="multiple-choice adapters: an option every --text is asked (at least 2; repeatable)")
+    pr.add_argument("--image", action="append", default=[], metavar="FILE",
+                    help="image-classification adapters: an image file (PNG, JPEG, ...) to classify (repeatable)")
     pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     pr.set_defaults(func=cmd_predict)
 
@@ -579,14 +593,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Parses ``argv`` (default ``sys.argv[1:]``), sends the library's log to the console
     for this command only and runs the subcommand. A :class:`~fedhello.errors.FedHelloError`,
     or a file that cannot be written (no space, read-only, no permission), prints one
-    ``error: ...`` line and gives 2; an interrupt gives 130.
+    ``error: ...`` line and gives 2; an interrupt gives 130; a closed stdout pipe ends quietly with 141.
     """
     _quiet_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = setup_logging(make_console())  # the library's diagnostics, for this command only
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is answered below
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except FedHelloError as err:
         msg = " ".join(str(err).split())
         print(f"error: {msg}", file=sys.stderr)
@@ -606,6 +624,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         logging.getLogger(LOGGER).removeHandler(handler)
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``fedhello config show | head``): stop quietly, as a
+    command killed by SIGPIPE does (exit 141), and send stdout to nowhere so that
+    Python's own flush at exit does not print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor behind stdout (e.g. captured)
+        pass
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

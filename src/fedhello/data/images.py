@@ -189,4 +189,32 @@ class ImageData:
         }
 
 
-__all__ = ["ImageData", "ImageTransform", "to_tensor"]
+# what read_image_file decodes: raster formats PIL reads by itself (no EPS, whose
+# reader runs Ghostscript, and no other plugin that calls out of the process)
+IMAGE_FILE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+
+
+def read_image_file(path) -> torch.Tensor:
+    """A user's image file -> (3, H, W) float32 in [0, 255] (:func:`to_tensor`), decoded as an image only.
+
+    Untrusted input: only the raster formats of :data:`IMAGE_FILE_FORMATS` are
+    decoded, and an image past PIL's decompression-bomb limit is refused, as is
+    anything else (ValueError naming the file).
+    """
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FILE_FORMATS) as img:
+                img.load()
+                return to_tensor(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        why = "not an image of a supported format" if isinstance(err, Image.UnidentifiedImageError) else (
+            " ".join(str(err).split())[:200] or type(err).__name__)
+        raise ValueError(f"{path}: cannot read it as an image ({why}; formats: {', '.join(IMAGE_FILE_FORMATS)})") from None
+
+
+__all__ = ["ImageData", "ImageTransform", "IMAGE_FILE_FORMATS", "read_image_file", "to_tensor"]

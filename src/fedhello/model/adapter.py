@@ -9,7 +9,7 @@ tokenizer or image processor, ``labels.json`` (class names in label-id order),
 ``fedhello.json`` (the ``model.name`` to rebuild the base from, ``base_model``
 (hub id) and ``base_model_path`` (the local copy trained from), the ``task``,
 ``max_length``, ``pooling``, number of labels) and a model card (``README.md``).
-``fedhello predict`` reads text and text-pair adapters. Outside fedhello, the
+``fedhello predict`` reads the adapters of every task. Outside fedhello, the
 README's *Using the exported model* snippet (run by tests/test_readme.py) loads
 it with transformers + PEFT only; with ``"pooling": "mean"`` it feeds the head
 the attention-masked mean of the last hidden states itself, which is what
@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from fedhello.errors import FedHelloError
-from fedhello.tasks import TASKS, TEXT_CLS, TEXT_PAIR
+from fedhello.tasks import TASKS, TEXT_CLS
 from fedhello.model.backbone import model_class, resolve_model_path
 from fedhello.model.state import set_state
 
@@ -206,7 +206,10 @@ def _read_adapter_files(adapter: Path) -> tuple[dict, list[str], dict[str, torch
 
 
 def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """(PeftModel in eval mode, tokenizer, label names, max_length) from ``run_dir/adapter``.
+    """(PeftModel in eval mode, tokenizer (image processor for images), label names, max_length) from ``run_dir/adapter``.
+
+    Any task of :data:`fedhello.tasks.TASKS`: the base is built as
+    :func:`~fedhello.model.backbone.build_backbone` builds it for that task.
 
     Every file is checked first (one error line naming it): fedhello.json names the
     base model, labels.json's count matches it and the head, the weights are a
@@ -237,28 +240,31 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
                 "an adapter from another run? Re-export it with fedhello report --adapter"
             )
     task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
-    if task not in (TEXT_CLS, TEXT_PAIR):
-        raise FedHelloError(
-            f"{adapter}: an adapter for task {task}; fedhello predict classifies texts and text pairs. "
-            f"Load it with PEFT: PeftModel.from_pretrained({TASKS[task].auto_class}.from_pretrained(BASE), ADAPTER)"
-            if task in TASKS else f"{adapter / INFO}: unknown task {task!r}"
-        )
+    if task not in TASKS:
+        raise FedHelloError(f"{adapter / INFO}: unknown task {task!r} (one of {', '.join(TASKS)})")
+    spec = TASKS[task]
     # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = resolve_model_path(info["model"])
+    # as build_backbone: a per-class head gets the run's label count; multiple choice scores options
+    kwargs = {"num_labels": len(labels), "ignore_mismatched_sizes": True} if spec.per_class_head else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        base = model_class(task).from_pretrained(
-            path, num_labels=len(labels), ignore_mismatched_sizes=True
-        )
+        if spec.vision:
+            from transformers import AutoImageProcessor
+
+            tokenizer = AutoImageProcessor.from_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        base = model_class(task).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise FedHelloError(f"cannot load the base model {path!r} of {adapter}: {err}".splitlines()[0]) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if getattr(base.config, "pad_token_id", None) is None:
-        base.config.pad_token_id = tokenizer.pad_token_id
+    if not spec.vision:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if getattr(base.config, "pad_token_id", None) is None:
+            base.config.pad_token_id = tokenizer.pad_token_id
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing keys are checked below, as an error

@@ -1,43 +1,98 @@
-"""``fedhello predict``: classify texts with a run's exported adapter (:mod:`fedhello.model.adapter`)."""
+"""``fedhello predict``: score inputs with a run's exported adapter (:mod:`fedhello.model.adapter`), any task.
+
+Inputs go through the engine's own encoders (:mod:`fedhello.data.batching`,
+:mod:`fedhello.data.images`' evaluation transform), so a prediction gives the
+logits the run's evaluation gives the same sample.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from fedhello.errors import FedHelloError
-import json
-
 from fedhello.model.adapter import ADAPTER, INFO, load_exported
-from fedhello.tasks import TEXT_CLS, TEXT_PAIR
+from fedhello.tasks import IMAGE_CLS, MULTIPLE_CHOICE, TEXT_CLS, TEXT_PAIR
+
+
+def _check_inputs(run_dir, task: str, texts: Sequence[str], pairs, choices, images) -> None:
+    """One error line per misuse: which options the adapter's task takes."""
+    where = f"--run {run_dir}: a {task} adapter"
+    if task == IMAGE_CLS:
+        if texts or pairs or choices:
+            raise FedHelloError(f"{where}: give image files with --image (--text, --pair and --choice are for text adapters)")
+        if not images:
+            raise FedHelloError(f"{where}: give at least one --image FILE")
+        return
+    if images:
+        raise FedHelloError(f"{where}: --image is for image-classification adapters")
+    if not texts:
+        raise FedHelloError("predict needs at least one --text")
+    if task == TEXT_PAIR and not pairs:
+        raise FedHelloError(f"{where}: give each --text its second text with --pair")
+    if task == TEXT_CLS and pairs:
+        raise FedHelloError(f"{where}: --pair is for text-pair and multiple-choice adapters")
+    if pairs and len(pairs) != len(texts):
+        raise FedHelloError(f"--pair: {len(pairs)} given for {len(texts)} --text (one second text per text)")
+    if task == MULTIPLE_CHOICE and len(choices or ()) < 2:
+        raise FedHelloError(f"{where}: give at least 2 options with --choice (each --text is asked all of them)")
+    if task != MULTIPLE_CHOICE and choices:
+        raise FedHelloError(f"{where}: --choice is for multiple-choice adapters")
+
+
+def _model_inputs(task: str, model, pre, max_length: int, texts, pairs, choices, images) -> dict[str, torch.Tensor]:
+    """The batch the engine's evaluation would collate for these inputs (no labels)."""
+    from fedhello.data.batching import collate, encode, encode_choices, encode_pairs
+
+    if task == IMAGE_CLS:
+        from fedhello.data.images import ImageTransform, read_image_file
+
+        transform = ImageTransform.from_processor(pre)
+        pixels = []
+        for f in images:
+            try:
+                pixels.append(transform.eval(read_image_file(f)))
+            except ValueError as err:
+                raise FedHelloError(f"--image {err}") from None
+        return {"pixel_values": torch.stack(pixels)}
+    from fedhello.data.encoders import _forward_inputs
+
+    texts, zeros = list(texts), [0] * len(texts)
+    if task == MULTIPLE_CHOICE:
+        questions = list(pairs) if pairs else [""] * len(texts)
+        data = encode_choices(pre, texts, questions, [list(choices)] * len(texts), zeros, max_length)
+    elif task == TEXT_PAIR:
+        data = encode_pairs(pre, texts, list(pairs), zeros, max_length)
+    else:
+        data = encode(pre, texts, zeros, max_length)
+    accepted = _forward_inputs(model)  # e.g. no token_type_ids for a decoder LM, as make_encoder does
+    batch = collate(data, range(len(texts)))
+    return {k: v for k, v in batch.items() if k != "labels" and (k == "input_ids" or accepted is None or k in accepted)}
 
 
 @torch.no_grad()
-def predict_logits(run_dir: str | Path, texts: Sequence[str], pairs: Sequence[str] | None = None,
-                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[str]]:
-    """(logits (len(texts), classes) as float32 on the CPU, label names) of the run's exported model.
+def predict_logits(run_dir: str | Path, texts: Sequence[str] = (), pairs: Sequence[str] | None = None,
+                   device: str | torch.device = "cpu", *, choices: Sequence[str] | None = None,
+                   images: Sequence[str | Path] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """(logits as float32 on the CPU, one row per input, and the names of its columns) of the run's exported model.
 
-    ``pairs`` gives each text its second text, for a text-pair-classification adapter
-    (and is refused for a single-text one).
+    By the adapter's task: ``texts`` (text-classification); ``texts`` with ``pairs``
+    (each text's second text: text-pair-classification); ``texts`` (passages), optional
+    ``pairs`` (their questions) and ``choices`` (options every passage is asked:
+    multiple-choice; the columns are the options); ``images`` (files, decoded as
+    images only: image-classification). Anything else is a :class:`FedHelloError`.
     """
-    if not texts:
-        raise FedHelloError("predict needs at least one --text")
-    model, tok, labels, max_length = load_exported(run_dir, device)
+    model, pre, labels, max_length = load_exported(run_dir, device)
     task = exported_task(run_dir)
-    if task == TEXT_PAIR and not pairs:
-        raise FedHelloError(f"--run {run_dir}: a text-pair adapter: give each --text its second text with --pair")
-    if task != TEXT_PAIR and pairs:
-        raise FedHelloError(f"--run {run_dir}: a single-text adapter ({task}): --pair is for text-pair adapters")
-    if pairs is not None and len(pairs) != len(texts):
-        raise FedHelloError(f"--pair: {len(pairs)} given for {len(texts)} --text (one second text per text)")
-    args = (list(texts), list(pairs)) if pairs else (list(texts),)
-    enc = tok(*args, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-    logits = model(**enc).logits.float().cpu()
+    _check_inputs(run_dir, task, list(texts or ()), list(pairs or ()), list(choices or ()), list(images or ()))
+    batch = _model_inputs(task, model, pre, max_length, texts, pairs, choices, images)
+    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
     if not bool(torch.isfinite(logits).all()):
         raise FedHelloError(f"{Path(run_dir) / ADAPTER}: the model's outputs are not finite numbers")
-    return logits, labels
+    return logits, (list(choices) if task == MULTIPLE_CHOICE else labels)
 
 
 def exported_task(run_dir: str | Path) -> str:
@@ -49,13 +104,17 @@ def exported_task(run_dir: str | Path) -> str:
     return info.get("task", TEXT_CLS) if isinstance(info, dict) else TEXT_CLS
 
 
-def predict(run_dir: str | Path, texts: Sequence[str], device: str | torch.device = "cpu",
-            pairs: Sequence[str] | None = None):
-    """[(label name, probability, probabilities of every class)] for each text (and its pair)."""
-    logits, labels = predict_logits(run_dir, texts, pairs, device)
+def predict(run_dir: str | Path, texts: Sequence[str] = (), device: str | torch.device = "cpu",
+            pairs: Sequence[str] | None = None, *, choices: Sequence[str] | None = None,
+            images: Sequence[str | Path] | None = None):
+    """[(index, name, probability, probabilities of every class)] for each input (:func:`predict_logits`).
+
+    The name is the class label, or for multiple choice the chosen option.
+    """
+    logits, names = predict_logits(run_dir, texts, pairs, device, choices=choices, images=images)
     probs = torch.softmax(logits, dim=-1)
     out = []
     for p in probs:
         i = int(p.argmax())
-        out.append((labels[i], float(p[i]), p.tolist()))
+        out.append((i, names[i], float(p[i]), p.tolist()))
     return out
