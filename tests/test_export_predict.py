@@ -93,20 +93,24 @@ def test_predict_without_an_adapter_is_a_clear_error(tmp_path, capsys):
     assert "no exported adapter" in capsys.readouterr().err
 
 
-def test_predict_refuses_an_adapter_of_another_task_by_name(finished_run, tmp_path, capsys):
+def test_predict_refuses_an_unknown_task_and_another_task_s_inputs(finished_run, tmp_path, capsys):
     import shutil
 
     _, out = finished_run
     info = json.loads((out / "adapter" / "fedhello.json").read_text())
     assert info["task"] == "text-classification"  # every export says its task
+    # a text adapter is not given images or options (tests/test_predict_tasks.py: those tasks)
+    for extra, name in ((["--image", "x.png"], "--image"), (["--choice", "a", "--choice", "b"], "--choice")):
+        assert main(["predict", "--run", str(out), "--text", "hello", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{name} is for" in err[0]
     other = tmp_path / "run"
     shutil.copytree(out / "adapter", other / "adapter")
-    info["task"] = "image-classification"
+    info["task"] = "summarization"
     (other / "adapter" / "fedhello.json").write_text(json.dumps(info))
     assert main(["predict", "--run", str(other), "--text", "hello"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "an adapter for task image-classification; fedhello predict classifies texts and text pairs" in err[0]
-    assert "AutoModelForImageClassification" in err[0]
+    assert len(err) == 1 and "fedhello.json: unknown task 'summarization'" in err[0]
 
 
 def test_report_reexports_the_same_adapter_from_the_checkpoint(finished_run):
