@@ -56,3 +56,14 @@ def screen_and_aggregate(tasks, results, global_state, layermap, *, sample_count
         return new, failed, len(updates)
     new, _ = (rule or AGGREGATION_RULES["layerwise"])(global_state, updates, weighting)
     return new, failed, len(updates)
+
+
+@pytest.fixture
+def task_identity():
+    """Messages are created inside a Flower task; a unit test plays the SuperLink's ServerApp task."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved

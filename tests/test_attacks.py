@@ -202,17 +202,6 @@ def test_layers_claim_must_match_the_task(exp):
 flwr = pytest.importorskip("flwr")
 
 
-@pytest.fixture
-def task_identity():
-    """Messages are created inside a Flower task; a unit test plays the SuperLink's ServerApp task."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
 def flower_round(exp, answer, asked=range(N)):
     """One Flower round over replies made by ``answer(client id, message, honest update)``:
     collected by the strategy, screened and aggregated as the Server loop does."""

@@ -94,17 +94,6 @@ def reply(msg: Message, tensors: dict, n: int = 10) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@pytest.fixture
-def task_identity():
-    """Messages are created inside a Flower task; a unit test plays the SuperLink's ServerApp task."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
 @pytest.fixture(scope="module")
 def tiny_exp(tiny_bert):
     # crafted replies carry the head: the federated head protocol

@@ -24,17 +24,6 @@ COSTS3 = LayerCosts(
 )
 
 
-@pytest.fixture
-def task_identity():
-    """Messages are created inside a Flower task; the test plays the SuperLink's ServerApp task."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
 class NodeGrid:
     """Nodes 100+i for clients i, each with a node config; train replies are honest no-op updates."""
 

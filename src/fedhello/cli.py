@@ -187,15 +187,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"error: {len(res['failed'])} cells would be refused: {', '.join(res['failed'])}", file=sys.stderr)
             return 2
         return 0
+    return _sweep_done(res, args.out, console)
+
+
+
+def _sweep_done(res: dict, out, console) -> int:
+    """The sweep's last line (cells run, skipped, failed) and its exit status: 1 when a cell failed."""
     console.print(
         f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
-        f" -> {args.out}/results.md"
+        f" -> {out}/results.md"
     )
     if res["failed"]:
-        console.print(f"[red]failed cells: {', '.join(res['failed'])} (see {args.out}/failures.json)[/red]")
+        console.print(f"[red]failed cells: {', '.join(res['failed'])} (see {out}/failures.json)[/red]")
         return 1
     return 0
-
 
 def _sweep_jobs(args: argparse.Namespace, console) -> int:
     """``fedhello sweep --jobs N``: N cells at once, each a ``fedhello run`` process with
@@ -252,14 +257,7 @@ def _sweep_jobs(args: argparse.Namespace, console) -> int:
     finally:
         if live is not None:
             live.stop()
-    console.print(
-        f"sweep: {len(res['ran'])} cells run, {len(res['skipped'])} already finished, {len(res['failed'])} failed"
-        f" -> {args.out}/results.md"
-    )
-    if res["failed"]:
-        console.print(f"[red]failed cells: {', '.join(res['failed'])} (see {args.out}/failures.json)[/red]")
-        return 1
-    return 0
+    return _sweep_done(res, args.out, console)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
