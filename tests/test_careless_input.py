@@ -193,7 +193,7 @@ def test_deploy_local_refuses_before_any_process_starts(tmp_path, capsys, tiny_b
     assert not (tmp_path / "out").exists()
 
 
-def test_deploy_local_interrupt_hint_names_no_resume(tmp_path, capsys, monkeypatch):
+def test_deploy_local_interrupt_hint_names_its_resume(tmp_path, capsys, monkeypatch):
     from fedhello.flower import deploy
 
     def interrupted(*a, **k):
@@ -203,7 +203,7 @@ def test_deploy_local_interrupt_hint_names_no_resume(tmp_path, capsys, monkeypat
     monkeypatch.setattr("fedhello.config.load_config", lambda *a, **k: build_config({}))
     code = main(["deploy-local", "--nodes", "2", "--config", "c.yaml", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 130 and "--resume" not in err and "run the same command again" in err
+    assert code == 130 and f"continue with deploy-local --resume {tmp_path / 'o'}" in err
 
 
 def test_a_node_lost_in_the_statistics_round_is_recorded_once_by_client_id(tmp_path, tiny_bert):

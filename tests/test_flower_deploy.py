@@ -8,7 +8,8 @@
   address) are refused.
 - test_deploy_local_*: ``deploy_local`` (the same kit, TLS and node authentication on): a
   node restarted mid-run rejoins and trains again; when every node dies the run stops
-  with one error and keeps its finished rounds.
+  with one error and keeps its finished rounds; after the ServerApp and then the SuperLink
+  die, ``resume`` continues the run to what an uninterrupted in-process run gives.
 
 The process tests carry the ``flower_deploy`` marker (``pytest -m "not flower_deploy"``
 skips them); the default ``pytest`` runs them. Every test stops every process it started.
@@ -349,3 +350,98 @@ def test_deploy_local_node_restart_rejoins_and_all_nodes_dead_stops_the_run(flow
                for m in warned), lines
     assert any(m.startswith("warning: uninvited exited") and "Failed to activate SuperNode" in m for m in warned), lines
     assert not any("supernode-" in m for m in warned), lines  # nodes killed on purpose are not news
+
+
+def test_deploy_local_resume_refuses_options_that_change_the_run(tmp_path, tiny_bert, capsys):
+    """``deploy-local --resume DIR`` takes DIR's own config.yaml: a config, overrides, --out,
+    --overwrite, another node count or a directory without a run are one error each, before
+    any process starts."""
+    from fedhello.cli import main
+    from fedhello.run.rundir import RunDir
+
+    run, empty = tmp_path / "run", tmp_path / "empty"
+    run.mkdir()
+    empty.mkdir()
+    cases = [([], "no run to resume here (config.yaml missing)")]
+    RunDir(run).write_config(tiny_raw(tiny_bert, clients={
+        "num_clients": 2, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]}))
+    cases += [(["--config", "x.yaml"], "drop --config/--set"), (["--set", "rounds=3"], "drop --config/--set"),
+              (["--overwrite"], "drop --overwrite"), (["--out", str(run)], "drop --out"),
+              (["--nodes", "3"], "--nodes 3: the run in")]
+    for k, (extra, needle) in enumerate(cases):
+        assert main(["deploy-local", "--resume", str(run if k else empty), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (extra, err)
+    assert main(["deploy-local", "--config", "x.yaml", "--out", str(run)]) == 2
+    assert "needs --nodes N" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # nothing written
+
+
+@pytest.mark.flower_deploy
+def test_deploy_local_resume_after_serverapp_and_superlink_deaths_ends_as_an_uninterrupted_run(flower_env, tiny_bert):
+    """TLS and node authentication on. The ServerApp process is killed after the first round,
+    and the run is continued with ``resume=True``; in that deployment the SuperLink is killed
+    after a further round, and the run is continued again. Each death is one error naming the
+    kept rounds and ``--resume``, within seconds (not Flower's heartbeat timeout), and the
+    finished run equals an uninterrupted in-process run: the same records round by round and
+    the same final adapter."""
+    from fedhello.config import load_config
+    from fedhello.flower.deploy import deploy_local
+    from fedhello.run.experiment import run_experiment
+
+    tmp = flower_env
+    cfg_path = tmp / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_raw(tiny_bert, rounds=4, clients={
+        "num_clients": 2, "per_round": 2, "fractions": [0.5, 0.5], "budgets": [1, 3]})))
+    out = tmp / "deploy"
+    feds, killed = [], []
+
+    def kill_after(first_new_round, what):
+        def on_round(rec):
+            if rec["round"] >= first_new_round and len(killed) < len(feds):
+                fed = feds[-1]
+                if what == "serverapp":
+                    import psutil
+
+                    procs = [p for p in psutil.Process(fed.procs["superlink"].pid).children(recursive=True)
+                             if any("flwr-serverapp" in part for part in p.cmdline()[:2])]
+                    assert len(procs) == 1, procs
+                    procs[0].kill()
+                else:
+                    fed.kill("superlink", signal.SIGKILL)  # the SuperLink's process group: a crash
+                killed.append((what, rec["round"]))
+        return on_round
+
+    t0 = time.monotonic()
+    with pytest.raises(FedHelloError) as err:
+        deploy_local(cfg_path, [], out, 2, round_timeout=30, workdir=tmp / "wd1", on_started=feds.append,
+                     on_round=kill_after(0, "serverapp"))
+    assert time.monotonic() - t0 < 55  # told by fedhello, not by Flower's heartbeat (60 s and more)
+    n1 = len(RunDir(out).read_metrics())
+    msg = str(err.value)
+    assert msg.startswith("the ServerApp exited without a summary") and f"--resume {out}" in msg, msg
+    assert 1 <= n1 < 4 and not (out / "summary.json").exists()
+
+    with pytest.raises(FedHelloError) as err:
+        deploy_local(None, [], out, None, resume=True, round_timeout=30, workdir=tmp / "wd2",
+                     on_started=feds.append, on_round=kill_after(n1, "superlink"))
+    n2 = len(RunDir(out).read_metrics())
+    msg = str(err.value)
+    assert msg.startswith("the SuperLink exited") and f"--resume {out}" in msg, msg
+    assert n1 < n2 < 4 and not (out / "summary.json").exists(), (n1, n2)
+    assert [w for w, _ in killed] == ["serverapp", "superlink"]
+
+    summary = deploy_local(None, [], out, 2, resume=True, round_timeout=30, workdir=tmp / "wd3",
+                           on_started=feds.append)
+    for fed in feds:
+        fed.stop()
+        assert all(p.poll() is not None for p in fed.procs.values())
+    cfg = load_config(cfg_path)
+    want = run_experiment(cfg, tmp / "inproc")
+    assert summary["final_test_accuracy"] == want["final_test_accuracy"]
+
+    def view(r):
+        return (r["round"], sorted(c["id"] for c in r["clients"]), r["failed_clients"], r["test_accuracy"],
+                r.get("val_accuracy"))
+    assert [view(r) for r in RunDir(out).read_metrics()] == [view(r) for r in RunDir(tmp / "inproc").read_metrics()]
+    assert max_diff(ckpt_state(tmp / "inproc"), ckpt_state(out)) <= 1e-6

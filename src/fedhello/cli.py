@@ -616,7 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot write {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = {"run": "continue with --resume", "deploy-local": "run the same command again to continue"}
+        hint = {"run": "continue with --resume",
+                "deploy-local": f"continue with deploy-local --resume {getattr(args, 'out', None) or 'DIR'}"}
         how = hint.get(getattr(args, "command", None) or "", "")
         print(f"interrupted: the last finished round is checkpointed{'; ' + how if how else ''}", file=sys.stderr)
         return 130

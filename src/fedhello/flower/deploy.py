@@ -9,6 +9,11 @@ authentication). It waits for the run to end (summary.json in the run directory,
 the run's final status), reports a process that exits on its own (a refused node, an
 unreachable SuperLink) with Flower's reason, and stops every process it started: on
 success, on error and on Ctrl-C. Only loopback addresses are used.
+
+An interrupted run (Ctrl-C, the SuperLink or the ServerApp died) keeps its finished
+rounds in the run directory; ``resume=True`` (``fedhello deploy-local --resume DIR``)
+starts a fresh deployment that continues it from its checkpoint under its own
+config.yaml, as ``fedhello run --resume`` does in-process.
 """
 
 from __future__ import annotations
@@ -224,8 +229,9 @@ def deploy_local(
     config: str | Path | None,
     overrides: Sequence[str],
     out: str | Path,
-    nodes: int,
+    nodes: int | None,
     *,
+    resume: bool = False,
     overwrite: bool = False,
     round_timeout: float = 120.0,
     budgets: Sequence[int] | None = None,
@@ -244,6 +250,8 @@ def deploy_local(
     ``budgets``: optional per-node ``budget=`` node config (node i declares budgets[i]).
     ``on_round`` gets each new metrics record as the run directory grows;
     ``on_started`` gets the federation once every process is up (tests kill nodes with it).
+    ``resume``: continue the run in ``out`` under its own config.yaml (``config`` and
+    ``overrides`` must be empty; ``nodes`` None or the run's ``clients.num_clients``).
     A process that exits on its own (a refused or unreachable node, say) is reported with
     ``log``, with Flower's reason.
     """
@@ -254,11 +262,15 @@ def deploy_local(
     from fedhello.run.experiment import open_rundir
     from fedhello.run.rundir import RunDir
 
-    if nodes < 1:
-        raise FedHelloError("--nodes must be at least 1")
-    overrides = list(overrides) + [f"clients.num_clients={nodes}"]
-    cfg = load_config(config, overrides)  # every config error before any process starts
     out = Path(out).expanduser().resolve()
+    if resume:
+        cfg = resume_deploy_config(out, config, overrides, nodes, overwrite)
+        nodes = cfg.clients.num_clients
+    else:
+        if nodes is None or nodes < 1:
+            raise FedHelloError("--nodes must be at least 1")
+        overrides = list(overrides) + [f"clients.num_clients={nodes}"]
+        cfg = load_config(config, overrides)  # every config error before any process starts
     open_rundir(cfg, out, overwrite)  # a different run already there: error now
     if budgets is not None and len(budgets) != nodes:
         raise FedHelloError(f"--budgets has {len(budgets)} entries for {nodes} nodes")
@@ -314,6 +326,7 @@ def deploy_local(
             f"logs in {wd}" + (f", kept in {out / DEPLOY_LOGS} when it ends)" if own_tmp else ")"))
         rundir = RunDir(out)
         deadline = time.monotonic() + timeout
+        serverapp_seen = False
         while True:
             recs = rundir.read_metrics() if rundir.file("metrics.jsonl").exists() else []
             for rec in recs[seen:]:
@@ -332,10 +345,19 @@ def deploy_local(
                     raise FedHelloError(
                         f"the Flower run ended ({status}) without a summary"
                         f"{_server_error(_flwr(fed, 'log', str(run_id), CONNECTION, '--show'))}; "
-                        f"{len(recs)} finished rounds kept in {out}; logs in {wd}"
+                        f"{len(recs)} finished rounds kept in {out}{_resume_hint(out)}; logs in {wd}"
                     )
             if fed.procs["superlink"].poll() is not None:
-                raise FedHelloError("the SuperLink exited; its log:\n" + fed.log_tail("superlink"))
+                raise FedHelloError(f"the SuperLink exited; {len(recs)} finished rounds kept in {out}"
+                                    f"{_resume_hint(out)}; its log:\n" + fed.log_tail("superlink"))
+            # a dead ServerApp is only told by Flower after its heartbeat runs out (a minute or more)
+            alive = _serverapp_running(fed)
+            serverapp_seen = serverapp_seen or alive
+            if serverapp_seen and not alive:
+                time.sleep(1.0)  # it may have written the summary just before it ended
+                if not rundir.file("summary.json").exists():
+                    raise FedHelloError(f"the ServerApp exited without a summary; {len(recs)} finished rounds "
+                                        f"kept in {out}{_resume_hint(out)}; logs in {wd}")
             if time.monotonic() > deadline:
                 raise FedHelloError(f"the run did not finish within {timeout:.0f}s")
             time.sleep(1.0)
@@ -349,6 +371,43 @@ def deploy_local(
 
 
 DEPLOY_LOGS = "deploy-logs"
+
+
+def resume_deploy_config(out: Path, config, overrides: Sequence[str], nodes: int | None, overwrite: bool):
+    """The config of the run to continue in ``out`` (its config.yaml), checked against the
+    options given with ``--resume``: no config, no overrides, no overwrite, and the run's
+    number of nodes."""
+    from fedhello.run.experiment import resume_config
+
+    if config is not None or list(overrides):
+        raise FedHelloError("--resume takes the run's own config.yaml: drop --config/--set")
+    if overwrite:
+        raise FedHelloError("--resume continues the run in its directory: drop --overwrite")
+    cfg = resume_config(out)
+    if nodes is not None and nodes != cfg.clients.num_clients:
+        raise FedHelloError(f"--nodes {nodes}: the run in {out} has clients.num_clients={cfg.clients.num_clients}")
+    return cfg
+
+
+def _resume_hint(out: Path) -> str:
+    """``": continue with --resume OUT"`` when ``out`` holds a checkpoint to continue from, else ""."""
+    from fedhello.run.rundir import CHECKPOINT
+
+    return f" (continue with --resume {out})" if (out / CHECKPOINT).is_file() else ""
+
+
+def _serverapp_running(fed: LocalFederation) -> bool:
+    """Whether a ServerApp process (``flwr-serverapp``) runs under the SuperLink."""
+    p = fed.procs.get("superlink")
+    if p is None:
+        return False
+    for proc in _descendants(p.pid):
+        try:
+            if any("flwr-serverapp" in part for part in proc.cmdline()[:2]):
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def keep_logs(workdir: Path, out: Path) -> Path | None:
@@ -445,9 +504,12 @@ def add_deploy_parser(sub) -> None:
     """``fedhello deploy-local`` (added to the CLI's subcommands)."""
     p = sub.add_parser("deploy-local", help="run an experiment on a Flower deployment on loopback "
                        "(1 SuperLink + N SuperNodes as processes)")
-    p.add_argument("--nodes", type=int, required=True, help="SuperNodes to start (= clients.num_clients)")
-    p.add_argument("--config", required=True, help="experiment config (YAML)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="SuperNodes to start (= clients.num_clients; with --resume: the run's)")
+    p.add_argument("--config", default=None, help="experiment config (YAML)")
+    p.add_argument("--out", default=None, help="run directory")
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the interrupted deployment run in DIR from its last checkpoint (its own config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are shown only on a terminal anyway)")
@@ -489,7 +551,17 @@ def cmd_deploy_local(args) -> int:
 
     from fedhello.config import load_config
 
-    state["rounds"] = load_config(args.config, args.set).rounds
+    if args.resume:
+        if args.out is not None:
+            raise FedHelloError("--resume DIR is the run directory: drop --out")
+        cfg = resume_deploy_config(Path(args.resume).expanduser().resolve(), args.config, args.set, args.nodes,
+                                   args.overwrite)
+        args.out = args.resume
+    else:
+        if not args.config or not args.out or args.nodes is None:
+            raise FedHelloError("fedhello deploy-local needs --nodes N, --config FILE and --out DIR (or --resume DIR)")
+        cfg = load_config(args.config, args.set)
+    state["rounds"] = cfg.rounds
     from fedhello.console import RichProgress
     from fedhello.federation.progress import ROUNDS
 
@@ -497,7 +569,8 @@ def cmd_deploy_local(args) -> int:
     with RichProgress(console, quiet=getattr(args, "quiet", False)) as progress:
         progress.start(STARTUP, None)  # SuperLink, SuperNodes: no step count, elapsed time shown
         summary = deploy_local(
-            args.config, args.set, args.out, args.nodes, overwrite=args.overwrite, round_timeout=args.round_timeout,
+            args.config, args.set, args.out, args.nodes, resume=bool(args.resume), overwrite=args.overwrite,
+            round_timeout=args.round_timeout,
             budgets=budgets, insecure=args.insecure, on_round=on_round, log=lambda m: console.print(m), on_started=on_started,
         )
     if summary.get("final_test_accuracy") is not None:
