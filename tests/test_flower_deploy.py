@@ -34,7 +34,7 @@ pytest.importorskip("flwr")
 from fedhello.errors import FedHelloError  # noqa: E402
 from fedhello.flower.kit import make_node_key, write_kit  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
-from test_flower_app import ckpt_state, flower_env, max_diff, task_identity, tiny_exp, tiny_raw  # noqa: E402,F401
+from test_flower_app import ckpt_state, flower_env, max_diff, tiny_exp, tiny_raw  # noqa: E402,F401
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
