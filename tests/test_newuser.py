@@ -35,8 +35,8 @@ def as_check(argv: list[str], data: Path, tmp: Path) -> list[str] | None:
     if cmd in ("allocate", "validate"):
         return argv
     if cmd in ("run", "deploy-local"):
-        if "FILE" in argv:
-            return None  # a template line (FILE, DIR)
+        if "FILE" in argv or "--resume" in argv:
+            return None  # a template line (FILE, DIR), or one that continues an existing run
         keep, skip = [], {"--out", "--nodes", "--round-timeout", "--budgets"}
         it = iter(argv[1:])
         for a in it:

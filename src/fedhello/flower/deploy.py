@@ -114,6 +114,9 @@ class LocalFederation:
         self.max_wait_s = max_wait_s
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = 0
+        # app processes seen under the SuperLink (flwr-serverapp): Flower starts them in sessions of
+        # their own, so once the SuperLink dies they are no one's descendants and stop() must know them
+        self.apps: set[psutil.Process] = set()
         self.reported: set[str] = set()  # processes whose exit has been reported
 
     def host_env(self, host: str, **extra: str) -> dict[str, str]:
@@ -179,6 +182,7 @@ class LocalFederation:
         # Flower starts helpers in sessions of their own (SuperExec, ServerApp, ClientApp
         # processes): find every descendant first, while the parents still live.
         extra = {d for p in self.procs.values() for d in _descendants(p.pid)}
+        extra |= {a for a in self.apps if a.is_running()}
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
         for proc in extra:
@@ -404,6 +408,7 @@ def _serverapp_running(fed: LocalFederation) -> bool:
     for proc in _descendants(p.pid):
         try:
             if any("flwr-serverapp" in part for part in proc.cmdline()[:2]):
+                fed.apps.add(proc)
                 return True
         except psutil.Error:
             continue
