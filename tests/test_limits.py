@@ -381,3 +381,21 @@ def test_affordable_counts_stay_downward_closed():
         model.slot(ClientSlot(0, 0, 4))
     assert str(err.value) == ("node 7: its limits fit no block of top layers together: the top layer, [3], "
                               "needs memory_mb 1.8e-05 MB (limit 1.6e-05 MB)")
+
+
+def test_limits_that_leave_one_set_per_count_make_every_restricting_strategy_the_depth_baseline():
+    # the resource experiment's case (results/resources-banking77): limits at the top-3 and
+    # top-4 blocks' memory with budgets 3/4/6 leave each limited client one affordable set of
+    # its count, so every restricting strategy draws exactly depth's sets, round by round
+    top = [COSTS.memory_bytes(range(L - k, L)) / 1e6 for k in (3, 4)]
+    limits = [Limits.from_mb(memory_mb=top[0] * 1.001), Limits.from_mb(memory_mb=top[1] * 1.001), Limits()]
+
+    def sets(name, **opts):
+        out = preview(name, None, L, [3, 4, 6], None, 12, 6, 12, seed=2, costs=COSTS, limits=limits,
+                      scores=[1, 2, 3, 4, 5, 9], **opts)
+        return [[(c["id"], c["layers"]) for c in r["clients"]] for r in out["rounds"]]
+
+    depth = sets("depth")
+    assert {tuple(layers) for r in depth for _, layers in r} == {(3, 4, 5), (2, 3, 4, 5), (0, 1, 2, 3, 4, 5)}
+    for name, opts in [("fedra", {}), ("rgd-hla", {}), ("fim-hla", {}), ("fedhello", {"warmup_rounds": 4})]:
+        assert sets(name, **opts) == depth, name
