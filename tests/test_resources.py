@@ -121,3 +121,18 @@ def test_record_fields_keep_the_bound_and_price_the_reported_batches():
     assert (old["predicted_memory_bytes"], old["predicted_time_s"]) == (125.0, pytest.approx(3 * 1.75))
     cuda = LayerCosts(c.memory, c.step_time, c.upload, meta={"device": "cuda", "time_source": "wall time"})
     assert ResourceModel(cuda).predicted(1, [0])["predicted_time_clock"] == "wall"
+
+
+@pytest.mark.parametrize("meta,key", [({"memory_state": ["x", 1.0]}, "meta.memory_state"),
+                                      ({"memory_state": [1.0]}, "meta.memory_state"),
+                                      ({"tokens_per_batch": "64"}, "meta.tokens_per_batch"),
+                                      ({"memory_state_base": float("nan")}, "meta.memory_state_base")])
+def test_profile_meta_used_in_predictions_is_checked(tmp_path, meta, key):
+    c = LayerCosts(memory=LinearCost(1.0, (1.0, 2.0), (3.0, 4.0)),
+                   step_time=LinearCost(0.1, (0.2, 0.3), (0.01, 0.02)), upload=(100.0, 100.0))
+    obj = c.to_json()
+    obj["meta"] = meta
+    p = tmp_path / "profile.json"
+    p.write_text(json.dumps(obj))
+    with pytest.raises(ConfigError, match=key):
+        LayerCosts.load(p)

@@ -180,6 +180,12 @@ class LayerCosts:
         meta = obj.get("meta", {})
         if not isinstance(meta, dict):
             raise bad("'meta' must be an object")
+        # the meta keys predict_for_shape computes with are checked here, at the trust boundary
+        for key in ("tokens_per_batch", "memory_state_base"):
+            if key in meta:
+                number(meta[key], f"meta.{key}")
+        if "memory_state" in meta:
+            numbers(meta["memory_state"], "meta.memory_state", n)
         return cls(lin["memory"], lin["step_time"], upload, number(obj.get("upload_base", 0.0), "upload_base"), meta)
 
     @classmethod
