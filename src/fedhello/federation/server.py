@@ -263,7 +263,7 @@ class Server:
                 raise FedHelloError("no client returned Fisher scores")
             combined, clipped = combine_scores(ok, self.cfg.aggregation.norm_bound)
             if clipped:
-                log.warning("Fisher scores: %d client score vectors bounded towards the median", clipped)
+                log.warning("Fisher scores: %d client score vectors norm-bounded (norm_bound x the median norm)", clipped)
             return combined
 
         return provide
