@@ -417,7 +417,7 @@ class AggregationConfig(_Strict):
     )
     # bounds on what one client can do (fedhello.federation.robust, docs/threat-model.md)
     norm_bound: float = Field(
-        10.0,
+        2.0,
         ge=0,
         description="Each update tensor's change is clipped to this many times the round's median change of that "
         "tensor; class means, mean feature norms and Fisher score vectors are bounded by the same multiple "
