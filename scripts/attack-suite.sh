@@ -12,7 +12,9 @@
 # aggregate nothing (aggregation.max_empty_rounds) is recorded as stopped. Then writes
 # OUT/results.md: final test accuracy (and the last round's training loss) per attack,
 # defences on and off, averaged over seeds.
-# FEDHELLO (default: fedhello) and PYTHON (default: python) name the commands.
+# DEFENCES (default "on off") picks the arms, so that a short session can run every
+# attack's defended arm first. FEDHELLO (default: fedhello) and PYTHON (default: python)
+# name the commands.
 set -uo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG OUT [--set key=value ...]" >&2
@@ -36,7 +38,7 @@ for seed in $SEEDS; do
     [ "$kind" = none ] && name=none
     extra=()
     [ "$kind" = fisher ] && extra=(--set strategy.fim_source=clients)
-    for def in on off; do
+    for def in ${DEFENCES:-on off}; do
       dir=$out/$name-$def/seed$seed
       log=$out/$name-$def-seed$seed.log
       [ -f "$dir/summary.json" ] && continue
