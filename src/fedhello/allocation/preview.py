@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from fedhello.allocation.base import build_strategy
 from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
 from fedhello.allocation.resources import Capacity, LayerCosts, Limits, ResourceModel, predicted_cost
-from fedhello.config import StrategyConfig, check_budgets, check_fractions, check_warmup, format_validation_error
+from fedhello.config import check_budgets, check_fractions, format_validation_error
 from fedhello.errors import ConfigError
+from fedhello.strategy_options import strategy_section
 
 SCORES_REQUIRED = "--scores is required for fim-hla/fedhello beyond warmup"
 
@@ -29,7 +30,7 @@ def _strategy_config(name: str, pattern: str | None, options: dict[str, Any]):
     if pattern is not None:
         fields["pattern"] = pattern
     try:
-        return StrategyConfig(**fields)
+        return strategy_section()(**fields)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, prefix="strategy")) from None
 
@@ -53,7 +54,7 @@ def preview(
 ) -> dict[str, Any]:
     """Allocations of ``rounds`` rounds as a JSON-able dict.
 
-    ``options`` are further StrategyConfig fields by key (``fim_every``, ``warmup_rounds``,
+    ``options`` are further ``strategy`` section fields by key (``fim_every``, ``warmup_rounds``,
     ``ranks``, ...: any key of the ``strategy`` section, as ``fedhello allocate`` passes
     every flag generated from it); ``lora_r``
     is the global LoRA rank, from which rank strategies (hetlora, flexlora) derive
@@ -84,11 +85,11 @@ def preview(
         raise ConfigError("--rounds must be at least 1")
 
     cfg = _strategy_config(strategy, pattern, options)
-    try:  # the rule fedhello run applies: a preview of a run that would be refused is refused
-        check_warmup(cfg, rounds, "--warmup-rounds (strategy.warmup_rounds, default 50)", "--rounds")
+    strat = build_strategy(cfg, L, budgets)
+    try:  # the rules fedhello run applies: a preview of a run that would be refused is refused
+        strat.cfg.check_rounds(rounds, _flag_key, "--rounds")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    strat = build_strategy(cfg, L, budgets)
     if int(lora_r) < 1:
         raise ConfigError("--lora-r must be at least 1")
 
@@ -111,6 +112,12 @@ def preview(
             resources.check_plan(strat, plan.allocations)
         out_rounds.append(_round_record(t, chosen, plan, strat, int(lora_r), resources))
     return {"layers": L, "strategy": strategy, "pattern": cfg.pattern, "budgets": budgets, "rounds": out_rounds}
+
+
+def _flag_key(option: str) -> str:
+    """How an error names a strategy option here: its flag, its config key and its default."""
+    default = strategy_section().model_fields[option].default
+    return f"--{option.replace('_', '-')} (strategy.{option}, default {default})"
 
 
 def _score_provider(scores: Sequence[float] | None, L: int):

@@ -51,8 +51,8 @@ class _RankStrategy(Strategy):
 
     def __init__(self, cfg, num_layers, budgets):
         super().__init__(cfg, num_layers, budgets)
-        if cfg.ranks is not None:
-            check_ranks(cfg.ranks, len(self.budgets))
+        if self.cfg.ranks is not None:
+            check_ranks(self.cfg.ranks, len(self.budgets))
 
     def allocate(self, round, clients, rng, scores=None):
         every = list(range(self.num_layers))
