@@ -66,6 +66,11 @@ def test_an_option_is_declared_by_one_class(registries):
 
     with pytest.raises(ValueError, match="'fim_every' of Clash is already declared by FisherOptions"):
         register_options("clash", Clash)
+    class Override(FisherOptions):  # a new default would change fim-hla's and fedhello's too
+        fim_every: int = 3
+
+    with pytest.raises(ValueError, match="'fim_every' of Override is already declared by FisherOptions"):
+        register_options("override", Override)
     with pytest.raises(ValueError, match="already has options FedHelloOptions"):
         register_options("fedhello", FisherOptions)
     with pytest.raises(ValueError, match="StrategyOptions subclass"):

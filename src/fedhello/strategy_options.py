@@ -28,6 +28,7 @@ with ``fedhello.allocation.register``.
 
 from __future__ import annotations
 
+import inspect
 import typing
 from typing import Any, Callable, ClassVar, Literal
 
@@ -181,8 +182,7 @@ _section: type[StrategySection] | None = None  # built from the registry as it s
 
 def _declared_by(cls: type[StrategyOptions]) -> dict[str, type]:
     """Option name -> the class that declares it (not the one that inherits it)."""
-    return {key: next(k for k in cls.__mro__ if key in k.__dict__.get("__annotations__", {}))
-            for key in cls.model_fields}
+    return {key: next(k for k in cls.__mro__ if key in inspect.get_annotations(k)) for key in cls.model_fields}
 
 
 def register_options(name: str, options_cls: type[StrategyOptions]) -> None:
