@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator
 
