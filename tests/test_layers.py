@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fedhello"
 
 # bottom first; modules of one layer may not import each other across packages
 LAYERS = [
-    {"errors", "metrics", "tasks", "console", "resources"},
+    {"errors", "metrics", "tasks", "console", "resources", "strategy_options"},
     {"config"},
     {"data", "model"},
     {"allocation"},

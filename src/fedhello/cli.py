@@ -368,15 +368,16 @@ def add_allocate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _strategy_flags() -> list[tuple[str, str, object]]:
-    """(flag, key, kind) per option of the config's ``strategy`` section, read from its schema:
+    """(flag, key, kind) per option of the config's ``strategy`` section, built from the options
+    classes the strategies register (:mod:`fedhello.strategy_options`):
     ``--fim-every`` sets ``strategy.fim_every``. kind: the Literal's values (a list), int, float,
     or ``list`` for a list of integers given as ``8,12,16``."""
     import typing
 
-    from fedhello.config import StrategyConfig
+    from fedhello.strategy_options import strategy_section
 
     out = []
-    for key, field in StrategyConfig.model_fields.items():
+    for key, field in strategy_section().model_fields.items():
         if key == "name":
             continue  # --strategy
         args = [a for a in typing.get_args(field.annotation) if a is not type(None)] or [field.annotation]
@@ -394,10 +395,10 @@ def _strategy_flags() -> list[tuple[str, str, object]]:
 
 def _add_strategy_flags(p: argparse.ArgumentParser) -> None:
     """One flag per ``strategy`` option (:func:`_strategy_flags`); unset, the config's default."""
-    from fedhello.config import StrategyConfig
+    from fedhello.strategy_options import strategy_section
 
     for flag, key, kind in _strategy_flags():
-        field = StrategyConfig.model_fields[key]
+        field = strategy_section().model_fields[key]
         kw: dict[str, object] = {"default": None, "dest": f"strategy_{key}"}
         if isinstance(kind, list):
             kw["choices"] = kind

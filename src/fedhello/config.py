@@ -4,6 +4,8 @@ Every key is declared here (unknown keys are errors), validated before anything
 runs, and written back resolved into the run directory as ``config.yaml``.
 Checks that need the model (budgets vs. layer count) or the data (classes vs.
 pat-k) run in :func:`fedhello.run.experiment.prepare` before training.
+The ``strategy`` section is built from the options the strategies register
+(:mod:`fedhello.strategy_options`), so it is declared nowhere here.
 """
 
 from __future__ import annotations
@@ -12,43 +14,21 @@ import copy
 import difflib
 import os
 import re
-import typing
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fedhello.errors import ConfigError
+from fedhello.strategy_options import Section as _Strict  # every section's strict base (see that module)
+from fedhello.strategy_options import StrategyField, StrategySection, strategy_names, strategy_section
 from fedhello.tasks import TASKS, check_task_data
 
 # a seed must fit every generator it seeds (numpy's legacy seeding takes 32 bits)
 SEED_LIMIT = 2**32
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def _admits_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    return any(_admits_bool(a) for a in typing.get_args(annotation) if not isinstance(a, (int, str)))
-
-
-class _Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated,
-    a YAML boolean is refused where the field does not take one, and so is an infinite
-    or NaN float (``.inf``, ``.nan``) in any float key, by this one rule."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool(cls, v: Any, info: ValidationInfo) -> Any:
-        # YAML's true/false would otherwise pass as 1/0 (`rounds: true` ran one round)
-        items = v if isinstance(v, list) else [v]
-        if any(isinstance(x, bool) for x in items) and not _admits_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"a boolean ({str(v).lower()}) is not a valid value here")
-        return v
 
 
 class ModelConfig(_Strict):
@@ -291,74 +271,15 @@ def check_ranks(ranks, num_groups: int, max_rank: int | None = None) -> None:
             raise ConfigError(f"strategy.ranks: rank {r} is not {bound}")
 
 
-# The allocation strategies by name. fedhello.allocation registers one class per
-# name (a test holds the two equal); a strategy registered from outside fedhello
-# adds its name here through fedhello.allocation.register.
-STRATEGY_NAMES: set[str] = {
-    "depth", "exclusive", "fedhello", "fedit", "fedra", "fim-hla", "flexlora", "gd-hla", "hetlora", "rgd-hla",
-    "straggler",
-}
-
-
 def did_you_mean(word: str, choices) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to a misspelt ``word``, else ``""``."""
     close = difflib.get_close_matches(str(word), sorted(map(str, choices)), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-class StrategyConfig(_Strict):
-    """``strategy``: the allocation strategy and its options (keys a strategy does not use are ignored)."""
-
-    name: str = Field(
-        "fedit",
-        description="The allocation strategy: fedit, fedra, exclusive, straggler, gd-hla, rgd-hla, fim-hla, "
-        "fedhello, hetlora, flexlora, or one added through fedhello.allocation.register.",
-    )
-    pattern: Literal["uniform", "triangle", "inverted_triangle", "bottleneck"] = Field(
-        "bottleneck", description="Geometric pattern of gd-hla / rgd-hla and the prior of fedhello."
-    )
-    sampler: Literal["systematic", "weighted_without_replacement"] = Field(
-        "systematic",
-        description="Layer draw: systematic (exact inclusion probabilities b*p_l) or "
-        "weighted_without_replacement (the reference's draw; flattens the pattern).",
-    )
-    # Fisher information (fim-hla, fedhello)
-    fim_source: Literal["server", "clients"] = Field(
-        "server",
-        description="Fisher scores from a server-held calibration set (server) or from the sampled clients, "
-        "who upload only per-layer scores (clients).",
-    )
-    fim_samples: int = Field(
-        100, ge=1, description="Size of the server calibration set; with clients: samples each client scores at most."
-    )
-    fim_every: int = Field(50, ge=1, description="Rounds between Fisher recomputations (E).")
-    fim_weights: Literal["tiers", "scores"] = Field(
-        "tiers", description="Layer weights by k-means tier (1:2:3 for three tiers) or proportional to the scores."
-    )
-    fim_tiers: int = Field(3, ge=1, description="Number of k-means tiers of the Fisher scores.")
-    warmup_rounds: int = Field(
-        50, ge=0, description="fedhello: rounds of RGD-HLA before the Fisher scores are used (W)."
-    )
-    combine: Literal["product", "fim", "reference"] = Field(
-        "product",
-        description="fedhello after the warm-up: product (prior x Fisher weights), fim (Fisher alone) or reference "
-        "(Fisher in recomputation rounds only); the default was chosen by measurement (README).",
-    )
-    ranks: list[int] | None = Field(
-        None, description="hetlora / flexlora: LoRA rank of each resource group; null: round(lora.r * budget / L)."
-    )
-    fim_scale: Literal["raw", "log"] = Field(
-        "log",
-        description="Fisher tiers by k-means on the raw scores (the paper) or on their logarithms (raw k-means "
-        "puts all but the top layer in the lowest tier, as scores grow by orders of magnitude with depth).",
-    )
-    prob_floor: float = Field(
-        0.2,
-        ge=0,
-        lt=1,
-        description="Share of uniform weight mixed into Fisher-derived layer probabilities: every layer keeps an "
-        "inclusion probability of at least prob_floor * b / L; 0 is the paper.",
-    )
+def unknown_strategy(name: str, known) -> str:
+    """The one line for a ``strategy.name`` that is not among ``known``."""
+    return f"strategy.name: unknown strategy {name!r}{did_you_mean(name, known)} (known: {', '.join(sorted(known))})"
 
 
 class TrainConfig(_Strict):
@@ -467,22 +388,6 @@ class EvalConfig(_Strict):
     )
 
 
-def check_warmup(strategy: "StrategyConfig", rounds: int, warmup_key: str = "config key 'strategy.warmup_rounds'",
-                 rounds_key: str = "rounds") -> None:
-    """Warm-up vs. rounds, the one rule of ``fedhello run`` and ``fedhello allocate``.
-
-    fedhello's warm-up may not exceed the rounds: the Fisher scores would never be
-    used. Equal is allowed (the geometric prior alone, which the benchmarks time on
-    purpose). A short run sets a short warm-up explicitly (nothing is shortened
-    silently). Raises ValueError naming the keys.
-    """
-    if strategy.name == "fedhello" and strategy.warmup_rounds > rounds:
-        raise ValueError(
-            f"{warmup_key}: {strategy.warmup_rounds} is more than {rounds_key} ({rounds}): fedhello would never use "
-            f"its Fisher scores (lower it, e.g. to half the rounds, or run rgd-hla)"
-        )
-
-
 class ExperimentConfig(_Strict):
     """One experiment: the whole YAML config file, validated (``fedhello run --config``)."""
 
@@ -499,7 +404,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="The dataset.")
     partition: PartitionConfig = Field(default_factory=PartitionConfig, description="The split over clients.")
     clients: ClientsConfig = Field(default_factory=ClientsConfig, description="Clients and resource groups.")
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="The allocation strategy.")
+    strategy: StrategyField = Field(default_factory=lambda: strategy_section()(), description="The allocation strategy.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Local training.")
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig, description="Server averaging.")
     attack: AttackConfig = Field(default_factory=AttackConfig, description="Experiments only: a simulated attacker.")
@@ -513,15 +418,20 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
         return v
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_section(cls, v: Any) -> Any:
+        # the section's class is built from the registered strategies' options
+        section = strategy_section()
+        if isinstance(v, StrategySection) and not isinstance(v, section):
+            v = v.model_dump()  # built before a later registration
+        return v if isinstance(v, section) else section.model_validate(v)
+
     @model_validator(mode="after")
     def _check_strategy(self) -> "ExperimentConfig":
-        name = self.strategy.name
-        if name not in STRATEGY_NAMES:
-            raise ValueError(
-                f"strategy.name: unknown strategy {name!r}{did_you_mean(name, STRATEGY_NAMES)} "
-                f"(known: {', '.join(sorted(STRATEGY_NAMES))})"
-            )
-        check_warmup(self.strategy, self.rounds)
+        if self.strategy.name not in strategy_names():
+            raise ValueError(unknown_strategy(self.strategy.name, strategy_names()))
+        self.strategy.check_rounds(self.rounds)
         return self
 
     @model_validator(mode="after")
@@ -618,13 +528,13 @@ HF_NAMES = {
 
 def _fields_at(loc, prefix: str = "") -> list[str]:
     """The keys a config section at ``loc`` accepts (for suggestions)."""
-    model: Any = StrategyConfig if prefix.rstrip(".") == "strategy" else ExperimentConfig
+    model: Any = strategy_section() if prefix.rstrip(".") == "strategy" else ExperimentConfig
     for part in loc:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
-        model = ann
+        model = strategy_section() if ann is StrategySection else ann
     return list(model.model_fields)
 
 
@@ -727,3 +637,11 @@ def absolute_data_path(cfg: ExperimentConfig) -> ExperimentConfig:
 def dump_config(cfg: ExperimentConfig) -> str:
     """The config as YAML, keys in schema order (the run directory's config.yaml)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def __getattr__(name: str) -> Any:
+    # StrategyConfig: the strategy section's class as the registry stands now (it is
+    # rebuilt when a strategy registers options, fedhello.strategy_options)
+    if name == "StrategyConfig":
+        return strategy_section()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

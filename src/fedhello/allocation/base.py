@@ -6,7 +6,10 @@ data or how clients are reached: the only window on the model is an optional
 ``scores`` callable that returns per-layer importance scores (Fisher information)
 of the current global model, computed by whatever runtime runs the round.
 
-Strategies are registered by name with :func:`register` and built from the
+Strategies are registered by name with :func:`register`, which binds the class to
+the options registered for that name (:mod:`fedhello.strategy_options`, below the
+config: the config and ``fedhello allocate`` read names and options there, and
+registering a strategy writes nothing outside this package), and built from the
 config by :func:`build_strategy`; every random choice comes from the ``rng``
 the engine passes in (derived from seed and round), so a run is reproducible
 and resumable from the strategy's :meth:`Strategy.state_dict`.
@@ -19,8 +22,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from fedhello.config import STRATEGY_NAMES, StrategyConfig, did_you_mean
+from fedhello.config import unknown_strategy
 from fedhello.errors import ConfigError
+from fedhello.strategy_options import Section, StrategyOptions, options_class, strategy_names
 
 ScoreProvider = Callable[[], np.ndarray]
 """The score provider: a zero-argument callable returning per-layer importance scores.
@@ -87,7 +91,9 @@ class Strategy:
     A subclass must:
 
     - set the class attribute ``name``, the value of ``strategy.name`` that selects
-      it, and be registered with :func:`register` (as a class decorator);
+      it, and be registered with :func:`register` (as a class decorator) after its
+      options class is registered under that name
+      (:func:`fedhello.strategy_options.register_options`);
     - implement :meth:`allocate`, drawing every random choice from the ``rng`` it
       is given (never a global or self-held generator), so that a run is
       reproducible from its seed and resumable mid-way;
@@ -109,10 +115,14 @@ class Strategy:
     - ``uses_fisher``: True when :meth:`allocate` calls its ``scores`` provider.
     - ``uses_ranks``: True when :meth:`client_rank` varies the rank.
 
+    :func:`register` sets ``options``, the options class registered for ``name``;
+    the strategy reads its options, and only those, as ``self.cfg``.
+
     Parameters
     ----------
-    cfg : StrategyConfig
-        The ``strategy`` section of the experiment config.
+    cfg : StrategySection or StrategyOptions
+        The ``strategy`` section of the experiment config (or the strategy's options);
+        the strategy keeps its own options of it as ``self.cfg`` (:attr:`options`).
     num_layers : int
         L, the number of LoRA layers (transformer blocks) of the model.
     budgets : Sequence[int]
@@ -135,9 +145,11 @@ class Strategy:
     # feasible window, see floor()), "all" (trains every layer: refused where that does
     # not fit), "exclusive" (only clients affording every layer), "ignore" (FedIT)
     limits_policy: ClassVar[str] = "restrict"
+    # the class of the options registered for ``name`` (set by register)
+    options: ClassVar[type[StrategyOptions]] = StrategyOptions
 
-    def __init__(self, cfg: StrategyConfig, num_layers: int, budgets: Sequence[int]):
-        self.cfg = cfg
+    def __init__(self, cfg: Section, num_layers: int, budgets: Sequence[int]):
+        self.cfg = self.options.of(cfg)
         self.num_layers = int(num_layers)
         self.budgets = [int(b) for b in budgets]
         for b in self.budgets:
@@ -248,15 +260,27 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 def register(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: register a :class:`Strategy` subclass under its ``name``.
 
-    The name also becomes a valid ``strategy.name`` of the config. Raises ValueError
-    for a class without a name or a second class under a taken name.
+    The name's options class, registered first with
+    :func:`fedhello.strategy_options.register_options` (where the config learns the
+    name and its options), becomes the class's :attr:`Strategy.options`. Raises
+    ValueError for a class without a name, a name without options, or a second class
+    under a taken name.
     """
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    if cls.name not in strategy_names():
+        raise ValueError(
+            f"strategy {cls.name!r} has no options: register them first with "
+            f"fedhello.strategy_options.register_options({cls.name!r}, OptionsClass)"
+        )
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"strategy {cls.name!r} registered twice")
+    declared = cls.__dict__.get("options", options_class(cls.name))
+    if declared is not options_class(cls.name):
+        raise ValueError(f"strategy {cls.name!r} declares options {getattr(declared, '__name__', declared)} "
+                         f"but its name is registered with {options_class(cls.name).__name__}")
+    cls.options = options_class(cls.name)
     _REGISTRY[cls.name] = cls
-    STRATEGY_NAMES.add(cls.name)  # what the config accepts as strategy.name
     return cls
 
 
@@ -274,13 +298,10 @@ def strategy_class(name: str) -> type[Strategy]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"strategy.name: unknown strategy {name!r}{did_you_mean(name, _REGISTRY)} "
-            f"(known: {', '.join(available_strategies())})"
-        ) from None
+        raise ConfigError(unknown_strategy(name, _REGISTRY)) from None
 
 
-def build_strategy(cfg: StrategyConfig, num_layers: int, budgets: Sequence[int]) -> Strategy:
+def build_strategy(cfg: Section, num_layers: int, budgets: Sequence[int]) -> Strategy:
     """The strategy ``cfg.name`` for a model of ``num_layers`` LoRA layers and these budgets."""
     return strategy_class(cfg.name)(cfg, num_layers, budgets)
 

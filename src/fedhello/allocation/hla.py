@@ -28,6 +28,11 @@ Strategies (``strategy.name``):
 - ``exclusive``: only clients whose budget is L are eligible; they train all layers.
 - ``straggler``: every client trains min(budgets) layers spread evenly over depth.
 
+Options (``strategy.*``): those of every strategy (pattern, sampler), the Fisher
+strategies' and fedhello's, declared in :mod:`fedhello.strategy_options`
+(``StrategyOptions``, ``FisherOptions``, ``FedHelloOptions``); a strategy reads its
+own as ``self.cfg``.
+
 If a FIM strategy finds no cache at a round where it needs FIM weights (a state
 without cache, a run starting mid-schedule) it recomputes then.
 

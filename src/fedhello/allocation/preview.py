@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from fedhello.allocation.base import build_strategy
 from fedhello.allocation.clients import allocation_rng, assign_groups, client_slots, sample_clients
 from fedhello.allocation.resources import Capacity, LayerCosts, Limits, ResourceModel, predicted_cost
-from fedhello.config import StrategyConfig, check_budgets, check_fractions, check_warmup, format_validation_error
+from fedhello.config import check_budgets, check_fractions, format_validation_error
 from fedhello.errors import ConfigError
+from fedhello.strategy_options import strategy_section
 
 SCORES_REQUIRED = "--scores is required for fim-hla/fedhello beyond warmup"
 
@@ -29,7 +30,7 @@ def _strategy_config(name: str, pattern: str | None, options: dict[str, Any]):
     if pattern is not None:
         fields["pattern"] = pattern
     try:
-        return StrategyConfig(**fields)
+        return strategy_section()(**fields)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, prefix="strategy")) from None
 
@@ -53,7 +54,7 @@ def preview(
 ) -> dict[str, Any]:
     """Allocations of ``rounds`` rounds as a JSON-able dict.
 
-    ``options`` are further StrategyConfig fields by key (``fim_every``, ``warmup_rounds``,
+    ``options`` are further ``strategy`` section fields by key (``fim_every``, ``warmup_rounds``,
     ``ranks``, ...: any key of the ``strategy`` section, as ``fedhello allocate`` passes
     every flag generated from it); ``lora_r``
     is the global LoRA rank, from which rank strategies (hetlora, flexlora) derive
@@ -69,36 +70,16 @@ def preview(
     every client to the layer sets that fit, as a run does; ``steps`` is the local
     optimizer steps per round (one number, or one per client) that time limits multiply.
     """
-    L = int(layers)
-    budgets = [int(b) for b in budgets]
-    if L < 1:
-        raise ConfigError("--layers must be at least 1")
-    check_budgets(budgets, L, key="--budgets", layers=f"--layers {L}")
-    if fractions is None:
-        fractions = [1.0 / len(budgets)] * len(budgets)
-    fractions = [float(f) for f in fractions]
-    check_fractions(fractions, len(budgets), key="--fractions", groups_key="--budgets")
-    if clients < 1 or per_round < 1 or per_round > clients:
-        raise ConfigError(f"need 1 <= --per-round ({per_round}) <= --clients ({clients})")
-    if rounds < 1:
-        raise ConfigError("--rounds must be at least 1")
-
-    cfg = _strategy_config(strategy, pattern, options)
-    try:  # the rule fedhello run applies: a preview of a run that would be refused is refused
-        check_warmup(cfg, rounds, "--warmup-rounds (strategy.warmup_rounds, default 50)", "--rounds")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    strat = build_strategy(cfg, L, budgets)
+    L, budgets = int(layers), [int(b) for b in budgets]
+    fractions = _check_population(L, budgets, fractions, clients, per_round, rounds)
+    strat = _preview_strategy(strategy, pattern, options, L, budgets, rounds)
     if int(lora_r) < 1:
         raise ConfigError("--lora-r must be at least 1")
 
     provider = _score_provider(scores, L)
     groups = assign_groups(clients, fractions, seed)
-    slots = client_slots(groups, budgets)
     resources = _resource_model(costs, limits, steps, groups, L, len(budgets))
-    if resources is not None:
-        resources.check_clients(strat, slots)
-        slots = [resources.slot(s) for s in slots]
+    slots = _slots(strat, groups, budgets, resources)
     eligible = [s.id for s in slots if strat.eligible(s)]
     if not eligible:
         raise ConfigError(f"strategy {strategy}: no client is eligible")
@@ -110,7 +91,49 @@ def preview(
         if resources is not None:
             resources.check_plan(strat, plan.allocations)
         out_rounds.append(_round_record(t, chosen, plan, strat, int(lora_r), resources))
-    return {"layers": L, "strategy": strategy, "pattern": cfg.pattern, "budgets": budgets, "rounds": out_rounds}
+    return {"layers": L, "strategy": strategy, "pattern": strat.cfg.pattern, "budgets": budgets, "rounds": out_rounds}
+
+
+def _check_population(L: int, budgets: list[int], fractions, clients: int, per_round: int, rounds: int) -> list[float]:
+    """The previewed run's layers, groups, clients and rounds checked; the group shares (equal by default)."""
+    if L < 1:
+        raise ConfigError("--layers must be at least 1")
+    check_budgets(budgets, L, key="--budgets", layers=f"--layers {L}")
+    if fractions is None:
+        fractions = [1.0 / len(budgets)] * len(budgets)
+    fractions = [float(f) for f in fractions]
+    check_fractions(fractions, len(budgets), key="--fractions", groups_key="--budgets")
+    if clients < 1 or per_round < 1 or per_round > clients:
+        raise ConfigError(f"need 1 <= --per-round ({per_round}) <= --clients ({clients})")
+    if rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+    return fractions
+
+
+def _preview_strategy(name: str, pattern: str | None, options: dict[str, Any], L: int, budgets: list[int], rounds: int):
+    """The strategy with its options, under the rules ``fedhello run`` applies: a preview of a
+    run that would be refused is refused."""
+    strat = build_strategy(_strategy_config(name, pattern, options), L, budgets)
+    try:
+        strat.cfg.check_rounds(rounds, _flag_key, "--rounds")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return strat
+
+
+def _slots(strat, groups: Sequence[int], budgets: list[int], resources: ResourceModel | None) -> list:
+    """Every client's slot: its group and budget, and under limits what it can afford."""
+    slots = client_slots(groups, budgets)
+    if resources is None:
+        return slots
+    resources.check_clients(strat, slots)
+    return [resources.slot(s) for s in slots]
+
+
+def _flag_key(option: str) -> str:
+    """How an error names a strategy option here: its flag, its config key and its default."""
+    default = strategy_section().model_fields[option].default
+    return f"--{option.replace('_', '-')} (strategy.{option}, default {default})"
 
 
 def _score_provider(scores: Sequence[float] | None, L: int):

@@ -1,7 +1,8 @@
 """Rank-heterogeneity baselines: HetLoRA (arXiv:2401.06432) and FlexLoRA (arXiv:2402.11505).
 
 Every client trains every LoRA layer; what varies with the resource group is
-the LoRA rank: ``strategy.ranks`` (one per group) or, when null,
+the LoRA rank: ``strategy.ranks`` (one per group; ``RankOptions`` in
+:mod:`fedhello.strategy_options`) or, when null,
 ``round(lora.r * budget / L)`` (at least 1), e.g. 8/12/16 for budgets 6/9/12 of
 12 layers and r=16. The global adapter keeps rank ``r_max = lora.r``; a client
 of rank r_g is sent its first r_g components, trains them and uploads them
@@ -51,8 +52,8 @@ class _RankStrategy(Strategy):
 
     def __init__(self, cfg, num_layers, budgets):
         super().__init__(cfg, num_layers, budgets)
-        if cfg.ranks is not None:
-            check_ranks(cfg.ranks, len(self.budgets))
+        if self.cfg.ranks is not None:
+            check_ranks(self.cfg.ranks, len(self.budgets))
 
     def allocate(self, round, clients, rng, scores=None):
         every = list(range(self.num_layers))

@@ -261,12 +261,44 @@ def deploy_local(
     """
     import yaml
 
-    from fedhello.config import load_config
     from fedhello.flower.kit import write_kit
-    from fedhello.run.experiment import open_rundir
-    from fedhello.run.rundir import RunDir
 
     out = Path(out).expanduser().resolve()
+    cfg = _deploy_config(config, overrides, out, nodes, resume=resume, overwrite=overwrite, budgets=budgets,
+                         round_timeout=round_timeout)
+    nodes = cfg.clients.num_clients
+    own_tmp = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    kit = write_kit(wd / "kit", nodes, f"127.0.0.1:{port}", experiment_yaml=yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                    budgets=budgets, round_timeout=round_timeout, insecure=insecure, overwrite=True)
+    fed = LocalFederation(wd, _app_env(), kit)
+    fed.port = port
+    old_term = _sigterm_as_interrupt()
+    try:
+        run_id = _start_and_submit(fed, nodes, out, overwrite=overwrite, round_timeout=round_timeout,
+                                   on_started=on_started)
+        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{port} "
+            f"({'INSECURE' if insecure else 'TLS, SuperNode authentication'}; {nodes} SuperNodes; "
+            f"logs in {wd}" + (f", kept in {out / DEPLOY_LOGS} when it ends)" if own_tmp else ")"))
+        return _watch_run(fed, run_id, cfg.rounds, out, wd, timeout=timeout, on_round=on_round, log=log)
+    finally:
+        fed.stop()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if own_tmp:
+            keep_logs(wd, out)
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+def _deploy_config(config, overrides: Sequence[str], out: Path, nodes: int | None, *, resume: bool, overwrite: bool,
+                   budgets: Sequence[int] | None, round_timeout: float):
+    """The run's config (``clients.num_clients`` the number of nodes) with every error of the
+    options raised before any process starts."""
+    from fedhello.config import load_config
+    from fedhello.run.experiment import open_rundir
+
     if resume:
         cfg = resume_deploy_config(out, config, overrides, nodes, overwrite)
         nodes = cfg.clients.num_clients
@@ -285,13 +317,11 @@ def deploy_local(
         raise FedHelloError("config key 'attack.kind': a simulated attack is for in-process runs only")
     if not math.isfinite(round_timeout) or round_timeout <= 0:
         raise FedHelloError(f"--round-timeout must be a positive number of seconds, got {round_timeout}")
+    return cfg
 
-    own_tmp = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="fedhello-deploy-")) if own_tmp else Path(workdir)
-    wd.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    kit = write_kit(wd / "kit", nodes, f"127.0.0.1:{port}", experiment_yaml=yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-                    budgets=budgets, round_timeout=round_timeout, insecure=insecure, overwrite=True)
+
+def _app_env() -> dict[str, str]:
+    """The environment of the deployment's processes: quiet Flower, and this fedhello on their paths."""
     env = dict(os.environ)
     env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -300,78 +330,85 @@ def deploy_local(
     # Flower starts its helper processes (flower-superexec, flwr-serverapp, ...) by name
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(src_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    fed = LocalFederation(wd, env, kit)
-    fed.port = port
-    seen = 0
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def _term(signum, frame):  # `kill` of this process: stop what it started, like Ctrl-C
-            raise KeyboardInterrupt
+    return env
 
-        old_term = signal.signal(signal.SIGTERM, _term)
-    try:
-        fed.start_superlink()
-        _wait_port(fed, timeout=30)
-        reg = fed.cli("register.sh")
-        if reg.returncode != 0:
-            raise FedHelloError(f"registering the SuperNodes' keys failed: {(reg.stdout + reg.stderr).strip()[-500:]}")
-        for i in range(nodes):
-            fed.start_supernode(i)
-        if on_started is not None:
-            on_started(fed)
-        sub = fed.cli("submit.sh", "--format", "json", FEDHELLO_OUT=str(out),
-                      FEDHELLO_OVERWRITE="true" if overwrite else "false",
-                      FEDHELLO_ROUND_TIMEOUT=repr(float(round_timeout)))
-        if sub.returncode != 0:
-            raise FedHelloError(f"flwr run failed: {(sub.stdout + sub.stderr).strip()[-500:]}")
-        run_id = _run_id(sub.stdout)
-        log(f"submitted run {run_id} to the SuperLink on 127.0.0.1:{port} "
-            f"({'INSECURE' if insecure else 'TLS, SuperNode authentication'}; {nodes} SuperNodes; "
-            f"logs in {wd}" + (f", kept in {out / DEPLOY_LOGS} when it ends)" if own_tmp else ")"))
-        rundir = RunDir(out)
-        deadline = time.monotonic() + timeout
-        serverapp_seen = False
-        while True:
-            recs = rundir.read_metrics() if rundir.file("metrics.jsonl").exists() else []
-            for rec in recs[seen:]:
-                if on_round is not None:
-                    on_round(rec)
-            seen = max(seen, len(recs))
-            if rundir.file("summary.json").exists() and len(recs) >= cfg.rounds:
-                time.sleep(0.5)
-                return rundir.read_json("summary.json")
-            for line in fed.exited():
-                log(f"warning: {line}")
-            status = _run_status(fed, run_id)
-            if status and status.startswith("finished") and not rundir.file("summary.json").exists():
-                time.sleep(2)
-                if not rundir.file("summary.json").exists():
-                    raise FedHelloError(
-                        f"the Flower run ended ({status}) without a summary"
-                        f"{_server_error(_flwr(fed, 'log', str(run_id), CONNECTION, '--show'))}; "
-                        f"{len(recs)} finished rounds kept in {out}{_resume_hint(out)}; logs in {wd}"
-                    )
-            if fed.procs["superlink"].poll() is not None:
-                raise FedHelloError(f"the SuperLink exited; {len(recs)} finished rounds kept in {out}"
-                                    f"{_resume_hint(out)}; its log:\n" + fed.log_tail("superlink"))
-            # a dead ServerApp is only told by Flower after its heartbeat runs out (a minute or more)
-            alive = _serverapp_running(fed)
-            serverapp_seen = serverapp_seen or alive
-            if serverapp_seen and not alive:
-                time.sleep(1.0)  # it may have written the summary just before it ended
-                if not rundir.file("summary.json").exists():
-                    raise FedHelloError(f"the ServerApp exited without a summary; {len(recs)} finished rounds "
-                                        f"kept in {out}{_resume_hint(out)}; logs in {wd}")
-            if time.monotonic() > deadline:
-                raise FedHelloError(f"the run did not finish within {timeout:.0f}s")
-            time.sleep(1.0)
-    finally:
-        fed.stop()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        if own_tmp:
-            keep_logs(wd, out)
-            shutil.rmtree(wd, ignore_errors=True)
+
+def _sigterm_as_interrupt():
+    """In the main thread, `kill` of this process raises KeyboardInterrupt (so that what it started
+    is stopped, as on Ctrl-C); the handler it replaces, to restore (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, _term)
+
+
+def _start_and_submit(fed: LocalFederation, nodes: int, out: Path, *, overwrite: bool, round_timeout: float,
+                      on_started) -> int | None:
+    """The SuperLink, the nodes' keys registered, every SuperNode, then the app submitted; its run id."""
+    fed.start_superlink()
+    _wait_port(fed, timeout=30)
+    reg = fed.cli("register.sh")
+    if reg.returncode != 0:
+        raise FedHelloError(f"registering the SuperNodes' keys failed: {(reg.stdout + reg.stderr).strip()[-500:]}")
+    for i in range(nodes):
+        fed.start_supernode(i)
+    if on_started is not None:
+        on_started(fed)
+    sub = fed.cli("submit.sh", "--format", "json", FEDHELLO_OUT=str(out),
+                  FEDHELLO_OVERWRITE="true" if overwrite else "false",
+                  FEDHELLO_ROUND_TIMEOUT=repr(float(round_timeout)))
+    if sub.returncode != 0:
+        raise FedHelloError(f"flwr run failed: {(sub.stdout + sub.stderr).strip()[-500:]}")
+    return _run_id(sub.stdout)
+
+
+def _watch_run(fed: LocalFederation, run_id: int | None, rounds: int, out: Path, wd: Path, *, timeout: float,
+               on_round, log) -> dict:
+    """Follow the run directory until the run's summary; a run, SuperLink or ServerApp that ends
+    without one, or the ``timeout``, is a FedHelloError saying what was kept."""
+    from fedhello.run.rundir import RunDir
+
+    rundir = RunDir(out)
+    deadline = time.monotonic() + timeout
+    seen = 0
+    serverapp_seen = False
+    while True:
+        recs = rundir.read_metrics() if rundir.file("metrics.jsonl").exists() else []
+        for rec in recs[seen:]:
+            if on_round is not None:
+                on_round(rec)
+        seen = max(seen, len(recs))
+        if rundir.file("summary.json").exists() and len(recs) >= rounds:
+            time.sleep(0.5)
+            return rundir.read_json("summary.json")
+        for line in fed.exited():
+            log(f"warning: {line}")
+        status = _run_status(fed, run_id)
+        if status and status.startswith("finished") and not rundir.file("summary.json").exists():
+            time.sleep(2)
+            if not rundir.file("summary.json").exists():
+                raise FedHelloError(
+                    f"the Flower run ended ({status}) without a summary"
+                    f"{_server_error(_flwr(fed, 'log', str(run_id), CONNECTION, '--show'))}; "
+                    f"{len(recs)} finished rounds kept in {out}{_resume_hint(out)}; logs in {wd}"
+                )
+        if fed.procs["superlink"].poll() is not None:
+            raise FedHelloError(f"the SuperLink exited; {len(recs)} finished rounds kept in {out}"
+                                f"{_resume_hint(out)}; its log:\n" + fed.log_tail("superlink"))
+        # a dead ServerApp is only told by Flower after its heartbeat runs out (a minute or more)
+        alive = _serverapp_running(fed)
+        serverapp_seen = serverapp_seen or alive
+        if serverapp_seen and not alive:
+            time.sleep(1.0)  # it may have written the summary just before it ended
+            if not rundir.file("summary.json").exists():
+                raise FedHelloError(f"the ServerApp exited without a summary; {len(recs)} finished rounds "
+                                    f"kept in {out}{_resume_hint(out)}; logs in {wd}")
+        if time.monotonic() > deadline:
+            raise FedHelloError(f"the run did not finish within {timeout:.0f}s")
+        time.sleep(1.0)
 
 
 DEPLOY_LOGS = "deploy-logs"

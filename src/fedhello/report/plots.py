@@ -92,8 +92,6 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
 
     ``records``: the run's metrics.jsonl when the caller has already read it.
     """
-    from matplotlib.ticker import MaxNLocator
-
     run = Path(run_dir)
     rd = RunDir(run)
     if records is None:
@@ -105,10 +103,23 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
     budgets = clients.get("budgets") or (cfg.get("clients") or {}).get("budgets") or []
     out = run / PLOTS
     title = _title(run, cfg)
-    written = []
-    rounds = np.array([r["round"] for r in records])  # numbered from 0, as in metrics.jsonl
+    written = [_accuracy_plot(records, title, out / "accuracy.png")]
+    n_layers = _num_layers(run, records)
+    if n_layers:
+        written += _layer_plots(records, n_layers, title, out)
+    n_groups = len(budgets) or 1 + max((c.get("group", 0) for r in records for c in r.get("clients", [])), default=0)
+    written.append(_group_cost_plot(records, budgets, n_groups, title, out / "group_costs.png"))
+    limits = limit_plot(records, n_groups, title, out / "limits.png")
+    if limits is not None:
+        written.append(limits)
+    return written
 
-    # accuracy and loss per round
+
+def _accuracy_plot(records: list[dict], title: str, path: Path) -> Path:
+    """Validation and test accuracy, and the clients' training loss, per round."""
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = np.array([r["round"] for r in records])  # numbered from 0, as in metrics.jsonl
     fig = _figure(figsize=(9, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
     for a in (ax1, ax2):
@@ -126,56 +137,67 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
     ax2.set(xlabel="round", ylabel="train loss", title="client training loss (sample-weighted)")
     ax2.grid(alpha=0.3)
     fig.suptitle(title)
-    written.append(_save(fig, out / "accuracy.png"))
+    return _save(fig, path)
 
-    n_layers = _num_layers(run, records)
-    if n_layers:
-        counts = layer_counts(records, n_layers)
-        # heatmap: layers x rounds
-        fig = _figure(figsize=(max(5.0, min(14.0, 2 + 0.12 * len(records))), 1.5 + 0.35 * n_layers))
-        ax = fig.subplots()
-        im = ax.imshow(counts, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-                       extent=(-0.5, len(records) - 0.5, -0.5, n_layers - 0.5))
-        ax.set(xlabel="round", ylabel="layer (0 = nearest the input)", title=f"clients training each layer: {title}")
-        ax.set_yticks(range(n_layers))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.colorbar(im, ax=ax, label="clients")
-        written.append(_save(fig, out / "layers_heatmap.png"))
 
-        # collective distribution
-        total = counts.sum(axis=1)
-        fig = _figure(figsize=(max(4.5, 0.45 * n_layers + 2), 3.6))
-        ax = fig.subplots()
-        share = total / total.sum() if total.sum() else total.astype(float)
-        ax.bar(np.arange(n_layers), 100 * share, color="C0", label="share of client layer-trainings")
-        probs = [r["layer_probs"] for r in records if r.get("layer_probs") and len(r["layer_probs"]) == n_layers]
-        if probs:
-            ax.plot(np.arange(n_layers), 100 * np.mean(probs, axis=0), "o-", color="C3", label="mean layer_probs")
-        ax.set(xlabel="layer (0 = nearest the input)", ylabel="% of layer-trainings",
-               title=f"collective distribution: {title}")
-        ax.set_xticks(range(n_layers))
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out / "layer_distribution.png"))
+def _layer_plots(records: list[dict], n_layers: int, title: str, out: Path) -> list[Path]:
+    """The layers x rounds heatmap, the collective distribution and (where recorded) the Fisher scores."""
+    from matplotlib.ticker import MaxNLocator
 
-        # Fisher scores over time
-        fim = [(r["round"], np.asarray(r["fim_scores"], dtype=float)) for r in records
-               if r.get("fim_scores") is not None and len(r["fim_scores"]) == n_layers]
-        if fim:
-            fig = _figure(figsize=(7, 3.8))
-            ax = fig.subplots()
-            x = [t for t, _ in fim]
-            shares = np.array([s / s.sum() if s.sum() > 0 else s for _, s in fim])
-            cmap = __import__("matplotlib").colormaps["viridis"]
-            for layer in range(n_layers):
-                ax.plot(x, 100 * shares[:, layer], marker="o", ms=3, color=cmap(layer / max(1, n_layers - 1)),
-                        label=f"layer {layer}")
-            ax.set(xlabel="round", ylabel="% of the round's total FIM", title=f"Fisher scores per layer: {title}")
-            ax.legend(fontsize=7, ncol=2 if n_layers > 6 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-            ax.grid(alpha=0.3)
-            written.append(_save(fig, out / "fim_scores.png"))
+    written = []
+    counts = layer_counts(records, n_layers)
+    # heatmap: layers x rounds
+    fig = _figure(figsize=(max(5.0, min(14.0, 2 + 0.12 * len(records))), 1.5 + 0.35 * n_layers))
+    ax = fig.subplots()
+    im = ax.imshow(counts, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                   extent=(-0.5, len(records) - 0.5, -0.5, n_layers - 0.5))
+    ax.set(xlabel="round", ylabel="layer (0 = nearest the input)", title=f"clients training each layer: {title}")
+    ax.set_yticks(range(n_layers))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=ax, label="clients")
+    written.append(_save(fig, out / "layers_heatmap.png"))
 
-    # per-group costs
-    n_groups = len(budgets) or 1 + max((c.get("group", 0) for r in records for c in r.get("clients", [])), default=0)
+    # collective distribution
+    total = counts.sum(axis=1)
+    fig = _figure(figsize=(max(4.5, 0.45 * n_layers + 2), 3.6))
+    ax = fig.subplots()
+    share = total / total.sum() if total.sum() else total.astype(float)
+    ax.bar(np.arange(n_layers), 100 * share, color="C0", label="share of client layer-trainings")
+    probs = [r["layer_probs"] for r in records if r.get("layer_probs") and len(r["layer_probs"]) == n_layers]
+    if probs:
+        ax.plot(np.arange(n_layers), 100 * np.mean(probs, axis=0), "o-", color="C3", label="mean layer_probs")
+    ax.set(xlabel="layer (0 = nearest the input)", ylabel="% of layer-trainings",
+           title=f"collective distribution: {title}")
+    ax.set_xticks(range(n_layers))
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "layer_distribution.png"))
+
+    fim = _fim_plot(records, n_layers, title, out / "fim_scores.png")
+    return written + ([fim] if fim is not None else [])
+
+
+def _fim_plot(records: list[dict], n_layers: int, title: str, path: Path) -> Path | None:
+    """Each layer's share of the round's Fisher scores, on the rounds they were computed (None: never)."""
+    fim = [(r["round"], np.asarray(r["fim_scores"], dtype=float)) for r in records
+           if r.get("fim_scores") is not None and len(r["fim_scores"]) == n_layers]
+    if not fim:
+        return None
+    fig = _figure(figsize=(7, 3.8))
+    ax = fig.subplots()
+    x = [t for t, _ in fim]
+    shares = np.array([s / s.sum() if s.sum() > 0 else s for _, s in fim])
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    for layer in range(n_layers):
+        ax.plot(x, 100 * shares[:, layer], marker="o", ms=3, color=cmap(layer / max(1, n_layers - 1)),
+                label=f"layer {layer}")
+    ax.set(xlabel="round", ylabel="% of the round's total FIM", title=f"Fisher scores per layer: {title}")
+    ax.legend(fontsize=7, ncol=2 if n_layers > 6 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _group_cost_plot(records: list[dict], budgets: list, n_groups: int, title: str, path: Path) -> Path:
+    """Per resource group: training time per sample, upload and peak memory per client-round."""
     costs = group_costs(records, n_groups)
     panels = [("ms_per_sample", "training time per sample (ms)", 1.0),
               ("upload_bytes", "upload per client-round (MB)", 1e-6),
@@ -198,11 +220,7 @@ def run_plots(run_dir: str | Path, records: list[dict] | None = None) -> list[Pa
                         va="bottom", rotation=90, fontsize=7, color="0.4")
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"cost per resource group: {title}")
-    written.append(_save(fig, out / "group_costs.png"))
-    limits = limit_plot(records, n_groups, title, out / "limits.png")
-    if limits is not None:
-        written.append(limits)
-    return written
+    return _save(fig, path)
 
 
 # (record key of the limit, of the worst-case bound, of the prediction, of the measure, panel title, scale);

@@ -210,43 +210,54 @@ def run_sweep(
         run_parallel(cells, out, jobs, cell_command, overwrite, failures, done, on_status, after_cell)
         return done
     for i, (cell, cfg) in enumerate(cells, 1):
-        path = cell.dir(out)
-        st = cell_status(path, cfg)
-        if on_cell is not None:
-            on_cell(i, len(cells), cell, cfg.rounds if st == "done" else _rounds_done(path, st))
-        if st == "done":
-            done["skipped"].append(cell.key)
-            failures.pop(cell.key, None)
-            continue
-        note = {"resume": " (resuming from its checkpoint)", "different": " (replacing another run)"}.get(st, "")
-        log.info(f"[{i}/{len(cells)}] {cell.key}: {cfg.rounds} rounds{note if overwrite or st != 'different' else ''}")
-        try:
-            run_experiment(
-                cfg,
-                path,
-                overwrite=overwrite,
-                on_round=(lambda rec, c=cell, n=cfg.rounds: on_round(c, rec, n)) if on_round else None,
-                reporter=reporter,
-            )
-        except KeyboardInterrupt:
-            if after_cell is not None:
-                after_cell(out)
-            raise
-        except Exception as err:  # a failed cell is recorded and the sweep goes on
-            msg = " ".join(str(err).split()) or type(err).__name__
-            failures[cell.key] = _failure(cell, f"{type(err).__name__}: {msg}", traceback.format_exc(limit=-3))
-            done["failed"].append(cell.key)
-            log.error(f"  failed: {type(err).__name__}: {msg} (recorded in {out / FAILURES})")
-        else:
-            failures.pop(cell.key, None)
-            done["ran"].append(cell.key)
-        atomic_write_json(out / FAILURES, failures)
+        _run_in_process(i, len(cells), cell, cfg, out, overwrite, failures, done,
+                        on_round=on_round, on_cell=on_cell, after_cell=after_cell, reporter=reporter)
+    _save_failures(out, failures, after_cell)
+    return done
+
+
+def _run_in_process(i: int, n: int, cell: Cell, cfg, out: Path, overwrite: bool, failures: dict, done: dict, *,
+                    on_round, on_cell, after_cell, reporter) -> None:
+    """Cell ``i`` of ``n`` run in this process (``jobs`` 1), unless done; its outcome goes into
+    ``done`` and ``failures`` (saved), a failure recorded and the sweep going on."""
+    path = cell.dir(out)
+    st = cell_status(path, cfg)
+    if on_cell is not None:
+        on_cell(i, n, cell, cfg.rounds if st == "done" else _rounds_done(path, st))
+    if st == "done":
+        done["skipped"].append(cell.key)
+        failures.pop(cell.key, None)
+        return
+    note = {"resume": " (resuming from its checkpoint)", "different": " (replacing another run)"}.get(st, "")
+    log.info(f"[{i}/{n}] {cell.key}: {cfg.rounds} rounds{note if overwrite or st != 'different' else ''}")
+    try:
+        run_experiment(
+            cfg,
+            path,
+            overwrite=overwrite,
+            on_round=(lambda rec, c=cell, rounds=cfg.rounds: on_round(c, rec, rounds)) if on_round else None,
+            reporter=reporter,
+        )
+    except KeyboardInterrupt:
         if after_cell is not None:
             after_cell(out)
+        raise
+    except Exception as err:  # a failed cell is recorded and the sweep goes on
+        msg = " ".join(str(err).split()) or type(err).__name__
+        failures[cell.key] = _failure(cell, f"{type(err).__name__}: {msg}", traceback.format_exc(limit=-3))
+        done["failed"].append(cell.key)
+        log.error(f"  failed: {type(err).__name__}: {msg} (recorded in {out / FAILURES})")
+    else:
+        failures.pop(cell.key, None)
+        done["ran"].append(cell.key)
+    _save_failures(out, failures, after_cell)
+
+
+def _save_failures(out: Path, failures: dict, after_cell) -> None:
+    """failures.json rewritten, then the caller's ``after_cell`` hook (the results table)."""
     atomic_write_json(out / FAILURES, failures)
     if after_cell is not None:
         after_cell(out)
-    return done
 
 
 def _dry_run(cells, out: Path, done: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -315,6 +326,38 @@ def run_parallel(cells, out: Path, jobs: int, cell_command, overwrite: bool, fai
     """
     jobdir = out / JOBS_DIR
     jobdir.mkdir(parents=True, exist_ok=True)
+    status, queue = _queue(cells, out, failures, done)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_job(jobs)), MKL_NUM_THREADS=str(threads_per_job(jobs)))
+    running: dict = {}  # Popen -> (cell, entry, log file, log path)
+
+    def report() -> None:
+        if on_status is not None:
+            on_status(status)
+
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell, cfg, entry = queue.pop(0)
+                proc, job = _start_cell(cell, cfg, entry, out, jobdir, cell_command, overwrite, env)
+                running[proc] = job
+                report()
+            time.sleep(poll_s)
+            for proc in [p for p in running if p.poll() is not None]:
+                _finish_cell(proc, *running.pop(proc), failures, done)
+                _save_failures(out, failures, after_cell)
+            for cell, entry, _, _ in running.values():
+                try:
+                    entry["rounds_done"] = len(RunDir(cell.dir(out)).read_metrics())
+                except (FedHelloError, OSError):
+                    pass
+            report()
+    finally:  # interrupted: stop the cells still running (each keeps its last checkpoint)
+        _stop(running)
+    _save_failures(out, failures, after_cell)
+
+
+def _queue(cells, out: Path, failures: dict, done: dict) -> tuple[list[dict], list]:
+    """Every cell's status entry, and the (cell, config, entry) of those still to run (done cells are skipped)."""
     status: list[dict] = []
     queue = []
     for cell, cfg in cells:
@@ -328,64 +371,49 @@ def run_parallel(cells, out: Path, jobs: int, cell_command, overwrite: bool, fai
         else:
             queue.append((cell, cfg, entry))
         status.append(entry)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_job(jobs)), MKL_NUM_THREADS=str(threads_per_job(jobs)))
-    running: dict = {}  # Popen -> (cell, entry, log file)
+    return status, queue
 
-    def report() -> None:
-        if on_status is not None:
-            on_status(status)
 
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                cell, cfg, entry = queue.pop(0)
-                name = cell.key.replace("/", "-")
-                cfg_file = jobdir / f"{name}.yaml"
-                atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-                logf = open(jobdir / f"{name}.log", "ab")
-                proc = subprocess.Popen(cell_command(cfg_file, cell.dir(out), overwrite), stdout=logf,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-                entry.update(state="running", started=time.time(), rounds_at_start=entry["rounds_done"])
-                running[proc] = (cell, entry, logf, jobdir / f"{name}.log")
-                report()
-            time.sleep(poll_s)
-            for proc in [p for p in running if p.poll() is not None]:
-                cell, entry, logf, logpath = running.pop(proc)
-                logf.close()
-                entry["finished"] = time.time()
-                if proc.returncode == 0:
-                    entry.update(state="done", rounds_done=entry["rounds"])
-                    failures.pop(cell.key, None)
-                    done["ran"].append(cell.key)
-                else:
-                    entry["state"] = "failed"
-                    tail = _tail(logpath)
-                    error = f"exit status {proc.returncode}: {tail[-1] if tail else ''}".strip()
-                    failures[cell.key] = _failure(cell, error, "\n".join(tail))
-                    done["failed"].append(cell.key)
-                    log.error(f"  {cell.key} failed: {failures[cell.key]['error']} (log: {logpath})")
-                atomic_write_json(out / FAILURES, failures)
-                if after_cell is not None:
-                    after_cell(out)
-            for cell, entry, _, _ in running.values():
-                try:
-                    entry["rounds_done"] = len(RunDir(cell.dir(out)).read_metrics())
-                except (FedHelloError, OSError):
-                    pass
-            report()
-    finally:  # interrupted: stop the cells still running (each keeps its last checkpoint)
-        for proc, (_, _, logf, _) in running.items():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, (_, _, logf, _) in running.items():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            logf.close()
-    atomic_write_json(out / FAILURES, failures)
-    if after_cell is not None:
-        after_cell(out)
+def _start_cell(cell: Cell, cfg, entry: dict, out: Path, jobdir: Path, cell_command, overwrite: bool, env: dict):
+    """One cell's process started on its config file, its output going to its log; (process, its job)."""
+    name = cell.key.replace("/", "-")
+    cfg_file = jobdir / f"{name}.yaml"
+    atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    logf = open(jobdir / f"{name}.log", "ab")
+    proc = subprocess.Popen(cell_command(cfg_file, cell.dir(out), overwrite), stdout=logf,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    entry.update(state="running", started=time.time(), rounds_at_start=entry["rounds_done"])
+    return proc, (cell, entry, logf, jobdir / f"{name}.log")
+
+
+def _finish_cell(proc, cell: Cell, entry: dict, logf, logpath: Path, failures: dict, done: dict) -> None:
+    """A cell whose process exited: done, or failed with its log's last lines recorded."""
+    logf.close()
+    entry["finished"] = time.time()
+    if proc.returncode == 0:
+        entry.update(state="done", rounds_done=entry["rounds"])
+        failures.pop(cell.key, None)
+        done["ran"].append(cell.key)
+    else:
+        entry["state"] = "failed"
+        tail = _tail(logpath)
+        error = f"exit status {proc.returncode}: {tail[-1] if tail else ''}".strip()
+        failures[cell.key] = _failure(cell, error, "\n".join(tail))
+        done["failed"].append(cell.key)
+        log.error(f"  {cell.key} failed: {failures[cell.key]['error']} (log: {logpath})")
+
+
+def _stop(running: dict) -> None:
+    """The cells still running stopped (each keeps its last checkpoint) and their logs closed."""
+    for proc, (_, _, logf, _) in running.items():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc, (_, _, logf, _) in running.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        logf.close()
 
 
 def _tail(path: Path, n: int = 5) -> list[str]:
