@@ -22,8 +22,9 @@ length buckets of at most ``bucket_size`` samples, each trimmed to its longest
 sample, so that short queries are not padded to the longest one of a large batch
 (the scores do not change: samples are independent in eval mode).
 
-The log-likelihood is a hook (``log_likelihood``): :func:`class_log_likelihoods` for
-[batch, classes] logits by default; a task with other outputs passes its own.
+The log-likelihood is a hook (``log_likelihood``): the task's
+(:meth:`fedhello.tasks.Task.log_likelihood`); by default the classification tasks'
+:func:`~fedhello.tasks.class_log_likelihoods` of [batch, classes] logits.
 The tiers and weights made of the scores: :mod:`fedhello.allocation.fisher`.
 """
 
@@ -33,6 +34,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from fedhello.tasks import class_log_likelihoods
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -91,22 +94,6 @@ def split_batch(batch: Mapping[str, Any], device: "torch.device") -> tuple[dict[
         raise ValueError("Fisher scores need labelled batches (a 'labels' entry)")
     labels = torch.as_tensor(labels).to(device).long().reshape(-1)
     return inputs, labels
-
-
-def class_log_likelihoods(model: "nn.Module", inputs: dict[str, Any], labels: "torch.Tensor") -> "torch.Tensor":
-    """log p(y|x) of classification logits [batch, classes]: the log-softmax at the true label."""
-    import torch
-
-    out = model(**inputs)
-    if isinstance(out, torch.Tensor):
-        logits = out
-    else:
-        logits = out.logits if hasattr(out, "logits") else out[0]
-    if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"Fisher scores need sequence-classification logits [batch, classes], got {tuple(logits.shape)}"
-        )
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, labels[:, None]).squeeze(1)
 
 
 def _device(model: "nn.Module") -> "torch.device":
