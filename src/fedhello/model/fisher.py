@@ -80,7 +80,8 @@ def scoring_mode(model: nn.Module, params: Sequence[nn.Parameter]):
 
 
 def split_batch(batch: Mapping[str, Any], device: "torch.device") -> tuple[dict[str, Any], "torch.Tensor"]:
-    """A labelled batch -> (model inputs on ``device``, labels as a flat long tensor)."""
+    """A labelled batch -> (model inputs on ``device``, labels as a long tensor: one per sample, flat,
+    or one row per sample where the task labels every token, [batch, tokens])."""
     import torch
 
     inputs: dict[str, Any] = {}
@@ -92,7 +93,9 @@ def split_batch(batch: Mapping[str, Any], device: "torch.device") -> tuple[dict[
         inputs[k] = v.to(device) if isinstance(v, torch.Tensor) else v
     if labels is None:
         raise ValueError("Fisher scores need labelled batches (a 'labels' entry)")
-    labels = torch.as_tensor(labels).to(device).long().reshape(-1)
+    labels = torch.as_tensor(labels).to(device).long()
+    if labels.dim() < 2 or labels.shape[-1] == 1:
+        labels = labels.reshape(-1)
     return inputs, labels
 
 
@@ -108,7 +111,8 @@ def length_buckets(inputs: dict[str, Any], labels: "torch.Tensor", bucket_size: 
     """Split a right-padded batch into length-sorted buckets trimmed to their longest sample.
 
     Without a 2-D ``attention_mask``, or with padding that is not on the right,
-    the batch is returned whole.
+    the batch is returned whole. Labels of every token ([batch, tokens]) are trimmed
+    with the inputs.
     """
     import torch
 
@@ -137,7 +141,8 @@ def length_buckets(inputs: dict[str, Any], labels: "torch.Tensor", bucket_size: 
                 if v.dim() >= 2 and v.shape[1] == width:
                     v = v[:, :w]
             sub[k] = v
-        out.append((sub, labels[rows]))
+        y = labels[rows]
+        out.append((sub, y[:, :w] if y.dim() == 2 and y.shape[1] == width else y))
     return out
 
 
