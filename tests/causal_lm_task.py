@@ -65,6 +65,7 @@ class CausalLM(Task):
     formats = ("auto", "csv", "jsonl", "parquet")
     encoding = "tokens"
     row_inputs = "a text"
+    metric_names = ("accuracy", "perplexity")  # perplexity is lower-better: the best round is by accuracy
 
     def check_columns(self, cfg) -> None:
         if cfg.data.text_pair_column or cfg.data.choices_columns:

@@ -10,6 +10,7 @@ import torch
 
 from causal_lm_task import NAME, CausalLM
 from fedhello.config import build_config
+from fedhello.errors import ConfigError
 from fedhello.federation.client import evaluate
 from fedhello.model.fisher import fisher_layer_scores, fisher_layer_scores_loop
 from fedhello.run.experiment import prepare, run_experiment
@@ -61,6 +62,8 @@ def test_causal_lm_task_runs_one_federated_round(tmp_path, causal_task, tiny_lla
     write_texts(tmp_path / "data", np.random.default_rng(0))
     cfg = build_config(raw_config(tiny_llama_lm, tmp_path / "data"))
     assert cfg.head.init == "random"  # no per-class head: the class-means default steps aside
+    with pytest.raises(ConfigError, match="macro_f1 is not a metric of task causal-lm-test"):
+        build_config(dict(raw_config(tiny_llama_lm, tmp_path / "data"), eval={"select_metric": "macro_f1"}))
     with torch_threads(1):
         exp = prepare(cfg)
         assert exp.label_names == ["text"] and exp.layermap.num_layers == 4 and exp.layermap.head == ()

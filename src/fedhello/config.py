@@ -565,6 +565,9 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_task_data(self) -> "ExperimentConfig":
+        default = TASKS[self.task].select_metric  # the task's default selection metric
+        if "select_metric" not in self.eval.model_fields_set and self.eval.select_metric != default:
+            self.eval.select_metric = default
         check_task_data(self)
         return self
 

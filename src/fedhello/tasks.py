@@ -106,7 +106,10 @@ class Task:
     encoding: ClassVar[str] = "text"  # the encoder of fedhello.data.encoders (make_encoder may build its own)
     worded: ClassVar[tuple[str, ...]] = ("text",)  # input texts that must hold words (else blank_text)
     row_inputs: ClassVar[str] = "every input"  # what a kept row has beside its label (error messages)
-    select_metric: ClassVar[str] = "accuracy"  # the metric that selects the best round by default
+    # the metrics its evaluation records (val_* / test_*; :meth:`metrics`) that may select the best round
+    # (eval.select_metric), and the one that does by default
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "micro_f1", "f1_positive")
+    select_metric: ClassVar[str] = "accuracy"
     usage: ClassVar[tuple[str, ...]] = ()  # the model card's "Use" section
 
     # ----------------------------------------------------------------- config and data
@@ -122,6 +125,11 @@ class Task:
         if d.test_fraction > 0 and d.format == "demo":
             raise ValueError("config key 'data.test_fraction': the demo data has its own test split")
         self.check_columns(cfg)
+        if cfg.eval.select_metric not in self.metric_names:
+            raise ValueError(
+                f"config key 'eval.select_metric': {cfg.eval.select_metric} is not a metric of task {self.name} "
+                f"(one of {', '.join(self.metric_names)})"
+            )
 
     def check_columns(self, cfg) -> None:
         """The task's column keys (``data.*_column(s)``); raises ValueError naming the key."""
