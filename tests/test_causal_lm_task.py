@@ -115,3 +115,19 @@ def test_causal_lm_fisher_is_the_task_s_log_likelihood(tmp_path, causal_task, ti
         slow = fisher_layer_scores_loop(exp.model, exp.layermap, batches, log_likelihood=causal_task.log_likelihood)
     assert fast.shape == (4,) and (fast > 0).all()
     np.testing.assert_allclose(fast, slow, rtol=1e-4)
+
+
+def test_the_config_knows_a_task_while_it_is_registered(tmp_path):
+    class Other(CausalLM):
+        name = "causal-lm-other"
+
+    raw = dict(raw_config(tmp_path, tmp_path), task=Other.name)
+    with pytest.raises(ConfigError, match="unknown task 'causal-lm-other'"):
+        build_config(raw)
+    register_task(Other())
+    try:
+        assert build_config(raw).task == "causal-lm-other"
+    finally:
+        unregister_task(Other.name)
+    with pytest.raises(ConfigError, match="unknown task"):
+        build_config(raw)
