@@ -100,6 +100,21 @@ def make_tiny_bert(path: Path, num_layers: int = 3) -> Path:
     return path
 
 
+def make_tiny_llama_lm(path: Path, num_layers: int = 2) -> Path:
+    """A random-weight Llama causal LM (hidden 32) with MiniLM's tokenizer, saved as a model folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    copy_tokenizer(path)
+    return path
+
+
 TINY = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32)
 
 

@@ -395,9 +395,10 @@ class ExperimentConfig(_Strict):
         0, ge=0, lt=SEED_LIMIT, description="Seeds partitions, sampling, allocation and training (0 <= seed < 2^32)."
     )
     rounds: int = Field(10, ge=1, description="Number of federated rounds.")
-    task: Literal[
-        "text-classification", "text-pair-classification", "multiple-choice", "image-classification"
-    ] = Field("text-classification", description="The model head and how data is read and batched.")
+    task: str = Field(
+        "text-classification",
+        description="The model head and how data is read and batched: a registered task (fedhello.tasks).",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; it must exist on the machine.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The backbone.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="The LoRA adapter.")
@@ -410,6 +411,13 @@ class ExperimentConfig(_Strict):
     attack: AttackConfig = Field(default_factory=AttackConfig, description="Experiments only: a simulated attacker.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and model selection.")
     head: HeadConfig = Field(default_factory=HeadConfig, description="The classification head protocol.")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}{did_you_mean(v, TASKS)} (known: {', '.join(TASKS)})")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -467,6 +475,9 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_task_data(self) -> "ExperimentConfig":
+        default = TASKS[self.task].select_metric  # the task's default selection metric
+        if "select_metric" not in self.eval.model_fields_set and self.eval.select_metric != default:
+            self.eval.select_metric = default
         check_task_data(self)
         return self
 
@@ -477,8 +488,8 @@ class ExperimentConfig(_Strict):
                 self.head.init = "random"
             else:
                 raise ValueError(
-                    "config key 'head.init': class-means needs one head output per class; multiple-choice "
-                    "scores options (use head.init: random)"
+                    f"config key 'head.init': class-means needs one head output per class; {self.task} "
+                    "has none (use head.init: random)"
                 )
         return self
 

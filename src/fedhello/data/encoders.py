@@ -10,7 +10,14 @@ from typing import Callable
 
 from fedhello.data.batching import encode, encode_choices, encode_pairs
 from fedhello.data.images import ImageData, ImageTransform
-from fedhello.tasks import IMAGE_CLS, MULTIPLE_CHOICE, TEXT_CLS, TEXT_PAIR
+from fedhello.tasks import get_task
+
+# Task.encoding -> (tokenizer, split with the task's canonical columns, max_length) -> Encoded
+TEXT_ENCODINGS: dict[str, Callable] = {
+    "text": lambda tok, ds, ml: encode(tok, ds["text"], ds["label"], ml),
+    "text-pair": lambda tok, ds, ml: encode_pairs(tok, ds["text"], ds["text_pair"], ds["label"], ml),
+    "choices": lambda tok, ds, ml: encode_choices(tok, ds["text"], ds["text_pair"], ds["choices"], ds["label"], ml),
+}
 
 
 def make_encoder(cfg, backbone) -> Callable:
@@ -19,31 +26,44 @@ def make_encoder(cfg, backbone) -> Callable:
     ``train=True`` marks the clients' training data (images: augmented batches).
 
     The data object has ``labels`` (int64 numpy), ``lengths`` (for length-grouped
-    batching; all equal for images) and ``collate(idx, device)``; see
-    :mod:`fedhello.data.batching` and :mod:`fedhello.data.images`.
+    batching; all equal for images), ``collate(idx, device)`` (or is an ``Encoded``,
+    which :func:`fedhello.data.batching.collate` pads) and ``task``, the task that
+    encoded it (its loss and metrics score it); see :mod:`fedhello.data.batching` and
+    :mod:`fedhello.data.images`. The task's own encoder (:meth:`fedhello.tasks.Task.make_encoder`)
+    comes first; else the one its ``encoding`` names.
     """
-    task, ml, tok = cfg.task, cfg.model.max_length, backbone.tokenizer
-    if task != IMAGE_CLS:
-        fn = {
-            TEXT_CLS: lambda ds: encode(tok, ds["text"], ds["label"], ml),
-            TEXT_PAIR: lambda ds: encode_pairs(tok, ds["text"], ds["text_pair"], ds["label"], ml),
-            MULTIPLE_CHOICE: lambda ds: encode_choices(tok, ds["text"], ds["text_pair"], ds["choices"], ds["label"], ml),
-        }[task]
-        accepted = _forward_inputs(backbone.model)
+    task = get_task(cfg.task)
+    own = task.make_encoder(cfg, backbone)
+    if own is not None:
+        return _tagged(own, task)
+    if task.encoding == "image":
+        transform = ImageTransform.from_processor(backbone.image_processor)
 
-        def enc_text(ds, train: bool = False):
-            data = fn(ds)
-            for k in [k for k in data.features if k != "input_ids" and accepted is not None and k not in accepted]:
-                del data.features[k]  # e.g. token_type_ids of a BERT tokenizer on a decoder LM
-            return data
+        def enc_images(ds, train: bool = False):
+            return ImageData(ds, transform, augment=train)
 
-        return enc_text
-    transform = ImageTransform.from_processor(backbone.image_processor)
+        return _tagged(enc_images, task)
+    fn, ml, tok = TEXT_ENCODINGS[task.encoding], cfg.model.max_length, backbone.tokenizer
+    accepted = _forward_inputs(backbone.model)
 
-    def enc_images(ds, train: bool = False):
-        return ImageData(ds, transform, augment=train)
+    def enc_text(ds, train: bool = False):
+        data = fn(tok, ds, ml)
+        for k in [k for k in data.features if k != "input_ids" and accepted is not None and k not in accepted]:
+            del data.features[k]  # e.g. token_type_ids of a BERT tokenizer on a decoder LM
+        return data
 
-    return enc_images
+    return _tagged(enc_text, task)
+
+
+def _tagged(enc: Callable, task) -> Callable:
+    """``enc`` whose data objects name their task (``data.task``)."""
+
+    def run(ds, train: bool = False):
+        data = enc(ds, train=train)
+        data.task = task
+        return data
+
+    return run
 
 
 def _forward_inputs(model) -> set[str] | None:

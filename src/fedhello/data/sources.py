@@ -40,6 +40,7 @@ from datasets import ClassLabel, Dataset, Features, Value
 
 from fedhello.config import DataConfig
 from fedhello.errors import DataError, FedHelloError
+from fedhello.tasks import get_task, one_line as _one_line, to_int as _to_int
 
 from .demo import make_demo_splits
 
@@ -67,12 +68,6 @@ class Splits:
     # missing), blank_text (whitespace only), bad_label (multiple choice: no option's
     # index), unknown_label (test: not a training label)
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    first = text[0] if text else type(err).__name__
-    return first if len(first) <= 300 else first[:297] + "..."
 
 
 # --------------------------------------------------------------------------- reading
@@ -257,13 +252,13 @@ def _load_imagefolder(cfg: DataConfig, splits: Sequence[str]) -> Loaded:
 
 
 def _resolve_format(cfg: DataConfig, task: str) -> str:
-    """``data.format`` with ``auto`` resolved: under ``data.path`` an image folder (image-classification
-    with a ``<split_train>`` folder) or the format of the training file found; else the hub's ``data.name``."""
+    """``data.format`` with ``auto`` resolved: under ``data.path`` an image folder (a task whose data an
+    image folder can hold, with a ``<split_train>`` folder) or the format of the training file found; else the hub's ``data.name``."""
     if cfg.format != "auto":
         return cfg.format
     if cfg.path:
         root = data_folder(cfg.path)
-        if task == "image-classification" and (root / cfg.split_train).is_dir():
+        if "imagefolder" in get_task(task).formats and (root / cfg.split_train).is_dir():
             return "imagefolder"
         return _detect_format(root, cfg.split_train)
     if cfg.name:
@@ -313,15 +308,6 @@ def _canonical(v: Any) -> Any:
     return s if s.strip() else None
 
 
-def _to_int(v: Any) -> int | None:
-    if isinstance(v, int):
-        return v
-    try:
-        return int(str(v).strip())
-    except ValueError:
-        return None
-
-
 def _subset(ds: Dataset, n: int | None, rng: np.random.Generator) -> Dataset:
     if n is None or n >= len(ds):
         return ds
@@ -342,66 +328,26 @@ def _text_problem(t: Any) -> str | None:
     return None
 
 
-def _check_column(ds: Dataset, col: str, key: str, where: str) -> None:
-    if col not in ds.column_names:
-        cols = ", ".join(ds.column_names)
-        raise DataError(f"data.{key}: column '{col}' not found in {where} (columns: {cols})")
-
-
-def _task_columns(ds: Dataset, cfg: DataConfig, task: str, where: str) -> dict[str, list[Any]]:
-    """The task's input columns (canonical names) read from ``ds``; a row with any value missing is None."""
-    if task != "image-classification":
-        _check_column(ds, cfg.text_column, "text_column", where)
-    if task == "text-classification":
-        return {"text": ds[cfg.text_column]}
-    if task == "text-pair-classification":
-        _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
-        return {"text": ds[cfg.text_column], "text_pair": ds[cfg.text_pair_column]}
-    if task == "multiple-choice":
-        if cfg.text_pair_column:
-            _check_column(ds, cfg.text_pair_column, "text_pair_column", where)
-        for c in cfg.choices_columns or []:
-            _check_column(ds, c, "choices_columns", where)
-        opts = [ds[c] for c in cfg.choices_columns or []]
-        return {
-            "text": ds[cfg.text_column],
-            "text_pair": ds[cfg.text_pair_column] if cfg.text_pair_column else [""] * len(ds),
-            "choices": [list(row) for row in zip(*opts)],
-        }
-    if task == "image-classification":
-        _check_column(ds, cfg.image_column, "image_column", where)
-        try:
-            col = ds.cast_column(cfg.image_column, datasets.Image(decode=False))[cfg.image_column]
-        except Exception as err:  # noqa: BLE001 - not images
-            raise DataError(
-                f"data.image_column: column '{cfg.image_column}' in {where} does not hold images: {_one_line(err)}"
-            ) from err
-        return {"image": col}
-    raise DataError(f"task: unknown task {task!r}")  # pragma: no cover - config validates it
-
-
 def _clean(
     ds: Dataset, cfg: DataConfig, task: str, where: str
 ) -> tuple[dict[str, list], list[Any], dict[str, int]]:
     """(input columns, canonical labels, rows dropped by reason) keeping rows with every input and a label."""
-    columns = _task_columns(ds, cfg, task, where)
-    label_col = _resolve_label_column(ds, cfg, where)
-    raw = _raw_labels(ds, label_col, where)
+    spec = get_task(task)
+    columns = spec.read_columns(ds, cfg, where)
+    raw = spec.read_labels(ds, cfg, where)
+    if raw is None:
+        raw = _raw_labels(ds, _resolve_label_column(ds, cfg, where), where)
     out: dict[str, list] = {k: [] for k in columns}
     labels: list[Any] = []
     drops: dict[str, int] = {}
-    n_opts = len(cfg.choices_columns or [])
     # texts that must hold words (multiple choice: the question is optional, "" when absent)
-    worded = {"text"} | ({"text_pair"} if task == "text-pair-classification" else set())
+    worded = set(spec.worded)
     for i, y in enumerate(raw):
         y = _canonical(y)
         row = {k: v[i] for k, v in columns.items()}
         why = "no_label" if y is None else None
-        if task == "multiple-choice" and why is None:
-            k = _to_int(y)
-            ok = k is not None and 0 <= k - cfg.choices_label_base < n_opts
-            why = None if ok else "bad_label"
-            y = k - cfg.choices_label_base if ok else None
+        if why is None:
+            y, why = spec.row_label(y, cfg)
         for k, v in row.items():
             if why is not None:
                 break
@@ -462,10 +408,10 @@ def _finish(
     tr_cols, tr_labels, tr_drops = _clean(train_ds, cfg, task, train_where)
     te_cols, te_labels, te_drops = _clean(test_ds, cfg, task, test_where)
     if not tr_labels:
-        what = "both a text" if task == "text-classification" else "every input"
-        raise DataError(f"{train_where}: split is empty (no row has {what} and a label)")
-    if task == "multiple-choice":
-        label_names = list(cfg.choices_columns or [])
+        raise DataError(f"{train_where}: split is empty (no row has {get_task(task).row_inputs} and a label)")
+    fixed = get_task(task).fixed_label_names(cfg)
+    if fixed is not None:  # the labels are ids already
+        label_names = fixed
         train_ids, test_ids = tr_labels, te_labels
     else:
         label_names, index, train_ids, te_keys = _label_set(tr_labels, te_labels, cfg, train_where)

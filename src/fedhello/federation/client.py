@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from fedhello.data.batching import Encoded, collate, eval_batches, train_batches
-from fedhello.metrics import classification_metrics
 from fedhello.model.head import class_counts, local_loss
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import set_state_padded, truncate_rank
 from fedhello.model.state import State, freeze_all, get_state, set_trainable, state_nbytes
 from fedhello.model.step import TrainingMemory, batch_tokens, forward_loss, train_step
+from fedhello.tasks import task_of
 
 
 @dataclass
@@ -78,10 +78,6 @@ def round_seed(seed: int, *parts: int) -> int:
     return int(np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def _forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return forward_loss(model, batch)
-
-
 def make_optimizer(params: Sequence[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
     """The optimizer ``name`` (``adamw`` or ``sgd``) over ``params``; ValueError for others."""
     if name == "adamw":
@@ -102,8 +98,9 @@ class LocalTrainer:
     ``head_train`` (``head.train``): ``federated`` trains and uploads the head,
     ``local`` trains it from the global head for this round only (never uploaded:
     the next round starts again from the global head),
-    ``frozen`` never trains it. ``train_cfg.loss`` picks the local loss
-    (:func:`fedhello.model.head.local_loss`).
+    ``frozen`` never trains it. ``train_cfg.loss`` picks the local loss: ``ce`` is the
+    task's own loss (:meth:`fedhello.tasks.Task.loss`, the data's task), the others
+    adjust the classification logits (:func:`fedhello.model.head.local_loss`).
     """
 
     def __init__(self, model: torch.nn.Module, layermap: LayerMap, data: Encoded, train_cfg, device,
@@ -147,9 +144,13 @@ class LocalTrainer:
         tokens, max_tokens = 0, 0
         max_steps = self.cfg.max_steps
 
+        task_loss = task_of(self.data).loss
+
         def loss_fn(logits, labels):
             nonlocal counts
-            if counts is None and loss_kind != "ce":
+            if loss_kind == "ce":
+                return task_loss(logits, labels)
+            if counts is None:
                 counts = class_counts(self.data.labels[indices], logits.shape[-1])
             return local_loss(logits, labels, loss_kind, counts, self.cfg.fedrs_alpha, self.cfg.fedlc_tau)
 
@@ -199,25 +200,24 @@ class LocalTrainer:
 def evaluate(
     model: torch.nn.Module, data: Encoded, indices: np.ndarray, batch_size: int, device, positive_class: int = 1
 ) -> dict[str, float]:
-    """Mean cross-entropy and the metrics of :mod:`fedhello.metrics` of ``model`` on ``indices`` of ``data``.
+    """The mean loss and the metrics of ``model`` on ``indices`` of ``data``, both the data's task's
+    (:meth:`fedhello.tasks.Task.loss`, :meth:`fedhello.tasks.Task.metrics`).
 
-    accuracy, macro_f1, micro_f1 always; f1_positive (F1 of class ``positive_class``)
-    when the model has two classes.
+    Classification: cross-entropy; accuracy, macro_f1, micro_f1 always, f1_positive
+    (F1 of class ``positive_class``) when the model has two classes (:mod:`fedhello.metrics`).
     """
     if len(indices) == 0:
         return {"accuracy": math.nan, "loss": math.nan, "num_samples": 0}
     model.eval()
+    task = task_of(data)
     lengths = data.lengths
-    loss_sum, n, num_classes = 0.0, 0, 0
-    preds: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
+    loss_sum, n = 0.0, 0
+    parts: list[dict[str, np.ndarray]] = []
     for idx in eval_batches(lengths, indices, batch_size):
         batch = collate(data, idx, device)
-        loss, logits = _forward_loss(model, batch)
-        preds.append(logits.argmax(-1).cpu().numpy())
-        labels.append(batch["labels"].cpu().numpy())
-        num_classes = int(logits.shape[-1])
+        loss, logits = forward_loss(model, batch, task.loss)
+        parts.append(task.batch_outputs(logits, batch["labels"]))
         loss_sum += float(loss) * len(idx)
         n += len(idx)
-    out = classification_metrics(np.concatenate(preds), np.concatenate(labels), num_classes, positive_class)
-    return dict(out, loss=loss_sum / n, num_samples=n)
+    outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return dict(task.metrics(outputs, positive_class), loss=loss_sum / n, num_samples=n)

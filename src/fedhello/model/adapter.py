@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from fedhello.errors import FedHelloError
-from fedhello.tasks import IMAGE_CLS, MULTIPLE_CHOICE, TASKS, TEXT_CLS, TEXT_PAIR
+from fedhello.tasks import TASKS, TEXT_CLS, get_task
 from fedhello.model.backbone import model_class, resolve_model_path
 from fedhello.model.state import set_state
 
@@ -99,7 +99,7 @@ def _write_model_config(model, folder: Path, task: str, label_names: Sequence[st
     """``config.json``: the base model's config, with the run's labels where the head has one output per class."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     conf = copy.deepcopy(base.config)
-    if TASKS[task].per_class_head:
+    if get_task(task).per_class_head:
         conf.num_labels = len(label_names)
         conf.id2label = {i: str(name) for i, name in enumerate(label_names)}
         conf.label2id = {str(name): i for i, name in enumerate(label_names)}
@@ -154,84 +154,8 @@ def model_card(cfg, label_names: Sequence[str], pooling: str, base_id: str, summ
             f"| best validation round (`{summary.get('select_metric', 'accuracy')}`) | {'-' if best is None else best} |",
             f"| test accuracy at the best validation round | {_pct(summary.get('test_accuracy_at_best_val'))} |",
         ]
-    lines += ["", "## Use", "", *_USE[cfg.task], ""]
+    lines += ["", "## Use", "", *get_task(cfg.task).usage, ""]
     return "\n".join(lines)
-
-
-_BASE = (
-    'info = json.load(open(f"{ADAPTER}/fedhello.json"))',
-    "try:  # the base model by its hub id; the head's weights come from the adapter",
-    '    base = {cls}.from_pretrained(info["base_model"]{kw})',
-    "except OSError:  # the hub is out of reach: the local copy the run was trained from",
-    '    base = {cls}.from_pretrained(info["base_model_path"]{kw})',
-    "model = PeftModel.from_pretrained(base, ADAPTER).eval()",
-)
-
-
-def _base_lines(cls: str, kw: str = "") -> list[str]:
-    return [line.replace("{cls}", cls).replace("{kw}", kw) for line in _BASE]
-
-
-# the model card's "Use" section per task (tests/test_predict_tasks.py runs the snippets)
-_USE: dict[str, list[str]] = {
-    TEXT_CLS: [
-        "`fedhello predict --run RUN_DIR --text \"...\"`; outside fedhello, load it with transformers + PEFT",
-        "as the fedhello README shows (section *Using the exported model*; it also applies `pooling: mean`).",
-    ],
-    TEXT_PAIR: [
-        "`fedhello predict --run RUN_DIR --text \"FIRST\" --pair \"SECOND\"`; outside fedhello, load it with",
-        "transformers + PEFT as the fedhello README shows (section *Using the exported model*), tokenizing",
-        "`tok(firsts, seconds, ...)`.",
-    ],
-    MULTIPLE_CHOICE: [
-        "`fedhello predict --run RUN_DIR --text PASSAGE [--pair QUESTION] --choice A --choice B ...` prints the",
-        "chosen option (index from 0), the option and its probability. Outside fedhello, with transformers + PEFT:",
-        "",
-        "```python",
-        "import json, torch",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForMultipleChoice, AutoTokenizer",
-        "",
-        'ADAPTER = "RUN_DIR/adapter"',
-        'passage = "the box is red and small"',
-        'question = "what colour is the box?"  # or ""',
-        'options = ["red", "blue", "green"]',
-        *_base_lines("AutoModelForMultipleChoice"),
-        "tok = AutoTokenizer.from_pretrained(ADAPTER)",
-        "# one pair per option: (passage, question + option), the passage truncated first, as in training",
-        'seconds = [f"{question} {o}".strip() if question else o for o in options]',
-        "enc = tok([passage] * len(options), seconds, truncation=\"only_first\", max_length=info[\"max_length\"],",
-        '          padding=True, return_tensors="pt")',
-        "with torch.no_grad():",
-        "    logits = model(**{k: v.unsqueeze(0) for k, v in enc.items()}).logits  # (1, options)",
-        "print(options[int(logits.argmax(-1))])",
-        "```",
-    ],
-    IMAGE_CLS: [
-        "`fedhello predict --run RUN_DIR --image FILE [--image FILE ...]` prints label, probability, file.",
-        "Outside fedhello, with transformers + PEFT (and Pillow):",
-        "",
-        "```python",
-        "import json, torch",
-        "from PIL import Image",
-        "from peft import PeftModel",
-        "from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification",
-        "",
-        'ADAPTER = "RUN_DIR/adapter"',
-        'files = ["photo.png"]',
-        "config = AutoConfig.from_pretrained(ADAPTER)  # the base's config, with the run's labels (id2label)",
-        *_base_lines("AutoModelForImageClassification", ", config=config, ignore_mismatched_sizes=True"),
-        "proc = AutoImageProcessor.from_pretrained(ADAPTER)",
-        'pixels = proc([Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]',
-        "with torch.no_grad():",
-        "    logits = model(pixel_values=pixels).logits",
-        "print([config.id2label[i] for i in logits.argmax(-1).tolist()])",
-        "```",
-        "",
-        "fedhello (training, evaluation, `predict`) resizes with torch's antialiased bilinear interpolation, the",
-        "image processor with Pillow: images not already at the model's input size can score slightly differently.",
-    ],
-}
 
 
 def _one_line(err: BaseException) -> str:
@@ -277,7 +201,7 @@ def _read_adapter_files(adapter: Path) -> tuple[dict, list[str], dict[str, torch
 def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
     """(PeftModel in eval mode, tokenizer (image processor for images), label names, max_length) from ``run_dir/adapter``.
 
-    Any task of :data:`fedhello.tasks.TASKS`: the base is built as
+    Any registered task (:mod:`fedhello.tasks`): the base is built as
     :func:`~fedhello.model.backbone.build_backbone` builds it for that task.
 
     Every file is checked first (one error line naming it): fedhello.json names the
@@ -311,7 +235,7 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
     task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
     if task not in TASKS:
         raise FedHelloError(f"{adapter / INFO}: unknown task {task!r} (one of {', '.join(TASKS)})")
-    spec = TASKS[task]
+    spec = get_task(task)
     # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()
@@ -326,7 +250,7 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
             tokenizer = AutoImageProcessor.from_pretrained(path)
         else:
             tokenizer = AutoTokenizer.from_pretrained(path)
-        base = model_class(task).from_pretrained(path, **kwargs)
+        base = model_class(spec).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise FedHelloError(f"cannot load the base model {path!r} of {adapter}: {err}".splitlines()[0]) from None
     if not spec.vision:

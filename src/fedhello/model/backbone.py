@@ -17,7 +17,7 @@ import torch
 
 from fedhello.errors import ConfigError
 from fedhello.model.layermap import LayerMap
-from fedhello.tasks import TASKS
+from fedhello.tasks import Task, get_task
 
 MINILM = "minilm"
 
@@ -94,7 +94,7 @@ def max_text_positions(config) -> int | None:
 
 def check_max_length(cfg, config) -> None:
     """``model.max_length`` must fit the model's positions (a longer text would crash mid-run)."""
-    if cfg.task == "image-classification":
+    if get_task(cfg.task).vision:
         return
     limit = max_text_positions(config)
     if limit is not None and cfg.model.max_length > limit:
@@ -141,7 +141,7 @@ def check_pooling(cfg, path: str, model_type: str) -> str:
     from fedhello.model.head import resolve_pooling
 
     pooling = cfg.model.pooling
-    if not TASKS[cfg.task].pooling_options:
+    if not get_task(cfg.task).pooling_options:
         if pooling == "mean":
             raise ConfigError(f"config key 'model.pooling': mean pooling is for text classification, not {cfg.task}")
         pooling = "model"
@@ -158,23 +158,23 @@ def _with_pooling(backbone: Backbone, cfg, path: str) -> Backbone:
     return backbone
 
 
-def model_class(task: str):
-    """The transformers Auto class of ``task``'s model (:data:`fedhello.tasks.TASKS`)."""
+def model_class(task):
+    """The transformers Auto class of ``task``'s model (a task or its name; :class:`fedhello.tasks.Task`)."""
     import transformers
 
-    return getattr(transformers, TASKS[task].auto_class)
+    return getattr(transformers, get_task(task).auto_class)
 
 
-# heads trained by every client (PEFT modules_to_save; a suffix also matches
-# DistilBERT's pre_classifier): classifier of encoders and ViT, score of decoder LMs
-HEAD_MODULES = ["classifier", "score"]
+# heads trained by every client of the classification tasks (PEFT modules_to_save; a suffix
+# also matches DistilBERT's pre_classifier): classifier of encoders and ViT, score of decoder LMs
+HEAD_MODULES = list(Task.head_modules)
 
 
 def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> Backbone:
     """Build the frozen backbone with LoRA for ``cfg`` (an ExperimentConfig), for any task.
 
-    The task's row of :data:`fedhello.tasks.TASKS` chooses the Auto class, whether
-    the head has ``num_labels`` outputs and how PEFT keeps the head trainable. The
+    The task (:class:`fedhello.tasks.Task`) chooses the Auto class, whether the head
+    has ``num_labels`` outputs, its head modules and how PEFT keeps the head trainable. The
     head and LoRA initialisation are seeded from ``cfg.seed``: every runtime
     (simulation, Flower server, Flower clients) starts from the same global model.
     """
@@ -189,8 +189,8 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     hf_logging.disable_progress_bar()
     path = resolve_model_path(cfg.model.name)
     mconf = load_model_config(cfg.model.name)
-    spec = TASKS[cfg.task]
-    _check_task_model(cfg.task, mconf, path)
+    spec = get_task(cfg.task)
+    _check_task_model(spec, mconf, path)
     tokenizer = processor = None
     if spec.vision:
         from transformers import AutoImageProcessor
@@ -208,15 +208,15 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
     torch.manual_seed(cfg.seed)
     # a checkpoint with another head size gets a fresh head of num_labels classes
     kwargs = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if spec.per_class_head else {}
-    model = model_class(cfg.task).from_pretrained(path, **kwargs)
+    model = model_class(spec).from_pretrained(path, **kwargs)
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoder LMs find the last real token by it
     targets = list(cfg.lora.target_modules or default_target_modules(model))
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    head = [h for h in HEAD_MODULES if any(p.endswith(h) for p in present)]
-    if not head:
+    head = [h for h in spec.head_modules if any(p.endswith(h) for p in present)]
+    if spec.head_modules and not head:
         raise ConfigError(
-            f"model.name: {path}: no task head named {' or '.join(HEAD_MODULES)} in this {mconf.model_type} model"
+            f"model.name: {path}: no task head named {' or '.join(spec.head_modules)} in this {mconf.model_type} model"
         )
     task_type = getattr(TaskType, spec.peft_task_type) if spec.peft_task_type else None
     lcfg = LoraConfig(
@@ -225,14 +225,14 @@ def build_backbone(cfg, num_labels: int, device: torch.device | str = "cpu") -> 
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=targets,
-        modules_to_save=None if task_type is not None else head,  # SEQ_CLS: PEFT saves the head itself
+        modules_to_save=None if task_type is not None or not head else head,  # SEQ_CLS: PEFT saves the head itself
     )
     try:
         peft_model = get_peft_model(model, lcfg)
     except ValueError as err:
         raise ConfigError(f"lora.target_modules {targets}: {err}".splitlines()[0]) from None
     layermap = LayerMap.from_model(peft_model, num_hidden_layers(mconf))
-    if not layermap.head:
+    if head and not layermap.head:
         raise ConfigError(f"model.name: {path}: the task head ({', '.join(head)}) was not made trainable")
     peft_model.to(device)
     if cfg.model.bf16:
@@ -256,9 +256,9 @@ def autocast_forward(model: torch.nn.Module, device: torch.device) -> None:
     model.forward = bf16_forward
 
 
-def _check_task_model(task: str, mconf, path: str) -> None:
+def _check_task_model(task, mconf, path: str) -> None:
     vision = hasattr(mconf, "image_size") or getattr(mconf, "num_channels", None) is not None
-    if task == "image-classification" and not vision:
-        raise ConfigError(f"model.name: {path} is a {mconf.model_type} text model; task image-classification needs a vision model")
-    if task != "image-classification" and vision:
-        raise ConfigError(f"model.name: {path} is a {mconf.model_type} vision model; task {task} needs a text model")
+    if task.vision and not vision:
+        raise ConfigError(f"model.name: {path} is a {mconf.model_type} text model; task {task.name} needs a vision model")
+    if not task.vision and vision:
+        raise ConfigError(f"model.name: {path} is a {mconf.model_type} vision model; task {task.name} needs a text model")

@@ -22,8 +22,9 @@ length buckets of at most ``bucket_size`` samples, each trimmed to its longest
 sample, so that short queries are not padded to the longest one of a large batch
 (the scores do not change: samples are independent in eval mode).
 
-The log-likelihood is a hook (``log_likelihood``): :func:`class_log_likelihoods` for
-[batch, classes] logits by default; a task with other outputs passes its own.
+The log-likelihood is a hook (``log_likelihood``): the task's
+(:meth:`fedhello.tasks.Task.log_likelihood`); by default the classification tasks'
+:func:`~fedhello.tasks.class_log_likelihoods` of [batch, classes] logits.
 The tiers and weights made of the scores: :mod:`fedhello.allocation.fisher`.
 """
 
@@ -33,6 +34,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from fedhello.tasks import class_log_likelihoods
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -77,7 +80,8 @@ def scoring_mode(model: nn.Module, params: Sequence[nn.Parameter]):
 
 
 def split_batch(batch: Mapping[str, Any], device: "torch.device") -> tuple[dict[str, Any], "torch.Tensor"]:
-    """A labelled batch -> (model inputs on ``device``, labels as a flat long tensor)."""
+    """A labelled batch -> (model inputs on ``device``, labels as a long tensor: one per sample, flat,
+    or one row per sample where the task labels every token, [batch, tokens])."""
     import torch
 
     inputs: dict[str, Any] = {}
@@ -89,24 +93,10 @@ def split_batch(batch: Mapping[str, Any], device: "torch.device") -> tuple[dict[
         inputs[k] = v.to(device) if isinstance(v, torch.Tensor) else v
     if labels is None:
         raise ValueError("Fisher scores need labelled batches (a 'labels' entry)")
-    labels = torch.as_tensor(labels).to(device).long().reshape(-1)
+    labels = torch.as_tensor(labels).to(device).long()
+    if labels.dim() < 2 or labels.shape[-1] == 1:
+        labels = labels.reshape(-1)
     return inputs, labels
-
-
-def class_log_likelihoods(model: "nn.Module", inputs: dict[str, Any], labels: "torch.Tensor") -> "torch.Tensor":
-    """log p(y|x) of classification logits [batch, classes]: the log-softmax at the true label."""
-    import torch
-
-    out = model(**inputs)
-    if isinstance(out, torch.Tensor):
-        logits = out
-    else:
-        logits = out.logits if hasattr(out, "logits") else out[0]
-    if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"Fisher scores need sequence-classification logits [batch, classes], got {tuple(logits.shape)}"
-        )
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, labels[:, None]).squeeze(1)
 
 
 def _device(model: "nn.Module") -> "torch.device":
@@ -121,7 +111,8 @@ def length_buckets(inputs: dict[str, Any], labels: "torch.Tensor", bucket_size: 
     """Split a right-padded batch into length-sorted buckets trimmed to their longest sample.
 
     Without a 2-D ``attention_mask``, or with padding that is not on the right,
-    the batch is returned whole.
+    the batch is returned whole. Labels of every token ([batch, tokens]) are trimmed
+    with the inputs.
     """
     import torch
 
@@ -150,7 +141,8 @@ def length_buckets(inputs: dict[str, Any], labels: "torch.Tensor", bucket_size: 
                 if v.dim() >= 2 and v.shape[1] == width:
                     v = v[:, :w]
             sub[k] = v
-        out.append((sub, labels[rows]))
+        y = labels[rows]
+        out.append((sub, y[:, :w] if y.dim() == 2 and y.shape[1] == width else y))
     return out
 
 

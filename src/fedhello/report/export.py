@@ -15,39 +15,14 @@ import torch
 
 from fedhello.errors import FedHelloError
 from fedhello.model.adapter import ADAPTER, INFO, load_exported
-from fedhello.tasks import IMAGE_CLS, MULTIPLE_CHOICE, TEXT_CLS, TEXT_PAIR
+from fedhello.tasks import TEXT_CLS, get_task
 
 
-def _check_inputs(run_dir, task: str, texts: Sequence[str], pairs, choices, images) -> None:
-    """One error line per misuse: which options the adapter's task takes."""
-    where = f"--run {run_dir}: a {task} adapter"
-    if task == IMAGE_CLS:
-        if texts or pairs or choices:
-            raise FedHelloError(f"{where}: give image files with --image (--text, --pair and --choice are for text adapters)")
-        if not images:
-            raise FedHelloError(f"{where}: give at least one --image FILE")
-        return
-    if images:
-        raise FedHelloError(f"{where}: --image is for image-classification adapters")
-    if not texts:
-        raise FedHelloError("predict needs at least one --text")
-    if task == TEXT_PAIR and not pairs:
-        raise FedHelloError(f"{where}: give each --text its second text with --pair")
-    if task == TEXT_CLS and pairs:
-        raise FedHelloError(f"{where}: --pair is for text-pair and multiple-choice adapters")
-    if pairs and len(pairs) != len(texts):
-        raise FedHelloError(f"--pair: {len(pairs)} given for {len(texts)} --text (one second text per text)")
-    if task == MULTIPLE_CHOICE and len(choices or ()) < 2:
-        raise FedHelloError(f"{where}: give at least 2 options with --choice (each --text is asked all of them)")
-    if task != MULTIPLE_CHOICE and choices:
-        raise FedHelloError(f"{where}: --choice is for multiple-choice adapters")
-
-
-def _model_inputs(task: str, model, pre, max_length: int, texts, pairs, choices, images) -> dict[str, torch.Tensor]:
+def _model_inputs(task, model, pre, max_length: int, texts, pairs, choices, images) -> dict[str, torch.Tensor]:
     """The batch the engine's evaluation would collate for these inputs (no labels)."""
-    from fedhello.data.batching import collate, encode, encode_choices, encode_pairs
+    from fedhello.data.batching import collate
 
-    if task == IMAGE_CLS:
+    if task.encoding == "image":
         from fedhello.data.images import ImageTransform, read_image_file
 
         transform = ImageTransform.from_processor(pre)
@@ -58,16 +33,12 @@ def _model_inputs(task: str, model, pre, max_length: int, texts, pairs, choices,
             except ValueError as err:
                 raise FedHelloError(f"--image {err}") from None
         return {"pixel_values": torch.stack(pixels)}
-    from fedhello.data.encoders import _forward_inputs
+    from fedhello.data.encoders import TEXT_ENCODINGS, _forward_inputs
 
-    texts, zeros = list(texts), [0] * len(texts)
-    if task == MULTIPLE_CHOICE:
-        questions = list(pairs) if pairs else [""] * len(texts)
-        data = encode_choices(pre, texts, questions, [list(choices)] * len(texts), zeros, max_length)
-    elif task == TEXT_PAIR:
-        data = encode_pairs(pre, texts, list(pairs), zeros, max_length)
-    else:
-        data = encode(pre, texts, zeros, max_length)
+    texts = list(texts)
+    split = {"text": texts, "text_pair": list(pairs) if pairs else [""] * len(texts),
+             "choices": [list(choices or ())] * len(texts), "label": [0] * len(texts)}
+    data = TEXT_ENCODINGS[task.encoding](pre, split, max_length)
     accepted = _forward_inputs(model)  # e.g. no token_type_ids for a decoder LM, as make_encoder does
     batch = collate(data, range(len(texts)))
     return {k: v for k, v in batch.items() if k != "labels" and (k == "input_ids" or accepted is None or k in accepted)}
@@ -86,13 +57,14 @@ def predict_logits(run_dir: str | Path, texts: Sequence[str] = (), pairs: Sequen
     images only: image-classification). Anything else is a :class:`FedHelloError`.
     """
     model, pre, labels, max_length = load_exported(run_dir, device)
-    task = exported_task(run_dir)
-    _check_inputs(run_dir, task, list(texts or ()), list(pairs or ()), list(choices or ()), list(images or ()))
+    task = get_task(exported_task(run_dir))
+    task.check_predict_inputs(f"--run {run_dir}: a {task.name} adapter", list(texts or ()), list(pairs or ()),
+                              list(choices or ()), list(images or ()))
     batch = _model_inputs(task, model, pre, max_length, texts, pairs, choices, images)
     logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
     if not bool(torch.isfinite(logits).all()):
         raise FedHelloError(f"{Path(run_dir) / ADAPTER}: the model's outputs are not finite numbers")
-    return logits, (list(choices) if task == MULTIPLE_CHOICE else labels)
+    return logits, task.output_names(labels, choices)
 
 
 def exported_task(run_dir: str | Path) -> str:

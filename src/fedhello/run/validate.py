@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fedhello.config import check_budgets
 from fedhello.errors import ConfigError
+from fedhello.tasks import get_task
 
 # hub name -> (model_type, num_hidden_layers): the models of the shipped configs and
 # common alternatives, so that their budgets validate offline.
@@ -109,7 +110,7 @@ def _check_lora(cfg, mconf, n_layers: int) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers.utils import logging as hf_logging
 
-    from fedhello.model.backbone import HEAD_MODULES, default_target_modules, model_class
+    from fedhello.model.backbone import default_target_modules, model_class
     from fedhello.model.layermap import LayerMap
 
     hf_logging.set_verbosity_error()
@@ -123,7 +124,7 @@ def _check_lora(cfg, mconf, n_layers: int) -> None:
         try:
             peft = get_peft_model(
                 model,
-                LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=targets, modules_to_save=HEAD_MODULES),
+                LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=targets, modules_to_save=list(get_task(cfg.task).head_modules) or None),
             )
         except ValueError as err:
             raise ConfigError(f"lora.target_modules {targets}: {err}".splitlines()[0]) from None
@@ -145,7 +146,8 @@ def _check_data(cfg, rep: Report) -> None:
         raise ConfigError(f"config key 'data.path': data.format {d.format} needs data.path")
     root = data_folder(d.path, "config key 'data.path'", ConfigError)
     splits = [d.split_train] if d.test_fraction > 0 else [d.split_train, d.split_test]
-    if d.format == "imagefolder" or (d.format == "auto" and cfg.task == "image-classification" and (root / d.split_train).is_dir()):
+    images = "imagefolder" in get_task(cfg.task).formats
+    if d.format == "imagefolder" or (d.format == "auto" and images and (root / d.split_train).is_dir()):
         for s in splits:
             if not (root / s).is_dir():
                 raise ConfigError(f"config key 'data.path': missing split folder {root / s}")
@@ -181,9 +183,9 @@ def validate_config(cfg) -> Report:
         rep.num_layers = n
         check_budgets(cfg.clients.budgets, n, key="config key 'clients.budgets'")
         vision = _is_vision(mconf)
-        if cfg.task == "image-classification" and not vision:
-            raise ConfigError(f"config key 'task': image-classification needs a vision model, {cfg.model.name} is {mconf.model_type}")
-        if cfg.task != "image-classification" and vision:
+        if get_task(cfg.task).vision and not vision:
+            raise ConfigError(f"config key 'task': {cfg.task} needs a vision model, {cfg.model.name} is {mconf.model_type}")
+        if not get_task(cfg.task).vision and vision:
             raise ConfigError(f"config key 'task': {cfg.task} needs a text model, {cfg.model.name} is {mconf.model_type}")
         check_max_length(cfg, mconf)
         check_pooling(cfg, resolve_model_path(cfg.model.name), mconf.model_type)
