@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 import fedhello
-from fedhello.allocation import build_strategy
 from fedhello.model.fisher import fisher_layer_scores, fisher_layer_scores_loop, length_buckets, split_batch
 from fedhello.allocation.patterns import deterministic_layers
 from fedhello.bench.common import (
@@ -131,8 +130,7 @@ def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
             return out
 
     runner = Interleaved(exp)
-    strategy = build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets)
-    server = Server(cfg, strategy, exp.groups, lm, exp.global_state(), runner, no_eval)
+    server = Server.for_experiment(exp, runner, evaluator=no_eval)
     rounds = s.sizes.engine_rounds
     engine_t, bare_t, ratios = [], [], []
     comm: dict[int, dict[str, set]] = {}
@@ -522,8 +520,7 @@ def bench_grouping_accuracy(s: Settings, log: Log) -> dict[str, Any]:
     for label, group, seed in (("grouped", True, 0), ("shuffled", False, 0), ("shuffled_seed1", False, 1)):
         cfg = exp.cfg.model_copy(update={"seed": seed, "train": exp.cfg.train.model_copy(update={"group_by_length": group})})
         e = dataclasses.replace(exp, cfg=cfg)
-        strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
-        server = Server(cfg, strategy, exp.groups, exp.layermap, dict(init), SimulationRunner(e), e.evaluator())
+        server = Server.for_experiment(e, SimulationRunner(e), global_state=dict(init))
         with autocast(s, exp.device):
             recs = server.run()
         results[label] = recs[-1]["test_accuracy"]
@@ -583,8 +580,7 @@ def probe_scale(arg: dict) -> dict:
     exp = prepare(cfg)
     prepare_s = time.perf_counter() - t0
     rss_after_setup = rss_bytes()
-    strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
-    server = Server(cfg, strategy, exp.groups, exp.layermap, exp.global_state(), SimulationRunner(exp), no_eval)
+    server = Server.for_experiment(exp, SimulationRunner(exp), evaluator=no_eval)
     times = []
     for t in range(s.sizes.scale_rounds + 1):
         with autocast(s, exp.device):

@@ -614,7 +614,6 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
          progress: ProgressHook = NO_PROGRESS) -> dict:
     if ckpt is not None:  # costs measured at the start stay those of the start (same allocations)
         resume_costs(exp, rundir.file(PROFILE))
-    strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
     runner = runner_factory(exp) if runner_factory is not None else SimulationRunner(exp, progress)
     if cfg.attack.kind != "none":  # experiments only: one simulated attacker (fedhello.federation.attacks)
         if runner_factory is not None:
@@ -622,14 +621,7 @@ def _run(cfg, exp, rundir: RunDir, ckpt: dict | None, on_round, stop_after, runn
         from fedhello.federation.attacks import AttackRunner
 
         runner = AttackRunner(runner, cfg.attack)
-    server = Server(
-        cfg, strategy, exp.groups, exp.layermap, exp.global_state(), runner,
-        exp.evaluator(), exp.server_scorer(),
-        head_init=exp.head_from_stats if cfg.head.init == "class-means" else None,
-        num_classes=exp.num_classes(),
-        sample_counts=[len(p) for p in exp.partitions],
-        resources=exp.resources,
-    )
+    server = Server.for_experiment(exp, runner)
     if exp.costs is not None:
         rundir.write_json(PROFILE, profile_record(exp.costs))
     server.progress = progress
