@@ -39,7 +39,8 @@ from fedhello.federation.simulation import SimulationRunner
 from fedhello.model import build_backbone
 from fedhello.model.step import TrainingMemory, train_step
 from fedhello.model.state import freeze_all, set_state, set_trainable, state_nbytes
-from fedhello.run.experiment import Experiment, pick_device, prepare
+from fedhello.run.device import pick_device
+from fedhello.run.preparation import Experiment, prepare
 
 Log = Callable[[str], None]
 # the folder that holds the fedhello package: the probe processes import it from there
