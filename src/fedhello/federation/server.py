@@ -80,7 +80,8 @@ def merge_updates(global_state: State, updates: Sequence[ClientUpdate], rule: st
     """A round's screened updates merged, for every runtime: each update's deltas bounded
     (``agg.norm_bound``, :func:`~fedhello.federation.robust.bound_update_norms`), then the rule
     :data:`AGGREGATION_RULES` names, or for the layer-wise rule the ``agg.robust`` one.
-    ``agg``: the config's ``aggregation`` section. Returns (state, info for the round's record)."""
+    ``agg``: :class:`AggregationSettings` (or the config's ``aggregation`` section, which has the
+    same names). Returns (state, info for the round's record)."""
     updates, bound_info = bound_update_norms(global_state, updates, agg.norm_bound)
     if rule == "layerwise" and agg.robust != "mean":
         new_state, info = robust_mean(global_state, updates, agg.robust, agg.trim), {}

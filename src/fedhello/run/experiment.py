@@ -11,8 +11,9 @@ Reports (TensorBoard, plots) are a hook the caller passes in: this layer imports
 nothing of :mod:`fedhello.report`.
 
 Preparation (:mod:`fedhello.run.preparation`), the run directory's lifecycle
-(:mod:`fedhello.run.lifecycle`) and device choice (:mod:`fedhello.run.device`) live
-in their own modules; their public names are importable from here as before.
+(:mod:`fedhello.run.lifecycle`), device choice (:mod:`fedhello.run.device`) and the
+groups' cost figures (:mod:`fedhello.run.costs`) live in their own modules; the
+public names callers import from here still are.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fedhello.federation.server import Server, summarize
 from fedhello.federation.simulation import SimulationRunner
 from fedhello.model.adapter import export_adapter
 from fedhello.model.state import check_state
+from fedhello.run.costs import trainable_params_per_group
 from fedhello.run.device import pick_device
 from fedhello.run.lifecycle import (check_config_unchanged, check_data, holds_config, keep_checkpoint_time,
                                     open_rundir, resume_config, write_setup)
@@ -183,7 +185,7 @@ def finish(cfg: ExperimentConfig, exp: Experiment, rundir: RunDir, server: Serve
     """After the last round: summary.json, then the final adapter (the run's product; a failed
     export only warns, the checkpoint holds the state)."""
     summary = summarize(cfg, server.state.records)
-    summary["trainable_params_per_group"] = exp.trainable_params_per_group()
+    summary["trainable_params_per_group"] = trainable_params_per_group(exp)
     rundir.write_json(SUMMARY, summary)
     try:
         export_adapter(exp.model, server.state.global_state, rundir.path, exp.label_names, cfg,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedhello.config import ExperimentConfig, absolute_data_path, build_config
 from fedhello.errors import FedHelloError
+from fedhello.run.costs import counts_under_limits, trainable_params_per_group
 from fedhello.run.preparation import Experiment
 from fedhello.run.rundir import CHECKPOINT, CONFIG, DATA, RunDir
 
@@ -26,8 +27,8 @@ def write_setup(rundir: RunDir, exp: Experiment) -> None:
             "groups": exp.groups,
             "budgets": cfg.clients.budgets,
             "fractions": cfg.clients.fractions,
-            "trainable_params_per_group": exp.trainable_params_per_group(),
-            **({"counts_under_limits": exp.counts_under_limits()} if exp.resources is not None else {}),
+            "trainable_params_per_group": trainable_params_per_group(exp),
+            **({"counts_under_limits": counts_under_limits(exp)} if exp.resources is not None else {}),
             "num_layers": exp.layermap.num_layers,
         },
     )

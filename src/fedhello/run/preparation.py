@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fedhello.allocation import build_strategy, strategy_class
+from fedhello.allocation import strategy_class
 from fedhello.allocation.clients import assign_groups
 from fedhello.config import ExperimentConfig, check_budgets
 from fedhello.data import carve, load_splits, partition_dataset, partition_stats
@@ -206,49 +206,6 @@ class Experiment:
         if self.calib is None:
             return None
         return lambda state: self.fisher(state, self.calib, np.arange(len(self.calib)))
-
-    def counts_under_limits(self) -> list[int]:
-        """Per group, the count of LoRA layers its clients may train: ``clients.budgets`` and, under
-        declared limits, the largest count a client of the group affords within them
-        (:meth:`~fedhello.allocation.resources.ResourceModel.slot`)."""
-        from fedhello.allocation import ClientSlot
-
-        budgets = list(self.cfg.clients.budgets)
-        if self.resources is None:
-            return budgets
-        return [max((self.resources.slot(ClientSlot(cid, g, b)).budget
-                     for cid, grp in enumerate(self.groups) if grp == g), default=b)
-                for g, b in enumerate(budgets)]
-
-    def trainable_params_per_group(self) -> list[int]:
-        """Trainable LoRA (+ head, unless frozen) parameters of a client of each group.
-
-        As many LoRA layers as the strategy trains for the group's count (its budget, under
-        limits :meth:`counts_under_limits`), at the
-        group's LoRA rank (rank strategies), without the A matrices under FFA; 0 for
-        a group the strategy never samples (Exclusive's weak groups).
-        """
-        from fedhello.allocation import ClientSlot
-        from fedhello.model.rank import is_lora_a
-
-        cfg = self.cfg
-        strat = build_strategy(cfg.strategy, self.layermap.num_layers, cfg.clients.budgets)
-        params = dict(self.model.named_parameters())
-        # the head counts where clients train it (head.train local or federated), not when frozen
-        head = sum(params[n].numel() for n in self.layermap.head) if cfg.head.train != "frozen" else 0
-        out = []
-        for g, b in enumerate(self.counts_under_limits()):
-            if not strat.eligible(ClientSlot(-1, g, b)):
-                out.append(0)
-                continue
-            rank = strat.client_rank(ClientSlot(-1, g, b), cfg.lora.r) or cfg.lora.r
-            per_layer = [
-                sum(params[n].numel() * rank // cfg.lora.r for n in names if not (cfg.lora.ffa and is_lora_a(n)))
-                for names in self.layermap.layers
-            ]
-            # every LoRA layer has the same size in the supported families
-            out.append(head + sum(sorted(per_layer)[: strat.trained_layers(b)]))
-        return out
 
 
 @dataclass
