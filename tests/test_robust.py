@@ -309,6 +309,10 @@ def test_honest_rounds_record_nothing_new(exp):
     s = server(exp)
     rec = s.run_round(0).to_dict()
     assert "skipped" not in rec and "norm_bounded" not in rec
+    # the metrics.jsonl line keeps its keys in the order it has always had
+    assert list(rec) == ["round", "train_loss", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
+                         "round_time_s", "phase_time_s", "lr", "clients", "failed_clients"]
+    assert list(rec["phase_time_s"]) == ["head_init", "train", "aggregate", "evaluate", "checkpoint"]
     new, info = merge_updates(exp.global_state(), [], "layerwise", exp.cfg.aggregation)
     assert info == {}
 
