@@ -529,27 +529,8 @@ class Server:
         ids = [s.id for s in self.slots() if up is None or s.id in up]
         with phase(self.progress, STATISTICS, len(ids)):
             results = self.runner.class_stats(ids, state)
-        accepted: list = []
-        upload, failed = 0, []
-        for cid, res in zip(ids, results):
-            if isinstance(res, ClientFailure):
-                failed.append({"id": cid, "reason": res.reason})
-                continue
-            s_, c_, n_ = (np.asarray(res[0], dtype=np.float64), np.asarray(res[1], dtype=np.float64), float(res[2]))
-            C = self.num_classes or c_.shape[0]
-            why = None
-            if (s_.ndim != 2 or s_.shape[0] != C or c_.shape != (C,) or not np.all(np.isfinite(s_))
-                    or not np.all(np.isfinite(c_)) or np.any(c_ < 0) or np.any(c_ != np.round(c_))
-                    or not math.isfinite(n_) or n_ < 0 or (accepted and s_.shape != accepted[0][1].shape)):
-                why = "malformed class statistics"
-            else:  # bounded: counts by the partition, class sums by the norm sum
-                why = stats_problem(s_, c_, n_, self._max_samples(cid))
-            if why is not None:
-                failed.append({"id": cid, "reason": f"client {cid}: {why}"})
-                log.warning("class statistics: client %s rejected (%s)", cid, why)
-                continue
-            accepted.append((cid, s_, c_, n_))
-            upload += s_.nbytes + c_.nbytes + 8
+        accepted, failed = self._screen_class_stats(ids, results)
+        upload = sum(s_.nbytes + c_.nbytes + 8 for _, s_, c_, _ in accepted)
         ok = len(accepted)
         if not accepted:
             raise FedHelloError("head.init class-means: no client returned class statistics")
@@ -570,6 +551,32 @@ class Server:
         log.info(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
                  f"{upload / 1e6:.2f} MB up, {info['time_s']:.1f}s")
         return info
+
+    def _screen_class_stats(self, ids: Sequence[int], results) -> tuple[list, list[dict]]:
+        """The usable class statistics, as (id, sums, counts, norm sum), and the failed clients
+        ({id, reason}): finite sums of one shape (C, D), whole non-negative counts, a finite
+        non-negative norm sum, and bounded (counts by the partition, sums by the norm sum)."""
+        accepted: list = []
+        failed: list[dict] = []
+        for cid, res in zip(ids, results):
+            if isinstance(res, ClientFailure):
+                failed.append({"id": cid, "reason": res.reason})
+                continue
+            s_, c_, n_ = (np.asarray(res[0], dtype=np.float64), np.asarray(res[1], dtype=np.float64), float(res[2]))
+            C = self.num_classes or c_.shape[0]
+            why = None
+            if (s_.ndim != 2 or s_.shape[0] != C or c_.shape != (C,) or not np.all(np.isfinite(s_))
+                    or not np.all(np.isfinite(c_)) or np.any(c_ < 0) or np.any(c_ != np.round(c_))
+                    or not math.isfinite(n_) or n_ < 0 or (accepted and s_.shape != accepted[0][1].shape)):
+                why = "malformed class statistics"
+            else:  # bounded: counts by the partition, class sums by the norm sum
+                why = stats_problem(s_, c_, n_, self._max_samples(cid))
+            if why is not None:
+                failed.append({"id": cid, "reason": f"client {cid}: {why}"})
+                log.warning("class statistics: client %s rejected (%s)", cid, why)
+                continue
+            accepted.append((cid, s_, c_, n_))
+        return accepted, failed
 
     # -- the loop ------------------------------------------------------------------
     def checkpoint(self) -> dict:
