@@ -52,7 +52,10 @@ class Experiment:
     One backbone with LoRA shared by every client of the process, the encoded
     splits (clients' training data, validation, test, the server's calibration
     set), each client's partition indices and statistics, and each client's
-    resource group. Its methods compute what the runners ask of clients and server.
+    resource group. Its methods compute what the runners ask of clients and server:
+    it is the :class:`~fedhello.federation.seams.ServerExperiment` that
+    :meth:`Server.for_experiment <fedhello.federation.server.Server.for_experiment>` reads
+    and the :class:`~fedhello.federation.seams.LocalClients` the in-process runner trains.
     """
     cfg: ExperimentConfig
     device: torch.device
