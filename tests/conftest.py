@@ -39,23 +39,21 @@ def tiny_bert12(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert12"), 12)
 
 
-def screen_and_aggregate(tasks, results, global_state, layermap, *, sample_counts=None, rule=None,
+def screen_and_aggregate(tasks, results, global_state, layermap, *, sample_counts=None, rule="layerwise",
                          weighting="samples", aggregation=None):
-    """What the Server loop does with a round's collected Flower replies: screen them with
-    ``screen_round`` and merge the accepted ones with the aggregation rule (layer-wise by
-    default; ``aggregation``: an ``aggregation`` config section, merged by the Server's
-    ``merge_updates`` with its bounds). Returns (new global state, failed-client records,
-    number of accepted updates)."""
-    from fedhello.federation.aggregation import screen_round
-    from fedhello.federation.server import AGGREGATION_RULES, merge_updates
+    """What the Server loop does with a round's collected Flower replies: its own merge step
+    (``screen_and_merge``: screened, then merged with the aggregation rule named ``rule``).
+    ``aggregation``: an ``aggregation`` config section, its bounds applied; by default none
+    (the unbounded mean, or the rule's own merge: screening is under test). Returns (new
+    global state, failed-client records, number of accepted updates)."""
+    from fedhello.federation.server import AggregationSettings, screen_and_merge
 
-    updates, failed = screen_round(tasks, results, layermap, global_state, ffa=False, head=True,
-                                   sample_counts=sample_counts)
-    if aggregation is not None:
-        new, _ = merge_updates(global_state, updates, "layerwise", aggregation)
-        return new, failed, len(updates)
-    new, _ = (rule or AGGREGATION_RULES["layerwise"])(global_state, updates, weighting)
-    return new, failed, len(updates)
+    if aggregation is None:
+        aggregation = AggregationSettings(weighting=weighting, norm_bound=0.0, robust="mean", trim=0.0,
+                                          max_empty_rounds=1)
+    merged = screen_and_merge(tasks, results, global_state, layermap, rule=rule, aggregation=aggregation,
+                              ffa=False, head=True, sample_counts=sample_counts)
+    return merged.state, merged.failed, len(merged.updates)
 
 
 @pytest.fixture

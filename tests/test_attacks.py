@@ -3,8 +3,8 @@
 Each case lets one client (the attacker) misbehave in one way while the others
 answer honestly, through both ways replies arrive: the in-process Server loop
 (``Server.run_round`` over a crafted ClientRunner) and Flower Messages
-(``FedHelloStrategy.collect`` over crafted replies, then the Server's screening
-and aggregation, ``screen_round``). The attacker must
+(``FedHelloStrategy.collect`` over crafted replies, then the Server's merge step,
+``screen_and_merge``). The attacker must
 appear in ``failed_clients`` with the reason, and the new global state must be
 exactly the aggregate of the honest replies alone.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedhello.allocation import build_strategy
 from fedhello.config import build_config
 from fedhello.federation.aggregation import aggregate, expected_names
 from fedhello.federation.client import ClientUpdate, FitTask
@@ -128,12 +127,9 @@ def fixed_eval(state):
 
 
 def server_round(exp, attack):
-    cfg = exp.cfg
-    g = exp.global_state()
-    server = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets),
-                    exp.groups, exp.layermap, g, CraftedRunner(exp, attack), fixed_eval,
-                    sample_counts=[len(p) for p in exp.partitions])
-    rec = server.run_round(0)
+    server = Server.for_experiment(exp, CraftedRunner(exp, attack), evaluator=fixed_eval)
+    g = server.state.global_state
+    rec = server.run_round(0).to_dict()
     return g, rec, server.state.global_state
 
 
@@ -177,12 +173,9 @@ def test_spoofed_ids_rejected_in_process(exp):
                     u.client_id = 4
             return out
 
-    cfg = exp.cfg
-    g = exp.global_state()
-    server = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets),
-                    exp.groups, exp.layermap, g, Spoofing(exp, attack), fixed_eval,
-                    sample_counts=[len(p) for p in exp.partitions])
-    rec = server.run_round(0)
+    server = Server.for_experiment(exp, Spoofing(exp, attack), evaluator=fixed_eval)
+    g = server.state.global_state
+    rec = server.run_round(0).to_dict()
     failed = {f["id"]: f["reason"] for f in rec["failed_clients"]}
     assert set(failed) == {99, 4, 2, 3}
     assert "not asked" in failed[99] and "2 replies" in failed[4]
@@ -284,11 +277,9 @@ def test_frozen_head_in_a_reply_is_rejected(tiny_bert):
         "head": {"train": "frozen", "init": "random"},
     })
     frozen = prepare(cfg)
-    g = frozen.global_state()
-    server = Server(cfg, build_strategy(cfg.strategy, frozen.layermap.num_layers, cfg.clients.budgets),
-                    frozen.groups, frozen.layermap, g, CraftedRunner(frozen, lambda e, t, u: [u]), fixed_eval,
-                    sample_counts=[len(p) for p in frozen.partitions])
-    rec = server.run_round(0)
+    server = Server.for_experiment(frozen, CraftedRunner(frozen, lambda e, t, u: [u]), evaluator=fixed_eval)
+    g = server.state.global_state
+    rec = server.run_round(0).to_dict()
     # every honest-under-federated reply carries the head: all rejected, naming a head tensor
     assert sorted(f["id"] for f in rec["failed_clients"]) == list(range(N)) and rec["clients"] == []
     assert all("classifier" in f["reason"] for f in rec["failed_clients"])

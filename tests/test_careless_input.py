@@ -207,7 +207,6 @@ def test_deploy_local_interrupt_hint_names_its_resume(tmp_path, capsys, monkeypa
 
 
 def test_a_node_lost_in_the_statistics_round_is_recorded_once_by_client_id(tmp_path, tiny_bert):
-    from fedhello.allocation import build_strategy
     from fedhello.federation.client import ClientFailure
     from fedhello.federation.server import Server
     from fedhello.run.experiment import prepare
@@ -223,10 +222,8 @@ def test_a_node_lost_in_the_statistics_round_is_recorded_once_by_client_id(tmp_p
         def available(self):
             return None
 
-    cfg = exp.cfg
-    s = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets), exp.groups,
-               exp.layermap, exp.global_state(), Runner(), None, num_classes=exp.num_classes(),
-               head_init=lambda sums, counts, ns: {}, sample_counts=[len(p) for p in exp.partitions])
+    s = Server.for_experiment(exp, Runner())
+    s.head_init = lambda sums, counts, ns: {}
     info = s.initialise_head()
     assert info["failed_clients"] == [{"id": 1, "reason": "node lost"}] and info["clients"] == 3
 

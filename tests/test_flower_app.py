@@ -26,7 +26,6 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fedhello.config import build_config, load_config  # noqa: E402
-from fedhello.federation.server import AGGREGATION_RULES  # noqa: E402
 from fedhello.run.experiment import prepare, run_experiment  # noqa: E402
 from fedhello.flower.strategy import FedHelloStrategy, FlowerRunner  # noqa: E402
 from fedhello.run.rundir import RunDir  # noqa: E402
@@ -160,17 +159,14 @@ def test_malicious_replies_rejected_on_the_flower_path(tiny_exp, task_identity):
 
 def test_malicious_replies_recorded_by_the_server_loop(tiny_exp, task_identity):
     """The ServerApp's path: FlowerRunner -> Server.run_round validates, records, never aggregates."""
-    from fedhello.allocation import build_strategy
     from fedhello.federation.server import Server
 
     exp = tiny_exp
-    cfg = exp.cfg
-    g = exp.global_state()
     strat = FedHelloStrategy(exp.layermap, "{}", {c: 100 + c for c in range(7)})
     runner = FlowerRunner(FakeGrid(crafted(exp)), strat, timeout=1.0)
-    server = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets),
-                    exp.groups, exp.layermap, g, runner, exp.evaluator())
-    rec = server.run_round(0)
+    server = Server.for_experiment(exp, runner)
+    g = server.state.global_state
+    rec = server.run_round(0).to_dict()
     assert [c["id"] for c in rec["clients"]] == [0]
     assert sorted(f["id"] for f in rec["failed_clients"]) == [1, 2, 3, 4, 5, 6]
     layers0 = rec["clients"][0]["layers"]
@@ -195,7 +191,7 @@ def test_rank_tasks_send_truncated_adapter_and_reject_full_rank_replies(tiny_exp
     lm = exp.layermap
     every = list(range(lm.num_layers))
     cfg = exp.cfg.model_copy(update={"strategy": exp.cfg.strategy.model_copy(update={"name": "hetlora"})})
-    rule = AGGREGATION_RULES[build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets).aggregation]
+    rule = build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets).aggregation
     strat = FedHelloStrategy(lm, "{}", {c: 100 + c for c in range(2)})
     tasks = [FitTask(client_id=c, round=0, layers=every, lr=0.1, seed=c, rank=2) for c in range(2)]
     strat.plan(tasks)

@@ -70,3 +70,32 @@ def test_the_layer_table_knows_every_module():
     tops = {p.relative_to(SRC).parts[0].removesuffix(".py") for p in SRC.rglob("*.py")} - {"__init__"}
     placed = set().union(*LAYERS)
     assert tops <= placed, f"modules in no layer: {sorted(tops - placed)}"
+
+
+def test_the_upper_floors_implement_the_federation_seams():
+    """``fedhello.federation.seams`` declares what the federation floor needs as Protocols; the run
+    floor's prepared experiment and every runtime's runner provide each of their members (by name:
+    the Protocols are structural, so nothing else says when one drifts)."""
+    import dataclasses
+
+    from fedhello.federation import seams
+    from fedhello.federation.attacks import AttackRunner
+    from fedhello.federation.simulation import SimulationRunner
+    from fedhello.run.preparation import Experiment
+
+    def members(proto) -> set[str]:
+        return {n for n in vars(proto) if not n.startswith("_")}
+
+    has = set(dir(Experiment)) | {f.name for f in dataclasses.fields(Experiment)}
+    for proto in (seams.LocalClients, seams.ServerExperiment):
+        assert members(proto) and members(proto) <= has, (proto.__name__, members(proto) - has)
+    runners = [SimulationRunner, AttackRunner]
+    try:
+        from fedhello.flower.strategy import FlowerRunner
+    except ImportError:  # Flower is an optional dependency
+        pass
+    else:
+        runners.append(FlowerRunner)
+    for runner in runners:
+        lacks = members(seams.ClientRunner) - set(dir(runner))
+        assert not lacks, (runner.__name__, lacks)

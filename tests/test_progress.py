@@ -83,14 +83,11 @@ def test_demo_before_finetuning_is_the_model_every_strategy_starts_from(tiny_ber
     from fedhello.demo import before_finetuning
     from fedhello.federation.server import Server
     from fedhello.federation.simulation import SimulationRunner
-    from fedhello.allocation import build_strategy
     from fedhello.run.experiment import prepare
 
     cfg = tiny_cfg(tiny_bert)
     exp = prepare(cfg)
-    server = Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets), exp.groups,
-                    exp.layermap, exp.global_state(), SimulationRunner(exp), exp.evaluator(),
-                    head_init=exp.head_from_stats, num_classes=exp.num_classes())
+    server = Server.for_experiment(exp, SimulationRunner(exp))
     server.initialise_head()
     want = exp.evaluator()(server.state.global_state)["test"]["accuracy"]
     assert before_finetuning(cfg) == pytest.approx(want, abs=1e-9)

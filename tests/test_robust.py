@@ -7,13 +7,13 @@ score provider) over a crafted runner, or through the Flower path's screening an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from fedhello.allocation import build_strategy
 from fedhello.config import build_config
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, expected_names
@@ -182,16 +182,17 @@ def ok_eval(state):
     return {"val": {"accuracy": 0.5, "loss": 1.0}, "test": {"accuracy": 0.5, "loss": 1.0}}
 
 
-def server(exp, attack: dict | None = None, evaluator=ok_eval, **agg):
+def server(exp, attack: dict | None = None, evaluator=ok_eval, fim_source: str | None = None, **agg):
     cfg = exp.cfg.model_copy(deep=True)
     for k, v in agg.items():
         setattr(cfg.aggregation, k, v)
+    if fim_source is not None:
+        cfg.strategy.fim_source = fim_source
     if attack:
         cfg.attack = type(cfg.attack)(client=ATTACKER, **attack)
     runner = Crafted(exp)
     runner = AttackRunner(runner, cfg.attack) if attack else runner
-    return Server(cfg, build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets), exp.groups,
-                  exp.layermap, exp.global_state(), runner, evaluator, sample_counts=[len(p) for p in exp.partitions])
+    return Server.for_experiment(dataclasses.replace(exp, cfg=cfg), runner, evaluator=evaluator)
 
 
 def max_change(a, b):
@@ -203,7 +204,7 @@ def max_change(a, b):
 def test_update_attacks_are_bounded_in_process(exp, attack):
     s = server(exp, attack)
     g = s.state.global_state
-    rec = s.run_round(0)
+    rec = s.run_round(0).to_dict()
     honest_only = aggregate(g, [honest(exp, FitTask(c["id"], 0, c["layers"], 0.0, 0), g)
                                 for c in rec["clients"] if c["id"] != ATTACKER])
     assert list(rec["norm_bounded"]) == [str(ATTACKER)]
@@ -263,18 +264,15 @@ def test_class_statistics_attacks_through_the_server(exp):
 
 
 def test_fisher_attack_through_the_server(exp):
-    s = server(exp, {"kind": "fisher", "factor": 1e15})
-    s.cfg.strategy.fim_source = "clients"
+    s = server(exp, {"kind": "fisher", "factor": 1e15}, fim_source="clients")
     got = s._score_provider(s.slots())()
-    clean = server(exp)
-    clean.cfg.strategy.fim_source = "clients"
+    clean = server(exp, fim_source="clients")
     want = clean._score_provider(clean.slots())()
     # the attacker's vector counts as at most norm_bound (10) median clients of its sample share:
     # bounded, and the layers keep their order of importance
     assert np.all(np.isfinite(got)) and float(got.max()) < 10 * float(np.linalg.norm(want)) + float(want.max())
     assert list(np.argsort(got)) == list(np.argsort(want))
-    off = server(exp, {"kind": "fisher", "factor": 1e15}, norm_bound=0.0)
-    off.cfg.strategy.fim_source = "clients"
+    off = server(exp, {"kind": "fisher", "factor": 1e15}, fim_source="clients", norm_bound=0.0)
     assert float(off._score_provider(off.slots())().max()) > 1e12  # unbounded, one client's scores decide
 
 
@@ -287,7 +285,7 @@ def test_a_round_with_nan_validation_loss_is_not_applied_and_the_run_stops(exp):
 
     s = server(exp, evaluator=nan_eval, max_empty_rounds=2)
     g = {k: v.clone() for k, v in s.state.global_state.items()}
-    rec = s.run_round(0)
+    rec = s.run_round(0).to_dict()
     assert rec["skipped"] == "validation loss is not finite"
     assert all(torch.equal(s.state.global_state[k], g[k]) for k in g)
     seen = []
@@ -303,14 +301,18 @@ def test_a_non_finite_aggregate_is_not_applied(exp, monkeypatch):
     monkeypatch.setitem(AGGREGATION_RULES, "layerwise", inf_rule)
     s = server(exp)
     g = s.state.global_state
-    rec = s.run_round(0)
+    rec = s.run_round(0).to_dict()
     assert rec["skipped"] == "non-finite aggregate" and s.state.global_state is g
 
 
 def test_honest_rounds_record_nothing_new(exp):
     s = server(exp)
-    rec = s.run_round(0)
+    rec = s.run_round(0).to_dict()
     assert "skipped" not in rec and "norm_bounded" not in rec
+    # the metrics.jsonl line keeps its keys in the order it has always had
+    assert list(rec) == ["round", "train_loss", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
+                         "round_time_s", "phase_time_s", "lr", "clients", "failed_clients"]
+    assert list(rec["phase_time_s"]) == ["head_init", "train", "aggregate", "evaluate", "checkpoint"]
     new, info = merge_updates(exp.global_state(), [], "layerwise", exp.cfg.aggregation)
     assert info == {}
 

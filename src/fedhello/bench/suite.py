@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 import fedhello
-from fedhello.allocation import build_strategy
 from fedhello.model.fisher import fisher_layer_scores, fisher_layer_scores_loop, length_buckets, split_batch
 from fedhello.allocation.patterns import deterministic_layers
 from fedhello.bench.common import (
@@ -40,7 +39,8 @@ from fedhello.federation.simulation import SimulationRunner
 from fedhello.model import build_backbone
 from fedhello.model.step import TrainingMemory, train_step
 from fedhello.model.state import freeze_all, set_state, set_trainable, state_nbytes
-from fedhello.run.experiment import Experiment, pick_device, prepare
+from fedhello.run.device import pick_device
+from fedhello.run.preparation import Experiment, prepare
 
 Log = Callable[[str], None]
 # the folder that holds the fedhello package: the probe processes import it from there
@@ -81,60 +81,57 @@ def client_batches(exp: Experiment, task: FitTask, indices: np.ndarray) -> list[
 # --------------------------------------------------------------------------- 1 + 6: engine, communication
 
 
-def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
-    """Rounds of the real Server + SimulationRunner vs. the same steps in a bare loop.
-
-    Engine time: ``Server.run`` for one round (sampling, allocation, state in/out,
-    collation, training, validation, aggregation); evaluation is excluded (none is
-    due in these rounds). Bare time: only the optimizer construction and the
-    forward/backward/step loop of the same clients on the same pre-collated batches,
-    same layers, same seeds. Each client's bare twin runs right before or after it
-    (alternating) inside the round, and is subtracted from the round's wall time.
-    """
+def bare_client(exp: Experiment, s: Settings, task: FitTask, gstate) -> float:
+    """The bare twin of one client's training: the same layers, seed and pre-collated batches,
+    only the optimizer construction and the forward/backward/step loop timed; returns its seconds."""
     cfg, model, lm = exp.cfg, exp.model, exp.layermap
+    set_state(model, gstate)
+    params = set_trainable(model, lm, task.layers, ffa=cfg.lora.ffa)
+    batches = client_batches(exp, task, exp.partitions[task.client_id])
+    torch.manual_seed(task.seed)
+    model.train()
 
-    def bare_client(task: FitTask, gstate) -> float:
-        set_state(model, gstate)
-        params = set_trainable(model, lm, task.layers, ffa=cfg.lora.ffa)
-        batches = client_batches(exp, task, exp.partitions[task.client_id])
-        torch.manual_seed(task.seed)
-        model.train()
+    def run():
+        opt = make_optimizer(params, cfg.train.optimizer, task.lr, cfg.train.weight_decay)
+        with autocast(s, exp.device):
+            bare_steps(model, opt, batches)
 
-        def run():
-            opt = make_optimizer(params, cfg.train.optimizer, task.lr, cfg.train.weight_decay)
-            with autocast(s, exp.device):
-                bare_steps(model, opt, batches)
+    dt, _ = timed(run, exp.device)
+    model.eval()
+    freeze_all(model, lm)
+    return dt
 
-        dt, _ = timed(run, exp.device)
-        model.eval()
-        freeze_all(model, lm)
-        return dt
 
-    class Interleaved(SimulationRunner):
-        """The real runner, one client at a time, each next to its bare twin (A/B order alternating)."""
+class InterleavedRunner(SimulationRunner):
+    """The real runner, one client at a time, each next to its bare twin (A/B order alternating)."""
 
-        bare_s = 0.0  # bare time spent inside this round's fit call (subtracted from the round's wall time)
-        bare_total = 0.0
-        calls = 0
+    def __init__(self, exp: Experiment, s: Settings):
+        super().__init__(exp)
+        self.exp, self.settings = exp, s
+        self.bare_s = 0.0  # bare time spent inside this round's fit call (subtracted from the round's wall time)
+        self.calls = 0
 
-        def fit(self, tasks, global_state):
-            out = []
-            self.bare_s = 0.0
-            for task in tasks:
-                self.calls += 1
-                if self.calls % 2:
-                    out.extend(super().fit([task], global_state))
-                    self.bare_s += bare_client(task, global_state)
-                else:
-                    self.bare_s += bare_client(task, global_state)
-                    out.extend(super().fit([task], global_state))
-            return out
+    def fit(self, tasks, global_state):
+        """See :meth:`SimulationRunner.fit`; each client's bare twin runs right before or after it."""
+        out = []
+        self.bare_s = 0.0
+        for task in tasks:
+            self.calls += 1
+            if self.calls % 2:
+                out.extend(super().fit([task], global_state))
+                self.bare_s += bare_client(self.exp, self.settings, task, global_state)
+            else:
+                self.bare_s += bare_client(self.exp, self.settings, task, global_state)
+                out.extend(super().fit([task], global_state))
+        return out
 
-    runner = Interleaved(exp)
-    strategy = build_strategy(cfg.strategy, lm.num_layers, cfg.clients.budgets)
-    server = Server(cfg, strategy, exp.groups, lm, exp.global_state(), runner, no_eval)
+
+def time_engine_rounds(exp: Experiment, s: Settings, log: Log, server: Server, runner: InterleavedRunner):
+    """One warm-up round, then ``engine_rounds`` timed ones: per round the engine's time (the round's
+    wall time less its bare twins') and the bare time, and the byte counts every client moved, by
+    resource group (``{group: {"upload": {...}, "download": {...}}}``)."""
     rounds = s.sizes.engine_rounds
-    engine_t, bare_t, ratios = [], [], []
+    engine_t, bare_t = [], []
     comm: dict[int, dict[str, set]] = {}
     for t in range(rounds + 1):
         with autocast(s, exp.device):
@@ -152,9 +149,27 @@ def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
             continue
         engine_t.append(te)
         bare_t.append(tb)
-        ratios.append(te / tb)
         log(f"  engine round {t}/{rounds}: engine {te:.2f}s, bare {tb:.2f}s, ratio {te / tb:.3f}")
-    communication = bench_communication(cfg, lm, server.state.global_state, comm)
+    return engine_t, bare_t, comm
+
+
+def bench_engine(exp: Experiment, s: Settings, log: Log) -> dict[str, Any]:
+    """Rounds of the real Server + SimulationRunner vs. the same steps in a bare loop.
+
+    Engine time: ``Server.run`` for one round (sampling, allocation, state in/out,
+    collation, training, validation, aggregation); evaluation is excluded (none is
+    due in these rounds). Bare time: only the optimizer construction and the
+    forward/backward/step loop of the same clients on the same pre-collated batches,
+    same layers, same seeds (:func:`bare_client`). Each client's bare twin runs right
+    before or after it (alternating, :class:`InterleavedRunner`) inside the round, and
+    is subtracted from the round's wall time.
+    """
+    cfg = exp.cfg
+    runner = InterleavedRunner(exp, s)
+    server = Server.for_experiment(exp, runner, evaluator=no_eval)
+    engine_t, bare_t, comm = time_engine_rounds(exp, s, log, server, runner)
+    ratios = [te / tb for te, tb in zip(engine_t, bare_t)]
+    communication = bench_communication(cfg, exp.layermap, server.state.global_state, comm)
     return {
         "engine_overhead_ratio": median(ratios),
         "engine": {
@@ -241,46 +256,44 @@ def fixed_batches(exp: Experiment, n_batches: int, bs: int, seed: int) -> list[d
     return [collate(exp.train, b, exp.device) for b in train_batches(exp.train.lengths, idx, bs, rng, True)]
 
 
-def bench_freezing(exp: Experiment, s: Settings, log: Log, memory: bool = True) -> dict[str, Any]:
-    """Step time and memory of each freezing configuration vs. training every layer.
+def start_freezing(exp: Experiment, s: Settings, name: str, layers: list[int], gstate):
+    """The model loaded with ``gstate``, in training mode, with configuration ``name``'s trainable
+    layers (:func:`freeze_setup`); returns its optimizer."""
+    set_state(exp.model, gstate)
+    opt = freeze_setup(exp.model, exp.layermap, name, layers, s.lr)
+    exp.model.train()
+    return opt
 
-    Every configuration trains on the same fixed batches, interleaved step by step;
-    the figures are the median per-repetition time ratios to ``all``, the bytes
-    saved for backward, and with ``memory`` the peak memory of each configuration
-    (:func:`freeze_memory`).
-    """
+
+def freeze_saved_bytes(exp: Experiment, s: Settings, configs: dict[str, list[int]], batch: dict,
+                       gstate) -> dict[str, int]:
+    """A warm-up step of every freezing configuration on ``batch``; the activation bytes each saved for backward."""
     model, lm, dev = exp.model, exp.layermap, exp.device
-    configs = freeze_configs(lm.num_layers)
-    names = list(configs)
-    batches = fixed_batches(exp, s.sizes.freeze_batches, s.batch_size, s.seed + 11)
-    gstate = exp.global_state()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    phases: dict[str, dict[str, list[float]]] = {n: {"forward": [], "backward": [], "optimizer": []} for n in names}
     saved: dict[str, int] = {}
-
-    def setup(name: str):
-        set_state(model, gstate)
-        opt = freeze_setup(model, lm, name, configs[name], s.lr)
-        model.train()
-        return opt
-
-    def step(opt, b) -> tuple[float, float, float]:
-        return train_step(model, opt, b, forward_ctx=lambda: autocast(s, dev), phases=dev).phase_s
-
-    for name in names:  # warm-up, and the saved-activation bytes of the first batch
-        opt = setup(name)
+    for name, layers in configs.items():
+        opt = start_freezing(exp, s, name, layers, gstate)
         mem = TrainingMemory(model)
-        train_step(model, opt, batches[0], memory=mem, forward_ctx=lambda: autocast(s, dev))
+        train_step(model, opt, batch, memory=mem, forward_ctx=lambda: autocast(s, dev))
         saved[name] = mem.last["saved_bytes"]
         freeze_all(model, lm)
-    # interleaved per step: every configuration trains on the same batch, one after another
+    return saved
+
+
+def time_freezing(exp: Experiment, s: Settings, log: Log, configs: dict[str, list[int]], batches: list[dict], gstate):
+    """Every configuration trains on the same batches, interleaved step by step (the order rotating),
+    ``freeze_reps`` times. Returns the mean step time of each repetition, by configuration, and every
+    timed step's forward, backward and optimizer seconds."""
+    model, lm, dev = exp.model, exp.layermap, exp.device
+    names = list(configs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    phases: dict[str, dict[str, list[float]]] = {n: {"forward": [], "backward": [], "optimizer": []} for n in names}
     for rep in range(s.sizes.freeze_reps):
         tot = {n: 0.0 for n in names}
         for j, b in enumerate(batches):
             for name in rotate(names, rep * len(batches) + j):
-                opt = setup(name)
+                opt = start_freezing(exp, s, name, configs[name], gstate)
                 torch.manual_seed(j)
-                f, bw, o = step(opt, b)
+                f, bw, o = train_step(model, opt, b, forward_ctx=lambda: autocast(s, dev), phases=dev).phase_s
                 ph = phases[name]
                 ph["forward"].append(f)
                 ph["backward"].append(bw)
@@ -292,6 +305,23 @@ def bench_freezing(exp: Experiment, s: Settings, log: Log, memory: bool = True) 
             times[n].append(tot[n] / len(batches))
         log("  freezing rep {}: ".format(rep + 1) + ", ".join(f"{n} {1000 * times[n][-1]:.0f}ms" for n in names))
     set_state(model, gstate)
+    return times, phases
+
+
+def bench_freezing(exp: Experiment, s: Settings, log: Log, memory: bool = True) -> dict[str, Any]:
+    """Step time and memory of each freezing configuration vs. training every layer.
+
+    Every configuration trains on the same fixed batches, interleaved step by step
+    (:func:`time_freezing`); the figures are the median per-repetition time ratios to
+    ``all``, the bytes saved for backward (:func:`freeze_saved_bytes`), and with
+    ``memory`` the peak memory of each configuration (:func:`freeze_memory`).
+    """
+    configs = freeze_configs(exp.layermap.num_layers)
+    names = list(configs)
+    batches = fixed_batches(exp, s.sizes.freeze_batches, s.batch_size, s.seed + 11)
+    gstate = exp.global_state()
+    saved = freeze_saved_bytes(exp, s, configs, batches[0], gstate)
+    times, phases = time_freezing(exp, s, log, configs, batches, gstate)
     step = {n: median(v) for n, v in times.items()}
     # ratio per repetition (interleaved), then the median
     time_ratio = {
@@ -522,8 +552,7 @@ def bench_grouping_accuracy(s: Settings, log: Log) -> dict[str, Any]:
     for label, group, seed in (("grouped", True, 0), ("shuffled", False, 0), ("shuffled_seed1", False, 1)):
         cfg = exp.cfg.model_copy(update={"seed": seed, "train": exp.cfg.train.model_copy(update={"group_by_length": group})})
         e = dataclasses.replace(exp, cfg=cfg)
-        strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
-        server = Server(cfg, strategy, exp.groups, exp.layermap, dict(init), SimulationRunner(e), e.evaluator())
+        server = Server.for_experiment(e, SimulationRunner(e), global_state=dict(init))
         with autocast(s, exp.device):
             recs = server.run()
         results[label] = recs[-1]["test_accuracy"]
@@ -583,8 +612,7 @@ def probe_scale(arg: dict) -> dict:
     exp = prepare(cfg)
     prepare_s = time.perf_counter() - t0
     rss_after_setup = rss_bytes()
-    strategy = build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets)
-    server = Server(cfg, strategy, exp.groups, exp.layermap, exp.global_state(), SimulationRunner(exp), no_eval)
+    server = Server.for_experiment(exp, SimulationRunner(exp), evaluator=no_eval)
     times = []
     for t in range(s.sizes.scale_rounds + 1):
         with autocast(s, exp.device):

@@ -1,9 +1,11 @@
-"""The records a run writes, typed: :class:`RoundRecord` (one line of ``metrics.jsonl``
+"""The records a run writes, typed: :class:`RoundLine` (one line of ``metrics.jsonl``
 per round), :class:`ClientRecord` (one per client of a round), :class:`HeadInitRecord`
 (the class-statistics round before round 0) and :class:`Summary` (``summary.json``).
 
 They are ``TypedDict``\\ s: the files stay plain JSON objects and every reader
 (report, sweep table, TensorBoard, resume) reads them with the names below.
+:class:`RoundRecord` is what the server's round returns: the same line, as a
+dataclass, written out by :meth:`RoundRecord.to_dict`.
 :func:`to_json` writes any of them; :func:`read_summary` also reads the
 ``summary.json`` of a run written before the summary's names were made
 metric-neutral.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 
@@ -64,7 +67,7 @@ class HeadInitRecord(TypedDict):
     classes_seen: int  # classes with at least one sample among the clients
 
 
-class RoundRecord(TypedDict, total=False):
+class RoundLine(TypedDict, total=False):
     """One line of ``metrics.jsonl``: a finished round (see the field comments)."""
     round: int  # 0-based (the console counts from 1)
     train_loss: float  # sample-weighted mean of the clients' losses
@@ -86,6 +89,36 @@ class RoundRecord(TypedDict, total=False):
     fim_scores: list[float]  # Fisher scores, on the rounds they were computed
     fim_tiers: list[int]
     head_init: HeadInitRecord  # round 0 only, with head.init: class-means
+
+
+@dataclass
+class RoundRecord:
+    """A finished round as the server returns it; :meth:`to_dict` is its ``metrics.jsonl`` line
+    (:class:`RoundLine`, whose comments say what each field holds)."""
+    round: int
+    train_loss: float
+    # val_accuracy, val_loss, test_accuracy, test_loss (None when not evaluated), then val_<m> / test_<m>
+    evaluation: dict[str, float | None]
+    round_time_s: float
+    phase_time_s: dict[str, float]
+    lr: float
+    clients: list[ClientRecord]
+    failed_clients: list[dict]
+    skipped: str | None = None  # why the round's aggregate was not applied
+    info: dict = field(default_factory=dict)  # the strategy's plan info, then the aggregation rule's
+    head_init: HeadInitRecord | None = None
+
+    def to_dict(self) -> RoundLine:
+        """The ``metrics.jsonl`` line, its keys in the order the file has always had."""
+        out: dict = {"round": self.round, "train_loss": self.train_loss, **self.evaluation,
+                     "round_time_s": self.round_time_s, "phase_time_s": self.phase_time_s, "lr": self.lr,
+                     "clients": self.clients, "failed_clients": self.failed_clients}
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        out.update(self.info)
+        if self.head_init is not None:
+            out["head_init"] = self.head_init
+        return out  # type: ignore[return-value]
 
 
 class Summary(TypedDict, total=False):
@@ -128,7 +161,7 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def to_json(record: RoundRecord | Summary | dict | Any, indent: int | None = None) -> str:
+def to_json(record: RoundLine | Summary | dict | Any, indent: int | None = None) -> str:
     """A record (or any file the run directory holds as JSON) as strict JSON."""
     return json.dumps(_clean(record), indent=indent)
 

@@ -1,10 +1,12 @@
 """The server round loop, the same for every runtime.
 
-One round: sample clients -> ask the strategy for each client's layers ->
-hand the fit tasks to a :class:`ClientRunner` -> validate and aggregate the
-replies layer-wise -> evaluate the global model -> record. The runner is the
-only thing that knows how clients are reached (in-process simulation, Flower);
-the loop itself knows nothing of it.
+One round: plan (sample clients, ask the strategy for each client's layers) ->
+hand the fit tasks to a :class:`~fedhello.federation.seams.ClientRunner` -> merge
+(validate and aggregate the replies layer-wise) -> evaluate the global model ->
+record. The runner is the only thing that knows how clients are reached
+(in-process simulation, Flower); the loop itself knows nothing of it.
+:meth:`Server.for_experiment` builds a server from a prepared experiment; the
+server reads only its :class:`ServerSettings`, never the whole config.
 
 Rank-heterogeneous strategies also give each client a LoRA rank
 (``Strategy.client_rank`` -> ``FitTask.rank``): the client is sent the global
@@ -20,29 +22,26 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from fedhello.allocation import ClientSlot, Strategy
+from fedhello.allocation import ClientSlot, Strategy, build_strategy
 from fedhello.allocation.clients import allocation_rng, client_slots, sample_clients
 from fedhello.allocation.resources import BatchShape, ResourceModel
 from fedhello.errors import FedHelloError
 from fedhello.federation.aggregation import aggregate, screen_round
 from fedhello.federation.client import ClientFailure, ClientUpdate, FitTask, round_seed, uploads_head
 from fedhello.federation.progress import CLIENTS, EVALUATION, NO_PROGRESS, ROUNDS, STATISTICS, ProgressHook, phase
-from fedhello.federation.records import RoundRecord, Summary
+from fedhello.federation.records import ClientRecord, RoundLine, RoundRecord, Summary
 from fedhello.federation.rank_aggregation import flexlora_aggregate, hetlora_aggregate
 from fedhello.federation.robust import (bound_update_norms, combine_class_stats, combine_scores, robust_mean,
                                        stats_problem)
+from fedhello.federation.seams import ClientRunner, Evaluator, FisherScorer, HeadInitialiser, ServerExperiment
 from fedhello.model.layermap import LayerMap
 from fedhello.model.rank import max_rank, truncate_rank
 from fedhello.model.state import State, check_state, state_nbytes
-
-Evaluator = Callable[[State], dict[str, dict[str, float]]]
-"""global state -> {"val": {"accuracy", "loss", ...}, "test": {...}}"""
-
 
 log = logging.getLogger("fedhello")
 
@@ -81,7 +80,8 @@ def merge_updates(global_state: State, updates: Sequence[ClientUpdate], rule: st
     """A round's screened updates merged, for every runtime: each update's deltas bounded
     (``agg.norm_bound``, :func:`~fedhello.federation.robust.bound_update_norms`), then the rule
     :data:`AGGREGATION_RULES` names, or for the layer-wise rule the ``agg.robust`` one.
-    ``agg``: the config's ``aggregation`` section. Returns (state, info for the round's record)."""
+    ``agg``: :class:`AggregationSettings` (or the config's ``aggregation`` section, which has the
+    same names). Returns (state, info for the round's record)."""
     updates, bound_info = bound_update_norms(global_state, updates, agg.norm_bound)
     if rule == "layerwise" and agg.robust != "mean":
         new_state, info = robust_mean(global_state, updates, agg.robust, agg.trim), {}
@@ -92,46 +92,92 @@ def merge_updates(global_state: State, updates: Sequence[ClientUpdate], rule: st
     return new_state, info
 
 
-class ClientRunner(Protocol):
-    """How a runtime reaches clients: the one thing :class:`Server` does not know.
+@dataclass(frozen=True)
+class AggregationSettings:
+    """How a round's updates are bounded and merged (the config's ``aggregation`` section)."""
+    weighting: str  # samples | uniform
+    norm_bound: float  # each update's deltas clipped to this x the median over holders (0: off)
+    robust: str  # mean | trimmed-mean | median (layer-wise averaging only)
+    trim: float  # trimmed-mean: share of holders dropped at each end
+    max_empty_rounds: int  # the run stops after this many rounds in a row aggregated nothing
 
-    Implementations: :class:`fedhello.federation.simulation.SimulationRunner`
-    (every client in this process) and :class:`fedhello.flower.strategy.FlowerRunner`
-    (one Flower node per client). A runner moves data and reports failures; it
-    never validates or aggregates (the Server does, identically for every runtime).
-    A client that fails, times out or cannot be reached is reported as a
-    :class:`~fedhello.federation.client.ClientFailure` (with a reason) in its
-    place, so that the round goes on with the others.
-    """
+    @classmethod
+    def from_config(cls, agg) -> AggregationSettings:
+        """The settings of a config's ``aggregation`` section."""
+        return cls(agg.weighting, agg.norm_bound, agg.robust, agg.trim, agg.max_empty_rounds)
 
-    def fit(self, tasks: Sequence[FitTask], global_state: State) -> list[ClientUpdate | ClientFailure]:
-        """Train each task's client from ``global_state``; one result per task.
 
-        A task's client starts from ``global_state`` truncated to ``task.rank``
-        (when set), trains ``task.layers`` with ``task.lr`` and ``task.seed``, and
-        replies with only the tensors it trained. Results are matched to tasks by
-        ``client_id``; the Server rejects extra, duplicate or malformed replies.
-        """
+@dataclass(frozen=True)
+class EvalSettings:
+    """When rounds are evaluated and how the best one is chosen (the config's ``eval`` section)."""
+    every: int  # evaluate every this many rounds, and the last one
+    test: str  # every: the test set every evaluated round; selected: only the best-validation round's
+    select_metric: str  # the validation metric that chooses the best round
 
-    def scores(self, client_ids: Sequence[int], global_state: State) -> list[tuple[np.ndarray, int] | ClientFailure]:
-        """Per-layer Fisher scores and sample counts computed by clients on their own data.
 
-        One entry per id: ``(scores of length L, number of samples)`` or a failure.
-        Used when ``strategy.fim_source`` is ``clients``; the Server averages the
-        scores weighted by the sample counts.
-        """
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything :class:`Server` reads of an experiment config, and nothing else
+    (:meth:`from_config`; the config key of each field in its comment)."""
+    rounds: int  # rounds
+    seed: int  # seed: client sampling, allocation draws, the clients' training seeds
+    per_round: int  # clients.per_round
+    budgets: tuple[int, ...]  # clients.budgets: each resource group's count of LoRA layers
+    lr: float  # train.lr, the learning rate of round 0
+    lr_decay: float  # train.lr_decay, per round
+    fim_source: str  # strategy.fim_source: who computes Fisher scores (server | clients)
+    ffa: bool  # lora.ffa: replies hold no LoRA A matrices
+    uploads_head: bool  # from head.train: replies hold the head
+    aggregation: AggregationSettings
+    eval: EvalSettings
 
-    def class_stats(
-        self, client_ids: Sequence[int], global_state: State
-    ) -> list[tuple[np.ndarray, np.ndarray, float] | ClientFailure]:
-        """Per-class feature sums (C, D), counts (C,) and the sum of feature norms, computed
-        forward-only by each client on its own data (the class-means head, fedhello.model.head).
+    @classmethod
+    def from_config(cls, cfg) -> ServerSettings:
+        """The settings of an :class:`~fedhello.config.ExperimentConfig`."""
+        return cls(
+            rounds=cfg.rounds, seed=cfg.seed, per_round=cfg.clients.per_round, budgets=tuple(cfg.clients.budgets),
+            lr=cfg.train.lr, lr_decay=cfg.train.lr_decay, fim_source=cfg.strategy.fim_source, ffa=cfg.lora.ffa,
+            uploads_head=uploads_head(cfg.head.train), aggregation=AggregationSettings.from_config(cfg.aggregation),
+            eval=EvalSettings(cfg.eval.every, cfg.eval.test, cfg.eval.select_metric),
+        )
 
-        One entry per id, in the order of ``client_ids``.
-        """
 
-    def available(self) -> set[int] | None:
-        """Ids of clients that can be reached now (None: all of them); sampling draws only from these."""
+@dataclass
+class RoundPlan:
+    """A round's plan (:meth:`Server.plan`): its clients, their fit tasks and the strategy's info."""
+    round: int
+    slots: dict[int, ClientSlot]  # the sampled clients, by id
+    tasks: list[FitTask]  # one per client the strategy gave layers, by client id
+    info: dict  # the strategy's record entries (layer_probs, fim_scores, ...)
+
+    def rank_of(self, client_id: int) -> int | None:
+        """The LoRA rank client ``client_id`` was sent (None: the global state's own)."""
+        return next(task.rank for task in self.tasks if task.client_id == client_id)
+
+
+@dataclass
+class RoundMerge:
+    """A round's replies screened and merged (:func:`screen_and_merge`)."""
+    updates: list[ClientUpdate]  # the accepted updates
+    failed: list[dict]  # {id, reason}: gave up, unreachable or rejected
+    state: State  # the new global state; the previous one when ``skipped``
+    info: dict  # the aggregation rule's record entries (norm_bounded, ...)
+    skipped: str | None = None  # why the aggregate is not applied
+
+
+def screen_and_merge(tasks: Sequence[FitTask], results: Sequence, state: State, layermap: LayerMap, *,
+                     rule: str, aggregation, ffa: bool, head: bool,
+                     sample_counts: Sequence[int] | None = None) -> RoundMerge:
+    """A round's replies to ``tasks`` screened (:func:`~fedhello.federation.aggregation.screen_round`:
+    shapes against what each client was sent, counts against its partition) and the accepted ones
+    merged (:func:`merge_updates`; ``aggregation``: :class:`AggregationSettings` or the config's
+    section). A non-finite aggregate is not applied: the result then holds ``state`` and says why."""
+    updates, failed = screen_round(tasks, results, layermap, state, ffa=ffa, head=head, sample_counts=sample_counts)
+    new_state, info = merge_updates(state, updates, rule, aggregation)
+    skipped = None
+    if not all(bool(torch.isfinite(v).all()) for v in new_state.values()):
+        skipped, new_state = "non-finite aggregate", state
+    return RoundMerge(updates, failed, new_state, info, skipped)
 
 
 @dataclass
@@ -143,24 +189,25 @@ class ServerState:
 
 
 class Server:
-    """Runs rounds of federated LoRA fine-tuning over a :class:`ClientRunner`.
+    """Runs rounds of federated LoRA fine-tuning over a :class:`~fedhello.federation.seams.ClientRunner`.
 
-    Each round (:meth:`run_round`): sample up to ``clients.per_round`` of the eligible,
-    available clients; ask the strategy for their layers (and ranks); have the
-    runner train them; screen the replies (exact tensor names, shapes, dtypes,
-    finite values, plausible sample counts); merge the accepted updates with the
-    rule named by ``strategy.aggregation`` (:data:`AGGREGATION_RULES`); evaluate
-    on the rounds ``eval.every`` asks for and the last one; return the round's
-    record. With ``head_init`` set, :meth:`run` first sets the class-means head
-    from the clients' class statistics (:meth:`initialise_head`).
-    :meth:`checkpoint` returns the state after the last finished round and
-    :meth:`restore` resumes from it.
+    Each round (:meth:`run_round`): :meth:`plan` samples up to ``per_round`` of the eligible,
+    available clients and asks the strategy for their layers (and ranks); the runner trains
+    them; :meth:`merge` screens the replies (exact tensor names, shapes, dtypes, finite values,
+    plausible sample counts) and merges the accepted updates with the rule named by
+    ``strategy.aggregation`` (:data:`AGGREGATION_RULES`); :meth:`evaluate` scores the rounds
+    ``eval.every`` asks for and the last one; :meth:`record` builds the round's
+    :class:`~fedhello.federation.records.RoundRecord`. With ``head_init`` set, :meth:`run`
+    first sets the class-means head from the clients' class statistics (:meth:`initialise_head`).
+    :meth:`checkpoint` returns the state after the last finished round and :meth:`restore`
+    resumes from it.
+
+    :meth:`for_experiment` builds one from a prepared experiment, the way every caller does.
 
     Parameters
     ----------
-    cfg : ExperimentConfig
-        The experiment config (its rounds, seed, clients, strategy, train,
-        aggregation, eval, head and lora keys are read).
+    settings : ServerSettings
+        What the server reads of the experiment config (:meth:`ServerSettings.from_config`).
     strategy : Strategy
         Decides each round's layer allocation; its state is checkpointed.
     groups : Sequence[int]
@@ -173,38 +220,42 @@ class Server:
         How clients are reached.
     evaluator : Evaluator
         Scores a global state on the validation and test splits.
-    server_scorer : callable, optional
+    server_scorer : FisherScorer, optional
         Fisher scores of a global state on the server's calibration set
         (``strategy.fim_source: server``).
-    head_init : callable, optional
+    head_init : HeadInitialiser, optional
         The class-means head from summed class statistics (``head.init:
         class-means``), set before round 0 by :meth:`initialise_head`.
     num_classes : int, optional
         Checks the shape of the clients' class statistics.
     sample_counts : Sequence[int], optional
         Each client's partition size: a reply claiming more samples is rejected.
+    resources : ResourceModel, optional
+        The cost model and the clients' declared limits: slots are restricted to what
+        each client affords, plans checked, costs predicted.
     """
 
     def __init__(
         self,
-        cfg,
+        settings: ServerSettings,
         strategy: Strategy,
         groups: Sequence[int],
         layermap: LayerMap,
         global_state: State,
         runner: ClientRunner,
         evaluator: Evaluator,
-        server_scorer: Callable[[State], np.ndarray] | None = None,
-        head_init: Callable[[np.ndarray, np.ndarray, float], State] | None = None,
+        *,
+        server_scorer: FisherScorer | None = None,
+        head_init: HeadInitialiser | None = None,
         num_classes: int | None = None,
         sample_counts: Sequence[int] | None = None,
         resources: ResourceModel | None = None,
     ):
         """See the class docstring for the parameters."""
-        self.cfg = cfg
+        self.settings = settings
         self.strategy = strategy
         self.groups = list(groups)
-        self.budgets = list(cfg.clients.budgets)
+        self.budgets = list(settings.budgets)
         self.layermap = layermap
         self.state = ServerState(round=0, global_state=global_state)
         self.runner = runner
@@ -212,7 +263,6 @@ class Server:
         self.server_scorer = server_scorer
         self.head_init = head_init
         self.num_classes = num_classes
-        self.uploads_head = uploads_head(cfg.head.train)
         self._head_info: dict | None = None  # the statistics round's costs, recorded with round 0
         # eval.test: selected: the best-validation round so far and its global state (checkpointed)
         self._best: dict | None = None
@@ -224,9 +274,30 @@ class Server:
         self.resources = resources
         # where long steps stand (rounds, a round's clients, statistics, evaluation); set by the caller
         self.progress: ProgressHook = NO_PROGRESS
-        if cfg.aggregation.robust != "mean" and strategy.aggregation != "layerwise":
-            raise FedHelloError(f"config key 'aggregation.robust': {cfg.aggregation.robust} is for layer-wise "
-                                f"averaging, strategy {cfg.strategy.name} merges with its own rule")
+        if settings.aggregation.robust != "mean" and strategy.aggregation != "layerwise":
+            raise FedHelloError(f"config key 'aggregation.robust': {settings.aggregation.robust} is for layer-wise "
+                                f"averaging, strategy {strategy.name} merges with its own rule")
+
+    @classmethod
+    def for_experiment(cls, exp: ServerExperiment, runner: ClientRunner, *, evaluator: Evaluator | None = None,
+                       global_state: State | None = None) -> Server:
+        """The Server of a prepared experiment (:class:`~fedhello.federation.seams.ServerExperiment`)
+        over ``runner``: its config's settings and strategy, its clients' groups and partition
+        sizes, its layers, state, Fisher scorer, class-means head (``head.init: class-means``)
+        and cost model. ``evaluator``: instead of the experiment's own; ``global_state``: the
+        state to start from instead of the model's current one."""
+        cfg = exp.cfg
+        return cls(
+            ServerSettings.from_config(cfg),
+            build_strategy(cfg.strategy, exp.layermap.num_layers, cfg.clients.budgets),
+            exp.groups, exp.layermap, exp.global_state() if global_state is None else global_state, runner,
+            exp.evaluator() if evaluator is None else evaluator,
+            server_scorer=exp.server_scorer(),
+            head_init=exp.head_from_stats if cfg.head.init == "class-means" else None,
+            num_classes=exp.num_classes(),
+            sample_counts=[len(p) for p in exp.partitions],
+            resources=exp.resources,
+        )
 
     # -- pieces of a round -------------------------------------------------------
     def slots(self) -> list[ClientSlot]:
@@ -248,12 +319,12 @@ class Server:
         if not pool:
             raise FedHelloError(f"round {t}: no eligible client is available")
         by_id = {s.id: s for s in pool}
-        return [by_id[i] for i in sample_clients(list(by_id), self.cfg.clients.per_round, self.cfg.seed, t)]
+        return [by_id[i] for i in sample_clients(list(by_id), self.settings.per_round, self.settings.seed, t)]
 
     def _score_provider(self, slots: Sequence[ClientSlot]) -> Callable[[], np.ndarray]:
         def provide() -> np.ndarray:
             state = self.state.global_state
-            if self.cfg.strategy.fim_source == "server":
+            if self.settings.fim_source == "server":
                 if self.server_scorer is None:
                     raise FedHelloError("strategy.fim_source 'server' needs a server calibration set")
                 return np.asarray(self.server_scorer(state), dtype=np.float64)
@@ -261,7 +332,7 @@ class Server:
             ok = self._screen_scores(ids, self.runner.scores(ids, state))
             if not ok:
                 raise FedHelloError("no client returned Fisher scores")
-            combined, clipped = combine_scores(ok, self.cfg.aggregation.norm_bound)
+            combined, clipped = combine_scores(ok, self.settings.aggregation.norm_bound)
             if clipped:
                 log.warning("Fisher scores: %d client score vectors norm-bounded (norm_bound x the median norm)", clipped)
             return combined
@@ -295,13 +366,13 @@ class Server:
 
     def lr(self, t: int) -> float:
         """The learning rate of round ``t``: ``train.lr * train.lr_decay ** t``."""
-        return self.cfg.train.lr * (self.cfg.train.lr_decay**t)
+        return self.settings.lr * (self.settings.lr_decay**t)
 
     def should_evaluate(self, t: int) -> bool:
         """Whether round ``t`` is evaluated: every ``eval.every`` rounds, and the last one."""
-        return (t + 1) % self.cfg.eval.every == 0 or t == self.cfg.rounds - 1
+        return (t + 1) % self.settings.eval.every == 0 or t == self.settings.rounds - 1
 
-    def run_round(self, t: int) -> dict:
+    def run_round(self, t: int) -> RoundRecord:
         """Run round ``t`` (see the class docstring) and return its record.
 
         The global state is replaced by the aggregate of the accepted updates; the
@@ -310,108 +381,124 @@ class Server:
         and aggregation rule's info (:class:`~fedhello.federation.records.RoundRecord`).
         """
         t0 = time.perf_counter()
-        slots = self.sample(t)
-        rng = allocation_rng(self.cfg.seed, t)
-        plan = self.strategy.allocate(t, slots, rng, self._score_provider(slots))
-        if self.resources is not None:
-            self.resources.check_plan(self.strategy, plan.allocations)
-        by_id = {s.id: s for s in slots}
+        plan = self.plan(t)
         state = self.state.global_state
-        r_max = max_rank(state)
+        with phase(self.progress, CLIENTS, len(plan.tasks)):  # an in-process runner advances it per client
+            results = self.runner.fit(plan.tasks, state)
+        t_train = time.perf_counter()
+        merged = self.merge(t, plan.tasks, results, state)
+        self.state.global_state = merged.state
+        t_agg = time.perf_counter()
+        evaluation = self.evaluate(t, state, merged)
+        t_end = time.perf_counter()
+        # where the round's time went (summary.json sums it); the caller adds its checkpoint time
+        phases = {"train": t_train - t0, "aggregate": t_agg - t_train, "evaluate": t_end - t_agg}
+        return self.record(plan, state, merged, evaluation, t_end - t0, phases)
+
+    def plan(self, t: int) -> RoundPlan:
+        """Round ``t``'s clients (:meth:`sample`), the strategy's layers for each (its Fisher scores
+        asked for as it needs them), checked against the clients' limits, as fit tasks: layers,
+        learning rate, training seed and, for rank strategies, the rank each client is sent."""
+        slots = self.sample(t)
+        rng = allocation_rng(self.settings.seed, t)
+        allocation = self.strategy.allocate(t, slots, rng, self._score_provider(slots))
+        if self.resources is not None:
+            self.resources.check_plan(self.strategy, allocation.allocations)
+        by_id = {s.id: s for s in slots}
+        r_max = max_rank(self.state.global_state)
         tasks = [
             FitTask(client_id=cid, round=t, layers=sorted(int(x) for x in layers), lr=self.lr(t),
-                    seed=round_seed(self.cfg.seed, t, cid, 3),
+                    seed=round_seed(self.settings.seed, t, cid, 3),
                     rank=self.strategy.client_rank(by_id[cid], r_max) if r_max else None)
-            for cid, layers in sorted(plan.allocations.items())
+            for cid, layers in sorted(allocation.allocations.items())
         ]
-        with phase(self.progress, CLIENTS, len(tasks)):  # an in-process runner advances it per client
-            results = self.runner.fit(tasks, state)
-        t_train = time.perf_counter()
-        task_of = {task.client_id: task for task in tasks}
-        # shapes are checked against what each client was sent (its rank), counts against its partition
-        updates, failed = screen_round(tasks, results, self.layermap, state, ffa=self.cfg.lora.ffa,
-                                       head=self.uploads_head, sample_counts=self.sample_counts)
+        return RoundPlan(t, by_id, tasks, allocation.info)
+
+    def merge(self, t: int, tasks: Sequence[FitTask], results: Sequence, state: State) -> RoundMerge:
+        """Round ``t``'s replies screened and merged into ``state`` (:func:`screen_and_merge`, with
+        this server's aggregation settings, rule and partition sizes); rejected replies are logged."""
+        merged = screen_and_merge(tasks, results, state, self.layermap, rule=self.strategy.aggregation,
+                                  aggregation=self.settings.aggregation, ffa=self.settings.ffa,
+                                  head=self.settings.uploads_head, sample_counts=self.sample_counts)
         gave_up = {r.client_id for r in results if isinstance(r, ClientFailure)}
-        for f in failed:
+        for f in merged.failed:
             if f["id"] not in gave_up:
                 log.warning("round %d: rejected update: %s", t, f["reason"])
-        new_state, agg_info = merge_updates(state, updates, self.strategy.aggregation, self.cfg.aggregation)
-        skipped = None
-        if not all(bool(torch.isfinite(v).all()) for v in new_state.values()):
-            skipped, new_state = "non-finite aggregate", state  # not applied: the previous state is kept
-        self.state.global_state = new_state
-        t_agg = time.perf_counter()
-        # what each client is sent: the global state, truncated to its rank
-        download = {tk.client_id: state_nbytes(truncate_rank(state, tk.rank)) for tk in tasks}
-        n_total = sum(u.num_samples for u in updates)
-        train_loss = (
-            sum(u.train_loss * u.num_samples for u in updates) / n_total if n_total else math.nan
-        )
-        rec: dict = {"round": t, "train_loss": train_loss}
-        if self.should_evaluate(t):
+        return merged
+
+    def evaluate(self, t: int, before: State, merged: RoundMerge) -> dict | None:
+        """Round ``t``'s evaluation (None on rounds not evaluated) of the merged state. A merge
+        that makes the validation loss non-finite is not applied: the state ``before`` the round
+        is kept (``merged`` says so) and scored instead. With ``eval.test: selected`` the best
+        state so far is kept (:meth:`select_round`)."""
+        if not self.should_evaluate(t):
+            return None
+        with phase(self.progress, EVALUATION, None):
+            ev = self.evaluate_round(t, merged.state)
+        if merged.state is not before and not math.isfinite(float(ev["val"]["loss"])):
+            # a round that ruins the model is not applied: the previous state is kept and scored
+            merged.skipped, merged.state = "validation loss is not finite", before
+            self.state.global_state = before
             with phase(self.progress, EVALUATION, None):
-                ev = self.evaluate_round(t, new_state)
-            if new_state is not state and not math.isfinite(float(ev["val"]["loss"])):
-                # a round that ruins the model is not applied: the previous state is kept and scored
-                skipped, new_state = "validation loss is not finite", state
-                self.state.global_state = state
-                with phase(self.progress, EVALUATION, None):
-                    ev = self.evaluate_round(t, state)
-            self.select_round(t, new_state, ev)  # eval.test: selected: the best state so far, its test at the end
-            rec.update(
-                val_accuracy=ev["val"]["accuracy"], val_loss=ev["val"]["loss"],
-                test_accuracy=ev["test"]["accuracy"] if "test" in ev else None,
-                test_loss=ev["test"]["loss"] if "test" in ev else None,
-            )
-            rec.update(extra_metrics(ev))
+                ev = self.evaluate_round(t, before)
+        self.select_round(t, merged.state, ev)  # eval.test: selected: the best state so far, its test at the end
+        return ev
+
+    def record(self, plan: RoundPlan, sent: State, merged: RoundMerge, ev: dict | None, round_time_s: float,
+               phases: dict[str, float]) -> RoundRecord:
+        """The round's record: the accepted clients' losses and costs (what each was ``sent``: the
+        global state truncated to its rank), the evaluation, the phase times, the failed clients,
+        the strategy's and the rule's info, and with round 0 the statistics round's costs."""
+        t = plan.round
+        updates = merged.updates
+        n_total = sum(u.num_samples for u in updates)
+        train_loss = sum(u.train_loss * u.num_samples for u in updates) / n_total if n_total else math.nan
+        if ev is not None:
+            evaluation = {"val_accuracy": ev["val"]["accuracy"], "val_loss": ev["val"]["loss"],
+                          "test_accuracy": ev["test"]["accuracy"] if "test" in ev else None,
+                          "test_loss": ev["test"]["loss"] if "test" in ev else None, **extra_metrics(ev)}
         else:
-            rec.update(val_accuracy=None, val_loss=None, test_accuracy=None, test_loss=None)
-        t_end = time.perf_counter()
-        rec["round_time_s"] = t_end - t0
-        # where the round's time went (summary.json sums it); the caller adds its checkpoint time
-        rec["phase_time_s"] = {
-            "head_init": float(self._head_info["time_s"]) if self._head_info is not None else 0.0,
-            "train": t_train - t0, "aggregate": t_agg - t_train, "evaluate": t_end - t_agg, "checkpoint": 0.0,
+            evaluation = dict.fromkeys(("val_accuracy", "val_loss", "test_accuracy", "test_loss"))
+        head_s = float(self._head_info["time_s"]) if self._head_info is not None else 0.0
+        if merged.skipped is not None:
+            log.warning("round %d: not applied (%s); the previous global state is kept", t, merged.skipped)
+        head_info, self._head_info = self._head_info, None
+        return RoundRecord(
+            round=t, train_loss=train_loss, evaluation=evaluation, round_time_s=round_time_s,
+            phase_time_s={"head_init": head_s, **phases, "checkpoint": 0.0}, lr=self.lr(t),
+            clients=[self.client_record(plan, u, sent) for u in updates], failed_clients=merged.failed,
+            skipped=merged.skipped, info={**plan.info, **merged.info}, head_init=head_info,  # type: ignore[arg-type]
+        )
+
+    def client_record(self, plan: RoundPlan, u: ClientUpdate, sent: State) -> ClientRecord:
+        """An accepted client's entry in the round's record (:class:`~fedhello.federation.records.ClientRecord`)."""
+        rank = plan.rank_of(u.client_id)
+        return {  # type: ignore[return-value]
+            "id": u.client_id,
+            "group": plan.slots[u.client_id].group,
+            "layers": u.layers,
+            "num_samples": u.num_samples,
+            "upload_bytes": u.upload_bytes,
+            "download_bytes": state_nbytes(truncate_rank(sent, rank)),
+            "train_time_s": u.train_time_s,
+            "train_cpu_time_s": u.train_cpu_time_s,
+            "train_memory_bytes": u.train_memory_bytes,
+            "train_loss": u.train_loss,
+            **({"rank": rank} if rank is not None else {}),
+            **{k: v for k, v in u.metrics.items() if k == "peak_memory_bytes"},
+            "train_batches": u.train_batches,
+            "train_tokens": u.train_tokens,
+            "train_max_batch_tokens": u.train_max_batch_tokens,
+            **(self.resources.predicted(u.client_id, u.layers, BatchShape(
+                u.train_batches, u.train_tokens, u.train_max_batch_tokens)) if self.resources is not None else {}),
         }
-        rec["lr"] = self.lr(t)
-        rec["clients"] = [
-            {
-                "id": u.client_id,
-                "group": by_id[u.client_id].group,
-                "layers": u.layers,
-                "num_samples": u.num_samples,
-                "upload_bytes": u.upload_bytes,
-                "download_bytes": download[u.client_id],
-                "train_time_s": u.train_time_s,
-                "train_cpu_time_s": u.train_cpu_time_s,
-                "train_memory_bytes": u.train_memory_bytes,
-                "train_loss": u.train_loss,
-                **({"rank": task_of[u.client_id].rank} if task_of[u.client_id].rank is not None else {}),
-                **{k: v for k, v in u.metrics.items() if k == "peak_memory_bytes"},
-                "train_batches": u.train_batches,
-                "train_tokens": u.train_tokens,
-                "train_max_batch_tokens": u.train_max_batch_tokens,
-                **(self.resources.predicted(u.client_id, u.layers, BatchShape(
-                    u.train_batches, u.train_tokens, u.train_max_batch_tokens)) if self.resources is not None else {}),
-            }
-            for u in updates
-        ]
-        rec["failed_clients"] = failed
-        if skipped is not None:
-            rec["skipped"] = skipped
-            log.warning("round %d: not applied (%s); the previous global state is kept", t, skipped)
-        rec.update(plan.info)
-        rec.update(agg_info)
-        if self._head_info is not None:
-            rec["head_init"], self._head_info = self._head_info, None
-        return rec
 
     def evaluate_round(self, t: int, state: State) -> dict:
         """The evaluation of round ``t``: validation and test (``eval.test: every``), or, with
         ``eval.test: selected``, validation only, and the test set too at the last round."""
-        if self.cfg.eval.test != "selected":
+        if self.settings.eval.test != "selected":
             return self.evaluator(state)
-        last = t == self.cfg.rounds - 1
+        last = t == self.settings.rounds - 1
         return self.evaluator(state, splits=("val", "test") if last else ("val",))
 
     def select_round(self, t: int, state: State, ev: dict) -> None:
@@ -419,13 +506,13 @@ class Server:
         (in memory and the checkpoint); at the last round, score the kept state on the test set and
         write that into its round's record, so summary.json's ``test_*_at_best_val`` and
         ``final_test_*`` are those of a full evaluation."""
-        if self.cfg.eval.test != "selected":
+        if self.settings.eval.test != "selected":
             return
-        score = ev["val"][self.cfg.eval.select_metric]
+        score = ev["val"][self.settings.eval.select_metric]
         # summarize()'s rule: the first evaluated round of highest score (max(): only a greater one replaces)
         if self._best is None or score > self._best["score"]:
             self._best = {"round": t, "score": score, "state": {k: v.detach().clone() for k, v in state.items()}}
-        if t == self.cfg.rounds - 1 and self._best["round"] != t:
+        if t == self.settings.rounds - 1 and self._best["round"] != t:
             with phase(self.progress, EVALUATION, None):
                 best = self.evaluator(self._best["state"], splits=("test",))
             rec = self.state.records[self._best["round"]]
@@ -442,8 +529,35 @@ class Server:
         ids = [s.id for s in self.slots() if up is None or s.id in up]
         with phase(self.progress, STATISTICS, len(ids)):
             results = self.runner.class_stats(ids, state)
+        accepted, failed = self._screen_class_stats(ids, results)
+        upload = sum(s_.nbytes + c_.nbytes + 8 for _, s_, c_, _ in accepted)
+        ok = len(accepted)
+        if not accepted:
+            raise FedHelloError("head.init class-means: no client returned class statistics")
+        sums, counts, norm_sum, bounded = combine_class_stats(accepted, self.settings.aggregation.norm_bound)
+        head = self.head_init(sums, counts, norm_sum)
+        new = dict(state)
+        new.update(head)
+        self.state.global_state = new
+        info = {
+            "clients": ok,
+            "failed_clients": failed,
+            "upload_bytes": int(upload),
+            "download_bytes": int(state_nbytes(state) * len(ids)),
+            "time_s": time.perf_counter() - t0,
+            "classes_seen": int(np.count_nonzero(counts)),
+            **bounded,
+        }
+        log.info(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
+                 f"{upload / 1e6:.2f} MB up, {info['time_s']:.1f}s")
+        return info
+
+    def _screen_class_stats(self, ids: Sequence[int], results) -> tuple[list, list[dict]]:
+        """The usable class statistics, as (id, sums, counts, norm sum), and the failed clients
+        ({id, reason}): finite sums of one shape (C, D), whole non-negative counts, a finite
+        non-negative norm sum, and bounded (counts by the partition, sums by the norm sum)."""
         accepted: list = []
-        upload, failed = 0, []
+        failed: list[dict] = []
         for cid, res in zip(ids, results):
             if isinstance(res, ClientFailure):
                 failed.append({"id": cid, "reason": res.reason})
@@ -462,27 +576,7 @@ class Server:
                 log.warning("class statistics: client %s rejected (%s)", cid, why)
                 continue
             accepted.append((cid, s_, c_, n_))
-            upload += s_.nbytes + c_.nbytes + 8
-        ok = len(accepted)
-        if not accepted:
-            raise FedHelloError("head.init class-means: no client returned class statistics")
-        sums, counts, norm_sum, bounded = combine_class_stats(accepted, self.cfg.aggregation.norm_bound)
-        head = self.head_init(sums, counts, norm_sum)
-        new = dict(state)
-        new.update(head)
-        self.state.global_state = new
-        info = {
-            "clients": ok,
-            "failed_clients": failed,
-            "upload_bytes": int(upload),
-            "download_bytes": int(state_nbytes(state) * len(ids)),
-            "time_s": time.perf_counter() - t0,
-            "classes_seen": int(np.count_nonzero(counts)),
-            **bounded,
-        }
-        log.info(f"class-means head from {ok} clients ({info['classes_seen']} classes), "
-                 f"{upload / 1e6:.2f} MB up, {info['time_s']:.1f}s")
-        return info
+        return accepted, failed
 
     # -- the loop ------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -507,8 +601,8 @@ class Server:
         must be this model's (names, shapes, dtypes, finite values), before any round runs."""
         check_checkpoint(ckpt, where)
         check_state(ckpt["global_state"], self.state.global_state, where)
-        if ckpt["round"] > self.cfg.rounds:
-            raise FedHelloError(f"{where}: {ckpt['round']} rounds done, the config has rounds: {self.cfg.rounds}")
+        if ckpt["round"] > self.settings.rounds:
+            raise FedHelloError(f"{where}: {ckpt['round']} rounds done, the config has rounds: {self.settings.rounds}")
         try:
             self.strategy.load_state_dict(ckpt["strategy_state"])
         except (TypeError, ValueError, KeyError) as err:
@@ -516,17 +610,17 @@ class Server:
         self.state = ServerState(
             round=int(ckpt["round"]), global_state=ckpt["global_state"], records=list(ckpt["records"])
         )
-        self._best = restore_best(self.cfg, ckpt, self.state.global_state, where)
+        self._best = restore_best(self.settings.eval, ckpt, self.state.global_state, where)
 
     def run(self, on_round: Callable[[dict], None] | None = None, until: int | None = None) -> list[dict]:
         """Run the remaining rounds (or up to round ``until``); ``on_round(record)`` after each
         one, when :meth:`checkpoint` already holds it (the caller persists it)."""
-        end = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
+        end = self.settings.rounds if until is None else min(until, self.settings.rounds)
         if self.state.round == 0 and self.head_init is not None and end > 0:
             self._head_info = self.initialise_head()
-        with phase(self.progress, ROUNDS, self.cfg.rounds, self.state.round):
+        with phase(self.progress, ROUNDS, self.settings.rounds, self.state.round):
             for t in range(self.state.round, end):
-                rec = self.run_round(t)
+                rec = self.run_round(t).to_dict()
                 self.state.records.append(rec)
                 self.state.round = t + 1
                 self.progress.advance(ROUNDS)
@@ -538,7 +632,7 @@ class Server:
     def _check_progress(self, t: int) -> None:
         """Raise once ``aggregation.max_empty_rounds`` rounds in a row aggregated nothing (no accepted
         update, or a result not applied): the run stops instead of finishing on a stale state."""
-        n = self.cfg.aggregation.max_empty_rounds
+        n = self.settings.aggregation.max_empty_rounds
         recent = self.state.records[-n:]
         if len(recent) == n and all(not r.get("clients") or r.get("skipped") for r in recent):
             why = recent[-1].get("skipped") or "no update accepted"
@@ -548,12 +642,12 @@ class Server:
             )
 
 
-def restore_best(cfg, ckpt: dict, like: State, where: str) -> dict | None:
+def restore_best(ev: EvalSettings, ckpt: dict, like: State, where: str) -> dict | None:
     """The kept best-validation state of a checkpoint (``eval.test: selected``), checked: its
     round must be the best of the checkpoint's records by summarize()'s rule, its state this model's."""
-    if cfg.eval.test != "selected":
+    if ev.test != "selected":
         return None
-    sel = f"val_{cfg.eval.select_metric}"
+    sel = f"val_{ev.select_metric}"
     evald = [r for r in ckpt["records"] if r.get(sel) is not None]
     if not evald:
         return None
@@ -594,7 +688,7 @@ def extra_metrics(ev: dict) -> dict:
     }
 
 
-def max_memory_over_limit(records: list[RoundRecord]) -> float | None:
+def max_memory_over_limit(records: list[RoundLine]) -> float | None:
     """The worst overshoot of a declared memory limit: the largest measured training memory
     (``train_memory_bytes``) over ``memory_limit_bytes`` of any client-round that has both;
     None when no client-round has a memory limit and a measure."""
@@ -603,7 +697,7 @@ def max_memory_over_limit(records: list[RoundRecord]) -> float | None:
     return max(ratios) if ratios else None
 
 
-def cost_prediction(records: list[RoundRecord], n_groups: int) -> list[dict | None]:
+def cost_prediction(records: list[RoundLine], n_groups: int) -> list[dict | None]:
     """Per resource group (None: no client-round with a prediction), how measured cost compares with
     the batch-aware prediction: median and max over its client-rounds of ``train_memory_bytes /
     predicted_memory_bytes`` and of the measured time over ``predicted_time_s``, the measured time on
@@ -625,7 +719,7 @@ def cost_prediction(records: list[RoundRecord], n_groups: int) -> list[dict | No
     return out
 
 
-def summarize(cfg, records: list[RoundRecord]) -> Summary:
+def summarize(cfg, records: list[RoundLine]) -> Summary:
     """summary.json from the metrics records (selection on validation, never on test).
 
     The best validation round is the one of highest ``val_<eval.select_metric>``
