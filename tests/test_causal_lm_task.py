@@ -12,7 +12,7 @@ from causal_lm_task import NAME, CausalLM
 from fedhello.config import build_config
 from fedhello.errors import ConfigError
 from fedhello.federation.client import evaluate
-from fedhello.model.fisher import fisher_layer_scores, fisher_layer_scores_loop
+from fedhello.model.fisher import fisher_layer_scores_loop
 from fedhello.run.experiment import prepare, run_experiment
 from fedhello.run.rundir import RunDir
 from fedhello.tasks import TASKS, register_task, unregister_task
@@ -111,7 +111,7 @@ def test_causal_lm_fisher_is_the_task_s_log_likelihood(tmp_path, causal_task, ti
         # B = 0 at the start gives A no gradient: score a state with every B set
         state = {n: (torch.full_like(t, 0.01) if ".lora_B." in n else t) for n, t in exp.global_state().items()}
         batches = list(exp.forward_batches(state, exp.val, np.arange(6)))
-        fast = fisher_layer_scores(exp.model, exp.layermap, batches, log_likelihood=causal_task.log_likelihood)
+        fast = exp.fisher(state, exp.val, np.arange(6))  # the engine's scorer asks the task
         slow = fisher_layer_scores_loop(exp.model, exp.layermap, batches, log_likelihood=causal_task.log_likelihood)
     assert fast.shape == (4,) and (fast > 0).all()
     np.testing.assert_allclose(fast, slow, rtol=1e-4)

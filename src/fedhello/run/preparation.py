@@ -33,6 +33,7 @@ from fedhello.model.backbone import Backbone, check_max_length
 from fedhello.model.state import State
 from fedhello.run.device import pick_device
 from fedhello.run.limits import attach_resources
+from fedhello.tasks import task_of
 
 
 def check_model_fit(cfg: ExperimentConfig) -> int:
@@ -113,7 +114,8 @@ class Experiment:
         """Per-layer empirical Fisher scores (length L) of ``state`` on ``indices`` of ``data``."""
         from fedhello.model.fisher import fisher_layer_scores
 
-        return fisher_layer_scores(self.model, self.layermap, self.forward_batches(state, data, indices))
+        return fisher_layer_scores(self.model, self.layermap, self.forward_batches(state, data, indices),
+                                   log_likelihood=task_of(data).log_likelihood)
 
     def client_fisher(self, client_id: int, state: State) -> tuple[np.ndarray, int]:
         """A client's per-layer Fisher scores under ``state`` and how many samples gave them:
