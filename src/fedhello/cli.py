@@ -476,14 +476,8 @@ def run_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fedhello`` argument parser; each subcommand sets ``func`` to its handler."""
-    p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
-    from fedhello import __version__
-
-    p.add_argument("--version", action="version", version=f"fedhello {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_run_commands(sub) -> None:
+    """config, run, demo, validate, sweep."""
     c = sub.add_parser("config", help="show every config key with its value, default and description")
     csub = c.add_subparsers(dest="config_command", required=True)
     cs = csub.add_parser("show", help="every config key: value (of --config, else the default), default, description")
@@ -529,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run N cells at once as separate processes, each with cores // N threads (default 1)")
     sw.set_defaults(func=cmd_sweep)
 
+
+def _add_result_commands(sub) -> None:
+    """report, predict."""
     rp = sub.add_parser("report", help="regenerate plots, TensorBoard scalars (and a sweep's results) from a directory")
     rp.add_argument("dir", metavar="RUN_OR_SWEEP_DIR")
     rp.add_argument("--adapter", action="store_true", help="also re-export the PEFT adapter from checkpoint.pt")
@@ -549,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_measure_commands(sub) -> None:
+    """bench, profile, bench-report."""
     b = sub.add_parser("bench", help="the benchmark suite (BENCHMARKS.md): engine overhead, freezing, Fisher, "
                        "length grouping, scale", description="Run the benchmark suite; writes OUT/bench.json and "
                        "OUT/bench.txt (the table, also printed). Without --data the built-in demo data is used.")
@@ -578,6 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("result", metavar="RESULT.json", help="bench.json written by fedhello bench")
     br.set_defaults(func=cmd_bench_report)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedhello`` argument parser; each subcommand sets ``func`` to its handler."""
+    p = argparse.ArgumentParser(prog="fedhello", description="Federated LoRA fine-tuning with heterogeneous LoRA allocation")
+    from fedhello import __version__
+
+    p.add_argument("--version", action="version", version=f"fedhello {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_run_commands(sub)
+    _add_result_commands(sub)
+    _add_measure_commands(sub)
     from fedhello.flower.deploy import add_deploy_parser
 
     add_deploy_parser(sub)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from fedhello.errors import ConfigError
 from fedhello.strategy_options import Section as _Strict  # every section's strict base (see that module)
-from fedhello.strategy_options import StrategyField, StrategySection, strategy_names, strategy_section
+from fedhello.strategy_options import StrategyField, StrategySection, options_class, strategy_names, strategy_section
 from fedhello.tasks import TASKS, check_task_data
 
 # a seed must fit every generator it seeds (numpy's legacy seeding takes 32 bits)
@@ -466,7 +466,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_robust(self) -> "ExperimentConfig":
-        if self.aggregation.robust != "mean" and self.strategy.name in ("hetlora", "flexlora"):
+        if self.aggregation.robust != "mean" and not options_class(self.strategy.name).layerwise_merge:
             raise ValueError(
                 f"config key 'aggregation.robust': {self.aggregation.robust} is for layer-wise averaging; "
                 f"{self.strategy.name} merges with its own rule (use mean; aggregation.norm_bound still applies)"

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator
 
@@ -65,6 +65,10 @@ def config_key(option: str) -> str:
 
 class StrategyOptions(Section):
     """Options every strategy may read (the base the others extend)."""
+
+    # the strategy merges replies with the layer-wise rule, so aggregation.robust may
+    # replace its mean (a strategy with its own merge rule says False)
+    layerwise_merge: ClassVar[bool] = True
 
     pattern: Literal["uniform", "triangle", "inverted_triangle", "bottleneck"] = Field(
         "bottleneck", description="Geometric pattern of gd-hla / rgd-hla and the prior of fedhello."
@@ -145,6 +149,8 @@ class FedHelloOptions(FisherOptions):
 
 class RankOptions(StrategyOptions):
     """Options of the rank-heterogeneous strategies (hetlora, flexlora)."""
+
+    layerwise_merge: ClassVar[bool] = False  # they merge rank-truncated replies with their own rule
 
     ranks: list[int] | None = Field(
         None, description="hetlora / flexlora: LoRA rank of each resource group; null: round(lora.r * budget / L)."

@@ -198,31 +198,10 @@ def _read_adapter_files(adapter: Path) -> tuple[dict, list[str], dict[str, torch
     return info, [str(x) for x in labels], tensors
 
 
-def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """(PeftModel in eval mode, tokenizer (image processor for images), label names, max_length) from ``run_dir/adapter``.
-
-    Any registered task (:mod:`fedhello.tasks`): the base is built as
-    :func:`~fedhello.model.backbone.build_backbone` builds it for that task.
-
-    Every file is checked first (one error line naming it): fedhello.json names the
-    base model, labels.json's count matches it and the head, the weights are a
-    readable safetensors file of finite values holding exactly the tensors of the
-    adapter, each of the model's shape.
-    """
-    from peft import PeftModel, get_peft_model_state_dict
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-
-    adapter = Path(run_dir) / ADAPTER
-    if not (adapter / "adapter_config.json").is_file():
-        raise FedHelloError(
-            f"--run {run_dir}: no exported adapter ({adapter}/adapter_config.json missing; "
-            "it is written when a run finishes)"
-        )
-    info, labels, saved = _read_adapter_files(adapter)
+def _check_run_labels(run_dir: str | Path, adapter: Path, labels: list[str]) -> None:
+    """An adapter copied in from another run must not be served under this one."""
     run_labels = Path(run_dir) / LABELS
-    if run_labels.is_file():  # an adapter copied in from another run must not be served under this one
+    if run_labels.is_file():
         try:
             own = [str(x) for x in json.loads(run_labels.read_text())]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
@@ -232,14 +211,12 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
                 f"{adapter / LABELS}: the adapter's labels differ from the run's ({run_labels}): "
                 "an adapter from another run? Re-export it with fedhello report --adapter"
             )
-    task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
-    if task not in TASKS:
-        raise FedHelloError(f"{adapter / INFO}: unknown task {task!r} (one of {', '.join(TASKS)})")
-    spec = get_task(task)
-    # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+
+
+def _load_base(spec, info: dict, labels: list[str], adapter: Path):
+    """(base model, tokenizer or image processor) of the adapter's task, as build_backbone builds them."""
+    from transformers import AutoTokenizer
+
     path = resolve_model_path(info["model"])
     # as build_backbone: a per-class head gets the run's label count; multiple choice scores options
     kwargs = {"num_labels": len(labels), "ignore_mismatched_sizes": True} if spec.per_class_head else {}
@@ -258,6 +235,54 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if getattr(base.config, "pad_token_id", None) is None:
             base.config.pad_token_id = tokenizer.pad_token_id
+    return base, tokenizer
+
+
+def _check_weights(expected: dict, saved: dict, adapter: Path) -> None:
+    """The saved tensors are exactly the adapter's, each of the model's shape."""
+    for name in sorted(set(expected) | set(saved)):
+        if name not in saved:
+            raise FedHelloError(f"{adapter}: the weights lack {name!r} (every LoRA tensor and the head are needed)")
+        if name not in expected:
+            raise FedHelloError(f"{adapter}: the weights hold {name!r}, which the adapter does not have")
+        if tuple(saved[name].shape) != tuple(expected[name].shape):
+            raise FedHelloError(
+                f"{adapter}: tensor {name!r} has shape {tuple(saved[name].shape)}, the model's is "
+                f"{tuple(expected[name].shape)}"
+            )
+
+
+def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(PeftModel in eval mode, tokenizer (image processor for images), label names, max_length) from ``run_dir/adapter``.
+
+    Any registered task (:mod:`fedhello.tasks`): the base is built as
+    :func:`~fedhello.model.backbone.build_backbone` builds it for that task.
+
+    Every file is checked first (one error line naming it): fedhello.json names the
+    base model, labels.json's count matches it and the head, the weights are a
+    readable safetensors file of finite values holding exactly the tensors of the
+    adapter, each of the model's shape.
+    """
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers.utils import logging as hf_logging
+
+    adapter = Path(run_dir) / ADAPTER
+    if not (adapter / "adapter_config.json").is_file():
+        raise FedHelloError(
+            f"--run {run_dir}: no exported adapter ({adapter}/adapter_config.json missing; "
+            "it is written when a run finishes)"
+        )
+    info, labels, saved = _read_adapter_files(adapter)
+    _check_run_labels(run_dir, adapter, labels)
+    task = info.get("task", TEXT_CLS)  # adapters exported before the key existed were text classifiers
+    if task not in TASKS:
+        raise FedHelloError(f"{adapter / INFO}: unknown task {task!r} (one of {', '.join(TASKS)})")
+    spec = get_task(task)
+    # PEFT calls a transformers API that transformers 5 deprecates; not actionable for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    base, tokenizer = _load_base(spec, info, labels, adapter)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing keys are checked below, as an error
@@ -274,16 +299,7 @@ def load_exported(run_dir: str | Path, device: str | torch.device = "cpu"):
             f"{adapter / INFO}: 'max_length' {info['max_length']} is more than the model's {limit} positions"
         )
     expected = get_peft_model_state_dict(model, save_embedding_layers=False)  # no hub look-up for the base
-    for name in sorted(set(expected) | set(saved)):
-        if name not in saved:
-            raise FedHelloError(f"{adapter}: the weights lack {name!r} (every LoRA tensor and the head are needed)")
-        if name not in expected:
-            raise FedHelloError(f"{adapter}: the weights hold {name!r}, which the adapter does not have")
-        if tuple(saved[name].shape) != tuple(expected[name].shape):
-            raise FedHelloError(
-                f"{adapter}: tensor {name!r} has shape {tuple(saved[name].shape)}, the model's is "
-                f"{tuple(expected[name].shape)}"
-            )
+    _check_weights(expected, saved, adapter)
     if info.get("pooling", "model") == "mean":
         from fedhello.model.head import attach_mean_pooling
 
