@@ -25,7 +25,7 @@ out=$2
 shift 2
 FEDHELLO=${FEDHELLO:-fedhello}
 PYTHON=${PYTHON:-python}
-SEEDS=${SEEDS:-0}
+SEEDS=${SEEDS-0}  # SEEDS= (empty): only rewrite OUT/results.md from the runs there
 # kind:factor (see fedhello.federation.attacks)
 ATTACKS=${ATTACKS:-"none scale:1e30 scale:-10 noise:1 stats-count:1e9 stats-mean:10 stats-norm:1e30 fisher:1e15"}
 mkdir -p "$out"
@@ -66,23 +66,40 @@ for d in sorted(out.glob("*-o*/seed*")):
         last = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
         acc = (acc, last["train_loss"])
     else:
-        acc = None  # stopped (aggregated nothing for aggregation.max_empty_rounds rounds) or failed
+        log = out / f"{d.parent.name}-{d.name}.log"
+        if not (log.is_file() and any(x.startswith("error:") and "max_empty_rounds" in x
+                                      for x in log.read_text(errors="replace").splitlines())):
+            continue  # unfinished (still running, or cut off): not a result
+        acc = None  # stopped: aggregated nothing for aggregation.max_empty_rounds rounds
     rows.setdefault(name, {}).setdefault(defences, []).append(acc)
 
 
-def cell(v):
+def mean_acc(v):
+    done = [a for a, _ in (v or []) if a is not None] if v else []
+    return statistics.mean(done) if done else None
+
+
+def cell(v, clean=None):
+    """Mean final accuracy (per seed; the difference from the same arm's clean mean), mean last loss."""
     if not v:
         return "-"
     done = [x for x in v if x is not None]
-    txt = (f"{100 * statistics.mean(a for a, _ in done):.1f} "
-           f"(loss {statistics.mean(l for _, l in done):.3f})") if done else ""
+    txt = ""
+    if done:
+        m = statistics.mean(a for a, _ in done)
+        seeds = ", ".join("stopped" if x is None else f"{100 * x[0]:.2f}" for x in v)
+        delta = f"; {100 * (m - clean):+.2f}" if clean is not None else ""
+        txt = f"{100 * m:.2f} ({seeds}{delta}) loss {statistics.mean(l for _, l in done):.3f}"
     stopped = len(v) - len(done)
     return (txt + (f" ({stopped}/{len(v)} stopped)" if stopped else "")).strip() + f" [n={len(v)}]"
 
 
-lines = ["| attack | defences on: final test acc. % (last train loss) | defences off |", "|---|---|---|"]
+clean = {arm: mean_acc(rows.get("none", {}).get(arm)) for arm in ("on", "off")}
+lines = ["| attack | defences on: final test acc. % (per seed; vs clean) last train loss | defences off |",
+         "|---|---|---|"]
 for name in sorted(rows, key=lambda n: (n != "none", n)):
-    lines.append(f"| {name} | {cell(rows[name].get('on'))} | {cell(rows[name].get('off'))} |")
+    lines.append(f"| {name} | {cell(rows[name].get('on'), clean['on'] if name != 'none' else None)} "
+                 f"| {cell(rows[name].get('off'), clean['off'] if name != 'none' else None)} |")
 (out / "results.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
