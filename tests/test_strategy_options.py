@@ -81,6 +81,7 @@ def test_an_option_is_declared_by_one_class(registries):
 def test_registering_a_strategy_writes_only_its_own_registry(registries):
     class Nameless(Strategy):
         name = "nameless"
+        aggregation = "hetlora"  # RankOptions, below, declare a rule of their own
 
     with pytest.raises(ValueError, match=r"has no options: register them first with .*register_options\('nameless'"):
         register(Nameless)
@@ -93,6 +94,15 @@ def test_registering_a_strategy_writes_only_its_own_registry(registries):
     with pytest.raises(ValueError, match="declares options FisherOptions but its name is registered with RankOptions"):
         register(Mislabelled)
     assert register(Nameless).options is RankOptions
+
+
+def test_a_strategy_s_merge_rule_agrees_with_its_options(registries):
+    class Averaged(Strategy):
+        name = "averaged"  # the layer-wise rule, but options that say otherwise
+
+    register_options("averaged", RankOptions)
+    with pytest.raises(ValueError, match="merges with 'layerwise' but its options RankOptions say layerwise_merge=False"):
+        register(Averaged)
 
 
 def test_a_strategy_added_from_outside_brings_its_options(registries, capsys):

@@ -263,8 +263,9 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     The name's options class, registered first with
     :func:`fedhello.strategy_options.register_options` (where the config learns the
     name and its options), becomes the class's :attr:`Strategy.options`. Raises
-    ValueError for a class without a name, a name without options, or a second class
-    under a taken name.
+    ValueError for a class without a name, a name without options, a merge rule its
+    options class does not declare (``layerwise_merge``), or a second class under a
+    taken name.
     """
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
@@ -279,6 +280,11 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     if declared is not options_class(cls.name):
         raise ValueError(f"strategy {cls.name!r} declares options {getattr(declared, '__name__', declared)} "
                          f"but its name is registered with {options_class(cls.name).__name__}")
+    if (cls.aggregation == "layerwise") != options_class(cls.name).layerwise_merge:
+        # the config reads the options class's flag (it cannot import this floor): the two must agree
+        raise ValueError(f"strategy {cls.name!r} merges with {cls.aggregation!r} but its options "
+                         f"{options_class(cls.name).__name__} say layerwise_merge="
+                         f"{options_class(cls.name).layerwise_merge}")
     cls.options = options_class(cls.name)
     _REGISTRY[cls.name] = cls
     return cls
